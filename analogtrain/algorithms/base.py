@@ -45,6 +45,11 @@ class Algorithm:
         self.cfg = cfg
         self.seeds = dict(seeds or {})
 
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """Cross-field checks of ``cfg.algo`` (and what it needs of ``cfg.device``/``cfg.tile``).
+        Raise ``ConfigError`` naming the key; called by ``run.train`` before any work."""
+
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError
 
