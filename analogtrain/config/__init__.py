@@ -1,0 +1,1 @@
+"""Config schemas (ConfigStore), validation and the ``ConfigError`` type."""

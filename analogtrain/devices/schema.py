@@ -1,15 +1,11 @@
-"""STUB (to be replaced by the devices owner): registers the ``device`` config-group schemas."""
+"""Registers the ``device`` config-group schemas: ``<name>_schema`` for every family and preset."""
 
-from dataclasses import dataclass
+from __future__ import annotations
 
-
-@dataclass
-class SoftBoundsSchemaStub:
-    family: str = "softbounds"
-    dw_min: float = 0.001
-    w_max: float = 0.6
-    w_min: float = -0.6
+from analogtrain.devices.registry import DEVICES
 
 
 def register_configs(cs) -> None:
-    cs.store(group="device", name="softbounds_schema", node=SoftBoundsSchemaStub)
+    """Store one structured-config node per device (``conf/device/<name>.yaml`` builds on it)."""
+    for name, cls in DEVICES.items():
+        cs.store(group="device", name=f"{name}_schema", node=cls)

@@ -27,11 +27,43 @@ Contract of the pulsed update (all ops mutate state tensors in place and hold no
 
 Semantics: aihwkit's (``shared/reference/aihwkit-semantics.md`` §1): every sample is its own update
 with its own BL and UM/UBLM scaling, in batch order; sign(x)·sign(d)·sign(lr) > 0 gives a *down* pulse.
+
+Contract of the fused TT-family transfer of one slice (twin: ``reference_transfer.buffered_transfer_ref``)::
+
+    buffered_transfer(h, v, k, *, lr_scale, thr, bl, momentum, forget, w, w_p, params, gparams, lr, dw,
+                      spec, seed, offset, chop=None, columns=True, write=True, no_buffer=False, cap=0.0)
+        -> (n, pulses)
+
+    h        (O, I) float32   the digital buffer H, slice k updated in place
+    v        (L,) float32     the read of slice k of A, already done in torch (noisy read, minus the
+                              reference array; AGAD passes v − P). L = O for columns, I for rows
+    k        int              the slice: column k (``columns``) or row k
+    chop     (L,) float32 ±1 or None   chopper sign of every entry of the slice (c_in[k]·c_out)
+    lr_scale float            H increment per unit of signal: TTv2 |lr_t|; c-TTv2/AGAD |lr_t|/bg
+    thr      float            threshold: TTv2 thres_scale·dw_C (weight units); c-TTv2/AGAD 1.0
+    bl       int              BL_t = transfer_update.desired_bl: |n| <= bl
+    momentum, forget          forget: H ← momentum·H where n ≠ 0; else H ← H − (1 − momentum)·n·thr
+    no_buffer bool            H is not kept: H_k = signal·lr_scale before thresholding
+    cap      float            > 0: H clamped to ±cap·bl afterwards (AGAD buffer_cap without forget)
+    w, w_p, params, gparams, lr, dw, spec, seed, offset
+                              the C array and its write: if ``write`` and any n ≠ 0, one pulsed update
+                              (contract above, one sample) with x = e_k, d = −n (columns) or x = −n,
+                              d = e_k (rows), lr = step·dw_C. The caller advances C's offset by 1 per
+                              call (whether or not it wrote).
+    returns  n (L,) float32   n = clamp(trunc(H_k/thr), ±bl) (signed; what was asked of the write)
+             pulses (L,) float32   pulses the write applied to slice k of C (zeros without a write)
+
+Backends: ``set_backend("auto"|"compiled"|"reference")`` (``tile.backend``; default ``auto``) or the
+``backend=`` argument of each op. ``auto`` uses the compiled kernel (``csrc/``, JIT-built on first use by
+``analogtrain.ops.build``) when it builds and falls back to the reference with ONE warning otherwise;
+``compiled`` raises ``BuildError`` when the kernel cannot be built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 MODE_PULSED = 0  # stochastic compressed pulse trains (the faithful simulation)
 MODE_MEAN_COUNT = 1  # deterministic counts n_ij = rint(c_d(i)/BL * c_x(j)) (aihwkit MeanCount)
@@ -50,3 +82,128 @@ class UpdateSpec:
     res: float = 0.0
     sto_round: bool = False
     mode: int = MODE_PULSED
+
+
+# --- dispatch: tile.backend = auto | compiled | reference ---------------------------------------------
+import logging as _logging  # noqa: E402
+import warnings as _warnings  # noqa: E402
+
+BACKENDS = ("auto", "compiled", "reference")
+_BACKEND = "auto"
+_FAILED: dict[str, str] = {}  # device type -> reason the compiled kernel is unavailable (auto fell back)
+_READY: set[str] = set()  # device types whose compiled kernel is loaded
+_log = _logging.getLogger(__name__)
+
+
+def set_backend(name: str) -> None:
+    """Select the implementation of every op: ``auto`` (compiled when it builds, else the reference with
+    one warning), ``compiled`` (fail loudly) or ``reference`` (pure torch). ConfigError on other names."""
+    if name not in BACKENDS:
+        from analogtrain.config.errors import ConfigError
+
+        raise ConfigError("tile.backend", f"'{name}' is not allowed; choose one of {', '.join(BACKENDS)}")
+    global _BACKEND
+    _BACKEND = name
+
+
+def get_backend() -> str:
+    return _BACKEND
+
+
+def _compiled(device_type: str, backend: str) -> bool:
+    """True when the compiled kernel serves ``device_type`` under ``backend`` (building it if needed)."""
+    if backend == "reference":
+        return False
+    if backend not in BACKENDS:
+        from analogtrain.config.errors import ConfigError
+
+        raise ConfigError("tile.backend", f"'{backend}' is not allowed; choose one of {', '.join(BACKENDS)}")
+    if device_type in _READY:
+        return True
+    if device_type in _FAILED:
+        if backend == "compiled":
+            from analogtrain.ops.build import BuildError
+
+            raise BuildError(_FAILED[device_type])
+        return False
+    from analogtrain.ops import build
+
+    try:
+        if device_type == "cpu":
+            build.build_cpu()
+        elif device_type == "cuda":
+            build.build_cuda()
+        else:
+            raise build.BuildError(f"no compiled kernel for device type '{device_type}'")
+        _READY.add(device_type)
+        return True
+    except build.BuildError as e:
+        if backend == "compiled":
+            raise
+        _FAILED[device_type] = str(e)
+        msg = (f"analogtrain: compiled tile kernel unavailable for {device_type} ({e}); "
+               "falling back to the pure-torch reference (slower). Set tile.backend=reference to silence.")
+        _warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        _log.warning(msg)
+        return False
+
+
+def compiled_available(device_type: str = "cpu") -> bool:
+    """Whether the compiled kernel builds/loads for ``device_type`` (never raises, never warns twice)."""
+    try:
+        return _compiled(device_type, "auto")
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _i64(v: int) -> int:
+    """A 64-bit unsigned counter/seed as the signed int the op schema takes (same bits)."""
+    v = int(v) & 0xFFFFFFFFFFFFFFFF
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+def _f32(t, device):
+    return None if t is None else t.to(device=device, dtype=torch.float32).contiguous()
+
+
+def _spec_args(spec: UpdateSpec):
+    if int(spec.mode) not in (MODE_PULSED, MODE_MEAN_COUNT, MODE_EXPECTED):
+        raise ValueError(f"unknown update mode {spec.mode}")
+    return (int(spec.desired_bl), bool(spec.fixed_bl), bool(spec.ublm), bool(spec.um or spec.ublm),
+            float(spec.um_grad_scale), float(spec.res), bool(spec.sto_round), int(spec.mode))
+
+
+def pulsed_update(w, w_p, params, gparams, x, d, lr, dw, spec, seed, offset, chop_in=None, chop_out=None,
+                  backend: str | None = None):
+    """The pulsed-update op (contract in the module docstring), run by ``backend`` (default: the one
+    chosen by ``set_backend``)."""
+    if _compiled(w.device.type, backend or _BACKEND):
+        if not dw > 0:
+            raise ValueError(f"dw must be > 0, got {dw}")
+        dev = w.device
+        return torch.ops.analogtrain.pulsed_update(
+            w, w_p, params.to(dev, torch.float32).contiguous(), gparams, _f32(x, dev), _f32(d, dev), float(lr),
+            float(dw), *_spec_args(spec), _i64(seed), _i64(offset), _f32(chop_in, dev), _f32(chop_out, dev))
+    from analogtrain.ops.reference import pulsed_update_ref
+
+    return pulsed_update_ref(w, w_p, params, gparams, x, d, lr, dw, spec, seed, offset,
+                             chop_in=chop_in, chop_out=chop_out)
+
+
+def buffered_transfer(h, v, k, *, lr_scale, thr, bl, momentum, forget, w, w_p, params, gparams, lr, dw, spec,
+                      seed, offset, chop=None, columns=True, write=True, no_buffer=False, cap=0.0,
+                      backend: str | None = None):
+    """The fused TT-family transfer of slice ``k`` (contract in the module docstring); returns
+    ``(n, pulses)``, both (L,) float32."""
+    if _compiled(h.device.type, backend or _BACKEND):
+        dev = h.device
+        return torch.ops.analogtrain.buffered_transfer(
+            h, _f32(v.reshape(-1), dev), int(k), _f32(None if chop is None else chop.reshape(-1), dev),
+            float(lr_scale), float(thr), int(bl), float(momentum), bool(forget), bool(no_buffer), float(cap),
+            bool(columns), bool(write), w, w_p, params.to(dev, torch.float32).contiguous(), gparams, float(lr),
+            float(dw), *_spec_args(spec), _i64(seed), _i64(offset))
+    from analogtrain.ops.reference_transfer import buffered_transfer_ref
+
+    return buffered_transfer_ref(h, v, k, lr_scale=lr_scale, thr=thr, bl=bl, momentum=momentum, forget=forget,
+                                 w=w, w_p=w_p, params=params, gparams=gparams, lr=lr, dw=dw, spec=spec, seed=seed,
+                                 offset=offset, chop=chop, columns=columns, write=write, no_buffer=no_buffer, cap=cap)

@@ -116,7 +116,12 @@ def validate_update(cfg, prefix: str) -> None:
 
 
 def validate_tile(cfg, prefix: str = "tile") -> None:
-    """Validate the whole ``tile:`` node; raises ``ConfigError`` naming the first bad key."""
+    """Validate the whole ``tile:`` node; raises ``ConfigError`` naming the first bad key.
+
+    ``cfg`` may be a DictConfig/dict: it is converted first (on a DictConfig, ``cfg.update`` would be
+    the Mapping method, not the ``update`` node)."""
+    if not isinstance(cfg, TileConfig):
+        cfg = to_dataclass(TileConfig, cfg)
     _check_choice(f"{prefix}.backend", cfg.backend, BACKENDS)
     _check_choice(f"{prefix}.update_mode", cfg.update_mode, UPDATE_MODES)
     validate_io(cfg.forward, f"{prefix}.forward")

@@ -1,0 +1,1 @@
+"""Logging (one rich console), seeding, package paths."""

@@ -1,0 +1,91 @@
+"""``algo=agad``: AGAD (Rasch et al. 2023), aihwkit ``DynamicTransferCompound`` (semantics §3.5).
+
+As c-TTv2, but the reference of the read is digital and dynamic. Per read of column j (CPU)::
+
+    N = max(ceil(1/in_chop_prob), 2)        reads of a column per chopper half-period (regular mode)
+    β = min(tail_weightening / N, 1)        EMA weight of the running mean
+    s = (sweeps mod N) + 1                  position inside the period
+    v = A e_j + read noise                  raw read of the stored (chopped) A, NOT sign-corrected
+    if column j's chopper switched at its previous read:  P[:,j] ← M[:,j]      (M is not reset)
+    Δ = (v − P[:,j]) · c_in[j]·c_out        H += Δ·lr_scale (/min(s, 1/dw_A) with the experimental flag)
+    threshold / forget as c-TTv2; without forget and buffer_cap > 0: |H| <= buffer_cap·BL_t
+    M[:,j] ← (1 − β)·M[:,j] + β·v
+    write to C only if sweeps > N (warm-up: H is still thresholded, only the C write is suppressed)
+    chopper of column j switches (s == N regular, U < p random); mark it switched
+
+So P is the tail-weighted mean of the reads of the previous half-period and the transferred signal is
+the signed deviation of the current reads from it: a constant offset of A (reference error, symmetry
+point) cancels without any reference array.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from analogtrain.algorithms.base import register_algorithm
+from analogtrain.algorithms.cttv2 import ChoppedRule, check_chopped, chopper_period
+from analogtrain.algorithms.schema import AGADConfig
+from analogtrain.algorithms.transfer import TransferAlgorithm, _range
+from analogtrain.config.errors import ConfigError
+
+__all__ = ["AGADRule", "AGAD"]
+
+
+class AGADRule(ChoppedRule):
+    """Tile rule of AGAD (module docstring). Extra buffers: ``M`` running mean, ``P`` past mean (O, I),
+    ``switched`` (n_slices,) bool."""
+
+    def __init__(self, cfg, *args, **kwargs):
+        super().__init__(cfg, *args, **kwargs)
+        self.register_buffer("M", torch.zeros(self.out_size, self.in_size, dtype=torch.float32))
+        self.register_buffer("P", torch.zeros(self.out_size, self.in_size, dtype=torch.float32))
+        self.register_buffer("switched", torch.zeros(self.n_slices, dtype=torch.bool))
+        self.period = chopper_period(float(cfg.in_chop_prob))
+        self.beta = min(float(cfg.tail_weightening) / self.period, 1.0)
+
+    def signal(self, k, v, c):
+        j = int(k[0])
+        if bool(self.switched[j]):
+            self._set_slice(self.P, k, self._slice(self.M, k))
+            self.switched[j] = False
+        return (v - self._slice(self.P, k)) * c
+
+    def accumulation_scale(self, lr: float) -> float:
+        scale = self.buffer_scale(lr)
+        if self.cfg.experimental_correct_accumulation:
+            s = int(self.sweeps) % self.period + 1
+            scale /= min(s, 1.0 / self.A.dw)
+        return scale
+
+    def cap_buffer(self, h, bl):
+        cap = float(self.cfg.buffer_cap)
+        if not self.cfg.forget_buffer and cap > 0:
+            h = h.clamp(-cap * bl, cap * bl)
+        return h
+
+    def after_read(self, k, v):
+        self._set_slice(self.M, k, (1.0 - self.beta) * self._slice(self.M, k) + self.beta * v)
+
+    def write_allowed(self) -> bool:
+        return int(self.sweeps) > self.period  # warm-up of N sweeps
+
+    def on_flip(self, j: int) -> None:
+        self.switched[j] = True
+
+
+@register_algorithm("agad")
+class AGAD(TransferAlgorithm):
+    """``algo=agad``: dynamic-reference transfer (no reference array needed)."""
+
+    config_cls = AGADConfig
+    rule_cls = AGADRule
+
+    @classmethod
+    def check(cls, a) -> None:
+        check_chopped(a)
+        if a.in_chop_prob <= 0:
+            raise ConfigError("algo.in_chop_prob", f"{a.in_chop_prob}: agad needs 0 < in_chop_prob <= 1")
+        if not 0 < a.auto_momentum < 1:
+            raise ConfigError("algo.auto_momentum", f"{a.auto_momentum}: agad needs 0 < auto_momentum < 1")
+        _range("algo.tail_weightening", a.tail_weightening, lo=0.0, lo_open=True)
+        _range("algo.buffer_cap", a.buffer_cap, lo=0.0)

@@ -1,0 +1,59 @@
+"""``algo=tt``: Tiki-Taka v1 (Gokmen & Haensch 2020), aihwkit ``TransferCompound`` (semantics §3.2).
+
+A receives the gradient pulses with the fast lr; every ``transfer_every`` vector updates the next
+``n_reads_per_transfer`` columns (rows) of A are read through the transfer periphery and written onto C
+by a *stochastic pulsed* update with ``algo.transfer_update`` (default BL 31, UBLM, UM)::
+
+    y = A e_j + read noise (ADC)                 (aihwkit reads with alpha = −1 and writes d = −y)
+    C[:, j] += lr_t · y    stochastically: E[ΔC] ≈ lr_t·A[:, j], at most desired_bl pulses per element
+
+so an element of C moves by at most ``desired_bl·dw_C`` per transfer. W = gamma·A + C.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from analogtrain.algorithms.base import register_algorithm
+from analogtrain.algorithms.schema import TTConfig
+from analogtrain.algorithms.transfer import TransferAlgorithm, TransferRule, _range
+from analogtrain.ops import rng
+from analogtrain.ops.rng import Stream
+
+__all__ = ["TTRule", "TikiTaka"]
+
+
+class TTRule(TransferRule):
+    """Tile rule of Tiki-Taka v1 (see the module docstring)."""
+
+    @torch.no_grad()
+    def _transfer(self, lr: float) -> None:
+        k = self.next_slices(int(self.cfg.n_reads_per_transfer), bool(self.cfg.random_selection))
+        y = self.read_slices(k)  # (n, L)
+        self.write_slices(k, -y, self.transfer_lr(lr))  # C_slice −= lr_t·(−y)
+        p = float(self.cfg.with_reset_prob)
+        if p > 0:
+            self._reset(k, p)
+
+    def _reset(self, k: torch.Tensor, p: float) -> None:
+        """Reset each read slice of A to its resting value (0, or the symmetry point when zero-shifted)
+        with probability ``p`` (aihwkit ``with_reset_prob``; the device's reset noise is not modelled)."""
+        t = int(self.transfers)
+        u = rng.uniform(int(self.seed_misc), t >> 32, Stream.MISC, k, t & 0xFFFFFFFF, 1)
+        hit = k[u < p]
+        if hit.numel():
+            W = self.A.w.clone()
+            self._set_slice(W, hit, self._slice(self.a_rest(), hit))
+            self.A.set_weights(W)
+
+
+@register_algorithm("tt")
+class TikiTaka(TransferAlgorithm):
+    """``algo=tt``: Tiki-Taka v1 (two arrays, stochastic pulsed transfer of A onto C)."""
+
+    config_cls = TTConfig
+    rule_cls = TTRule
+
+    @classmethod
+    def check(cls, a) -> None:
+        _range("algo.transfer_every", a.transfer_every, lo=0.0)

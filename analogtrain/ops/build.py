@@ -1,0 +1,165 @@
+"""JIT build of the compiled tile kernels in ``csrc/`` (``torch.utils.cpp_extension.load``, cached).
+
+Never runs inside ``pip install``: the first op call that wants the compiled backend builds the
+extension once per machine (about 30–60 s for the CPU kernel on 2 cores, 60–120 s for CUDA) into
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) under a name that hashes the sources,
+the flags, the torch version and the CPU, so a changed source or another machine never reuses a stale
+binary; later processes just load the cached library (~0.1 s).
+
+Two libraries, both registering into the torch op namespace ``analogtrain`` (``torch.ops.analogtrain``):
+
+* ``analogtrain_cpu_<hash>``: op schemas + CPU kernels (``cpu_ops.cpp``, OpenMP, ``-O3``); built
+  wherever a C++ compiler exists.
+* ``analogtrain_cuda_<hash>``: CUDA kernels (``cuda_ops.cpp`` + ``cuda_kernels.cu``); built only when
+  ``torch.cuda.is_available()`` (or on request: ``build_cuda(force=True)``, the nvcc compile check).
+
+Sources are found in the installed package (``analogtrain.csrc``, the wheel maps top-level ``csrc/``
+there) or, in a source checkout, in the repository's ``csrc/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import threading
+from pathlib import Path
+
+__all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_name", "BuildError", "CPU_SOURCES", "CUDA_SOURCES"]
+
+CPU_SOURCES = ("cpu_ops.cpp",)
+CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
+HEADERS = ("philox.h", "device_step.h", "pulsed_update.h")
+
+# -ffp-contract=off / --fmad=false: no fused multiply-add, so every float operation rounds exactly as
+# the torch reference does (bit-identical deterministic paths, see devices/step.py).
+CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
+LD_FLAGS = ["-fopenmp"]
+NVCC_FLAGS = ["-O3", "--fmad=false"]
+
+_lock = threading.Lock()
+_loaded: dict[str, str] = {}
+
+
+class BuildError(RuntimeError):
+    """The compiled kernel could not be built or loaded (message says why)."""
+
+
+def csrc_dir() -> Path:
+    """Directory holding the kernel sources: the installed ``analogtrain.csrc`` package data, else the
+    checkout's top-level ``csrc/``."""
+    try:
+        from importlib import resources
+
+        p = Path(str(resources.files("analogtrain.csrc")))
+        if (p / CPU_SOURCES[0]).is_file():
+            return p
+    except Exception:  # noqa: BLE001 - not installed as a package: fall back to the checkout
+        pass
+    p = Path(__file__).resolve().parents[2] / "csrc"
+    if (p / CPU_SOURCES[0]).is_file():
+        return p
+    raise BuildError("kernel sources not found: neither the package 'analogtrain.csrc' nor "
+                     f"{p} holds {CPU_SOURCES[0]}")
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _march_flags() -> list[str]:
+    """-march=native on x86/arm with gcc/clang (the cache name includes the CPU fingerprint)."""
+    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+        return ["-march=native"]
+    return []
+
+
+def build_name(kind: str, sources: tuple[str, ...], flags: list[str]) -> str:
+    """``analogtrain_<kind>_<hash>``: hash of the sources, headers, flags, torch version and CPU."""
+    import torch
+
+    h = hashlib.sha256()
+    d = csrc_dir()
+    for name in sorted(set(sources) | set(HEADERS)):
+        h.update(name.encode())
+        h.update((d / name).read_bytes())
+    h.update(" ".join(flags).encode())
+    h.update(torch.__version__.encode())
+    h.update(_cpu_fingerprint().encode())
+    return f"analogtrain_{kind}_{h.hexdigest()[:12]}"
+
+
+def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
+    if Path("/usr/local/cuda/bin/nvcc").exists():  # before cpp_extension derives a wrong CUDA_HOME
+        os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
+    import logging
+
+    # cpp_extension logs "No CUDA runtime is found" at import on CPU-only machines: not news here
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    d = csrc_dir()
+    flags = CXX_FLAGS + _march_flags()
+    name = build_name(kind, sources, flags + kw.get("extra_cuda_cflags", []))
+    if name in _loaded:
+        return name
+    os.environ.setdefault("MAX_JOBS", "2")  # 2 shared cores
+    try:
+        cpp_extension.load(
+            name=name,
+            sources=[str(d / s) for s in sources],
+            extra_cflags=flags,
+            extra_ldflags=LD_FLAGS,
+            extra_include_paths=[str(d)],
+            is_python_module=False,
+            verbose=verbose,
+            **kw,
+        )
+    except Exception as e:  # noqa: BLE001 - compiler missing, compile error, load error
+        raise BuildError(f"building the {kind} kernel '{name}' failed: {type(e).__name__}: {e}") from e
+    _loaded[name] = kind
+    return name
+
+
+def build_cpu(verbose: bool = False) -> str:
+    """Build (or load the cached) CPU kernel library; returns its name. Raises ``BuildError``."""
+    with _lock:
+        if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+            raise BuildError("no C++ compiler found (c++/g++ not on PATH; set CXX)")
+        return _load("cpu", CPU_SOURCES, verbose)
+
+
+def _cuda_env() -> None:
+    """CUDA_HOME and TORCH_CUDA_ARCH_LIST defaults (environment.md §6): torch would otherwise derive
+    CUDA_HOME=/usr/local from the nvcc wrapper, and crash on an empty arch list without a GPU."""
+    if Path("/usr/local/cuda/bin/nvcc").exists():
+        os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+
+
+def build_cuda(verbose: bool = False, force: bool = False) -> str:
+    """Build (or load the cached) CUDA kernel library (needs the CPU library's op schemas, so it is
+    built first). Without a GPU only with ``force=True`` (the nvcc compile check). Raises ``BuildError``."""
+    import torch
+
+    if not (force or torch.cuda.is_available()):
+        raise BuildError("no CUDA device: the CUDA kernel is built only where torch.cuda.is_available()")
+    build_cpu(verbose)
+    with _lock:
+        _cuda_env()
+        return _load("cuda", CUDA_SOURCES, verbose, extra_cuda_cflags=NVCC_FLAGS)

@@ -1,0 +1,287 @@
+"""``train(cfg)``: one training run, orchestration only.
+
+    validate (ConfigError before any work) -> seeds -> data -> checkpoint/resume check -> tracker
+    -> model (init seed) -> algo.prepare -> Trainer.fit -> artifacts -> summary
+
+Importable and usable without the CLI (tests, notebooks): compose a config with Hydra's compose API and
+call ``train(cfg, run_dir=...)``. Under ``@hydra.main`` the run directory is Hydra's output dir;
+starting the same run directory again resumes from ``<run_dir>/checkpoints/last.pt`` and continues the
+same MLflow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from analogtrain.config.errors import ConfigError
+from analogtrain.config.validate import validate_config
+from analogtrain.engine.checkpoint import check_compatible, checkpoint_path, fingerprint, load_checkpoint
+from analogtrain.engine.trainer import Trainer, TrainingDiverged
+from analogtrain.utils.seeding import derive_seeds, seed_everything
+
+log = logging.getLogger("analogtrain")
+
+MLFLOW_RUN_FILE = "mlflow_run.json"
+
+__all__ = ["train", "TrainingDiverged"]
+
+
+def hydra_context() -> dict[str, Any]:
+    """What this job knows from Hydra (empty outside a Hydra app): output dir, group choices, mode,
+    sweep dir, launcher target and the task overrides."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return {}
+        hc = HydraConfig.get()
+    except Exception:
+        return {}
+    ctx = {
+        "choices": {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if not k.startswith("hydra/")},
+        "mode": str(hc.mode),
+        "overrides": list(hc.overrides.task),
+        "launcher": str(hc.launcher.get("_target_", "")),
+        "job_num": hc.job.get("num"),
+    }
+    with contextlib.suppress(Exception):
+        ctx["output_dir"] = hc.runtime.output_dir
+    if "MULTIRUN" in ctx["mode"]:
+        ctx["sweep_dir"] = str(Path(hc.sweep.dir).resolve())
+    return ctx
+
+
+def select_device(accelerator: str) -> torch.device:
+    if accelerator == "cuda" or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def configure_torch(tc, ctx: dict) -> None:
+    """Threads (1 per joblib sweep worker unless set) and deterministic algorithms."""
+    n = int(tc.num_threads)
+    if n == 0 and "joblib" in ctx.get("launcher", "").lower():
+        n = 1  # parallel sweep workers share the cores
+    if n > 0:
+        torch.set_num_threads(n)
+    if tc.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM (scheduler preemption, ``kill``) into KeyboardInterrupt so the run ends KILLED.
+    Leaves handlers installed by a launcher (e.g. submitit) alone."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except Exception:
+        return None
+
+
+def make_tracker(cfg, run_dir: Path, ctx: dict, resume: bool):
+    """No-op tracker for ``logger=none``; else an MLflow run (re-opened when resuming this run dir,
+    a child of the sweep's parent run in a multirun)."""
+    from analogtrain.tracking import Tracker
+
+    if cfg.logger.name == "none":
+        return Tracker()
+    from analogtrain.tracking.callback import read_parent
+    from analogtrain.tracking.mlflow_tracker import MLflowTracker, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+    resume_id = None
+    rec_path = run_dir / MLFLOW_RUN_FILE
+    if resume and rec_path.is_file():
+        rec = json.loads(rec_path.read_text())
+        if rec.get("tracking_uri") == uri:
+            resume_id = rec.get("run_id")
+    parent = read_parent(ctx["sweep_dir"]) if ctx.get("sweep_dir") else None
+    tags = {"analogtrain.run_dir": str(run_dir), "analogtrain.data": cfg.data.name,
+            "analogtrain.overrides": " ".join(ctx.get("overrides", [])) or "(defaults)",
+            **{f"choice.{k}": v for k, v in ctx.get("choices", {}).items() if v is not None},
+            **{f"override.{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1]
+               for o in ctx.get("overrides", []) if "=" in o},
+            **dict(cfg.logger.get("tags") or {})}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    tracker = MLflowTracker(uri, cfg.logger.experiment, run_name_of(cfg, ctx), tags=tags,
+                            parent_run_id=parent["run_id"] if parent and parent.get("tracking_uri") == uri else None,
+                            resume_run_id=resume_id)
+    rec_path.parent.mkdir(parents=True, exist_ok=True)
+    rec_path.write_text(json.dumps({"tracking_uri": uri, "run_id": tracker.run_id,
+                                    "experiment_id": tracker.experiment_id}))
+    return tracker
+
+
+def log_artifacts(cfg, tracker, run_dir: Path, algo, model, summary, history) -> None:
+    """Write the run's outputs to ``run_dir`` and log them: resolved config, curves PNG, history CSV,
+    summary JSON, Hydra's ``.hydra/`` files, the device response plot (analog runs) and whatever the
+    algorithm adds through its optional ``artifacts(model, out_dir) -> list[Path]`` hook."""
+    from analogtrain.engine.report import plot_curves, write_history, write_summary
+
+    out = run_dir / "artifacts"
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[tuple[Path, str | None]] = [(run_dir / "config.yaml", None)]
+    p = plot_curves(history, out / "curves.png", title=str(summary.get("run_name", "")))
+    if p:
+        paths.append((p, None))
+    if history:
+        paths.append((write_history(history, out / "history.csv"), None))
+    paths.append((write_summary(summary, out / "summary.json"), None))
+    if (run_dir / ".hydra").is_dir():
+        paths.append((run_dir / ".hydra", "hydra"))
+    if getattr(algo, "is_analog", False):
+        try:
+            from analogtrain.devices.plot import device_figure
+        except ImportError:
+            device_figure = None
+        if device_figure is not None:
+            try:
+                paths.append((Path(device_figure(cfg.device, out / "device.png") or out / "device.png"), None))
+            except Exception as e:  # a plotting bug must not fail a finished run
+                log.warning("device plot failed: %s", e)
+    hook = getattr(algo, "artifacts", None)
+    if callable(hook):
+        try:
+            paths += [(Path(q), "algo") for q in (hook(model, out) or [])]
+        except Exception as e:
+            log.warning("algorithm artifacts failed: %s", e)
+    if cfg.logger.get("log_artifacts", True):
+        for path, sub in paths:
+            if path.exists():
+                tracker.log_artifact(path, sub)
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one training job described by the composed config ``cfg``; return the summary dict
+    (final metrics, ``best/*``, ``status``, ``run_dir``, ``mlflow_run_id``).
+
+    Raises ``ConfigError`` (bad config or missing data, before any work), ``TrainingDiverged`` (NaN/inf
+    loss; the MLflow run ends FAILED) or ``KeyboardInterrupt`` (Ctrl-C/SIGTERM; the run ends KILLED).
+    """
+    from analogtrain.algorithms.base import build_algorithm
+    from analogtrain.data import build_data
+    from analogtrain.models import build_model
+
+    t_start = time.perf_counter()
+    validate_config(cfg)
+    ctx = hydra_context()
+    if run_dir is None:
+        if "output_dir" not in ctx:
+            raise ConfigError("run_dir", "train(cfg) outside a Hydra app needs run_dir=<directory>")
+        run_dir = ctx["output_dir"]
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    configure_torch(cfg.trainer, ctx)
+    device = select_device(cfg.trainer.accelerator)
+    seeds = derive_seeds(cfg.seed)
+
+    data = build_data(cfg.data, seeds["data"])
+    available = {f"{s}/{m}" for s in ("val", "test") for m in ("loss", "acc")
+                 if len(getattr(data, s)) > 0 and (m == "loss" or data.task == "classification")}
+    available |= {"train/loss_epoch"} | ({"train/acc"} if data.task == "classification" else set())
+    if cfg.trainer.objective not in available:
+        raise ConfigError("trainer.objective", f"'{cfg.trainer.objective}' is not produced by this run; choose "
+                          f"one of {', '.join(sorted(available))}")
+
+    ckpt_file = checkpoint_path(run_dir)
+    fp = fingerprint(cfg)
+    ckpt = load_checkpoint(ckpt_file) if cfg.trainer.resume else None
+    if ckpt is not None:
+        check_compatible(ckpt.get("fingerprint", {}), fp, ckpt_file)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    tracker = make_tracker(cfg, run_dir, ctx, resume=bool(cfg.trainer.resume))
+    name = run_name_of(cfg, ctx)
+    status, history, summary, final, algo, model = "FAILED", [], {}, {}, None, None
+    try:
+        with sigterm_as_interrupt():
+            if not getattr(tracker, "resumed", False):
+                from analogtrain.tracking import flatten
+
+                params = flatten(OmegaConf.to_container(cfg, resolve=True))
+                params.update({f"seeds.{k}": v for k, v in seeds.items()})
+                tracker.log_params(params)
+            torch.manual_seed(seeds["init"])
+            model = build_model(cfg.model, data.input_shape, data.num_outputs)
+            algo = build_algorithm(cfg, seeds)
+            model = algo.prepare(model).to(device)
+            tracker.set_tags({"analogtrain.is_analog": str(bool(getattr(algo, "is_analog", False))).lower(),
+                              "analogtrain.n_params": sum(p.numel() for p in model.parameters())})
+            seed_everything(seeds["pulse"])  # global RNG for anything without its own counter (e.g. dropout)
+            trainer = Trainer(cfg, model, algo, data, tracker, run_dir, device, checkpoint_extra={
+                "fingerprint": fp, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri})
+            if ckpt is not None:
+                trainer.load_state(ckpt)
+            log.info("run %s: %s on %s, model %s (%d params), %d train / %d val / %d test samples, dir %s",
+                     name, cfg.algo.name, device, cfg.model.name, sum(p.numel() for p in model.parameters()),
+                     len(data.train), len(data.val), len(data.test), run_dir)
+            try:
+                final = trainer.fit()
+            finally:
+                history = trainer.state.history
+            status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        log.warning("interrupted: the MLflow run ends KILLED; start the same run directory again to resume "
+                    "(hydra.run.dir=%s)", run_dir)
+        raise
+    except BaseException as e:
+        tracker.set_tags({"analogtrain.error": f"{type(e).__name__}: {e}"})
+        raise
+    finally:
+        summary = dict(final) if status == "FINISHED" else (dict(history[-1]) if history else {})
+        summary.update(status=status, run_name=name, run_dir=str(run_dir), mlflow_run_id=tracker.run_id,
+                       seed=int(cfg.seed), **{"time/total_s": time.perf_counter() - t_start})
+        try:
+            log_artifacts(cfg, tracker, run_dir, algo, model, summary, history)
+        except Exception as e:  # artifacts are best-effort; the run status must still be recorded
+            log.warning("could not write/log artifacts: %s", e)
+        tracker.finish(status)
+    from analogtrain.engine.report import print_summary
+
+    print_summary(summary, title=f"{name}  ({run_dir})")
+    return summary
+
+
+def run_name_of(cfg, ctx: dict) -> str:
+    """Run name from the Hydra choices; sweep jobs get their job number appended (``...-s0-j3``) so runs that
+    differ only in a swept scalar (e.g. the lr) stay distinguishable in the MLflow UI."""
+    from analogtrain.tracking import run_name
+
+    name = run_name(cfg, ctx.get("choices"))
+    if ctx.get("sweep_dir") is not None and ctx.get("job_num") is not None and not cfg.logger.get("run_name"):
+        name += f"-j{ctx['job_num']}"
+    return name

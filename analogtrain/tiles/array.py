@@ -1,0 +1,155 @@
+"""One crossbar array of resistive devices: its conductance state, device parameters and RNG counters.
+
+A ``DeviceArray`` owns, as module buffers (so ``state_dict`` is a complete checkpoint):
+
+==============  ===========================  ==================================================
+``w``           (O, I) float32               visible weights (device conductance − reference)
+``w_p``         (O, I) float32 or (0,)       persistent weights when the device has write noise
+``params``      (NP, O, I) float32           sampled device parameters (``devices/params.py``)
+``gparams``     (NG,) float64                tile-wide device scalars
+``seed``        () int64                     pulse seed of this array (Philox key)
+``offset``      () int64                     pulsed-update call counter (Philox ``c3``), +1 per update
+``read_offset`` () int64                     transfer-read call counter, +1 per ``read``
+==============  ===========================  ==================================================
+
+The update goes through ``analogtrain.ops.pulsed_update`` (compiled kernel or torch reference).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from analogtrain import ops
+from analogtrain.config.errors import ConfigError
+from analogtrain.devices import params as P
+from analogtrain.ops import MODE_EXPECTED, MODE_MEAN_COUNT, MODE_PULSED, UpdateSpec
+from analogtrain.tiles.config import IOConfig, UpdateConfig
+from analogtrain.tiles.periphery import read_io
+
+__all__ = ["DeviceArray", "update_spec"]
+
+_MODES = {"pulsed": MODE_PULSED, "mean_count": MODE_MEAN_COUNT, "expected": MODE_EXPECTED}
+
+
+def update_spec(update: UpdateConfig, update_mode: str = "pulsed", prefix: str = "tile") -> UpdateSpec | None:
+    """Translate ``tile.update`` + ``tile.update_mode`` into the op's ``UpdateSpec``.
+
+    ``update_mode=pulsed`` follows ``update.pulse_type``: ``stochastic_compressed`` → pulsed,
+    ``mean_count`` → deterministic counts; ``none`` → ``None`` (no update: an inference tile).
+    ``update_mode=mean_count|expected`` override the pulse type. UM is forced on under UBLM (aihwkit).
+    """
+    if update_mode not in _MODES:
+        raise ConfigError(f"{prefix}.update_mode", f"'{update_mode}' is not allowed; choose one of "
+                          f"{', '.join(_MODES)}")
+    mode = _MODES[update_mode]
+    if update_mode == "pulsed":
+        pt = update.pulse_type
+        if pt in ("none", "none_with_device"):
+            return None
+        if pt == "mean_count":
+            mode = MODE_MEAN_COUNT
+        elif pt != "stochastic_compressed":
+            raise ConfigError(f"{prefix}.update.pulse_type", f"'{pt}' is not implemented; choose one of "
+                              "stochastic_compressed, mean_count, none")
+    ublm = bool(update.update_bl_management)
+    return UpdateSpec(
+        desired_bl=int(update.desired_bl), fixed_bl=bool(update.fixed_bl), ublm=ublm,
+        um=bool(update.update_management) or ublm, um_grad_scale=float(update.um_grad_scale),
+        res=float(update.res), sto_round=bool(update.sto_round), mode=mode,
+    )
+
+
+class DeviceArray(torch.nn.Module):
+    """One crossbar array with device-to-device variation sampled once from ``seed_device``.
+
+    ``device_cfg``: a device config dataclass (``analogtrain.devices.device_from_config``);
+    ``out_size``/``in_size``: O rows (outputs) × I columns (inputs). Weights start at 0 (visible).
+    ``backend`` is recorded for information; the op dispatch (``analogtrain.ops``) chooses the kernel.
+    ``perfect_bias``: the last column is aihwkit's ``perfect_bias`` analog-bias column.
+    """
+
+    def __init__(self, device_cfg, out_size: int, in_size: int, seed_device: int, seed_pulse: int,
+                 backend: str = "auto", perfect_bias: bool = False):
+        super().__init__()
+        from analogtrain.devices import sample_device  # devices package imports nothing from tiles
+
+        self.out_size, self.in_size, self.backend = int(out_size), int(in_size), backend
+        self.device_cfg = device_cfg
+        # perfect_bias: the last column is an ideal analog-bias column (sampled so by the devices)
+        s = (sample_device(device_cfg, self.out_size, self.in_size, int(seed_device), perfect_bias=True)
+             if perfect_bias else sample_device(device_cfg, self.out_size, self.in_size, int(seed_device)))
+        self.sampled = s
+        self.dw = float(s.dw)
+        self.w_min, self.w_max = float(s.w_min), float(s.w_max)
+        self.register_buffer("w", torch.zeros(self.out_size, self.in_size, dtype=torch.float32))
+        self.register_buffer("w_p", torch.zeros(self.out_size, self.in_size, dtype=torch.float32)
+                             if s.write_noise else torch.zeros(0, dtype=torch.float32))
+        self.register_buffer("params", s.params.to(torch.float32).contiguous())
+        self.register_buffer("gparams", s.gparams.to(torch.float64).contiguous())
+        self.register_buffer("seed", torch.tensor(int(seed_pulse) & 0x7FFFFFFFFFFFFFFF, dtype=torch.int64))
+        self.register_buffer("offset", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("read_offset", torch.zeros((), dtype=torch.int64))
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def has_write_noise(self) -> bool:
+        return self.w_p.numel() > 0
+
+    @property
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-element bounds of the *visible* weight: (b_min − ref, b_max − ref), each (O, I)."""
+        ref = self.params[P.P_REF]
+        return self.params[P.P_BMIN] - ref, self.params[P.P_BMAX] - ref
+
+    def device_state(self) -> torch.Tensor:
+        """The device's own state (persistent ``w_p`` with write noise, else ``w``), visible units."""
+        return self.w_p if self.has_write_noise else self.w
+
+    def get_weights(self) -> torch.Tensor:
+        """(O, I) copy of the visible weights."""
+        return self.w.detach().clone()
+
+    @torch.no_grad()
+    def set_weights(self, W: torch.Tensor) -> None:
+        """Program ``W`` (O, I), clipped element-wise to the device bounds (no programming noise)."""
+        lo, hi = self.bounds
+        W = W.detach().to(self.w.device, torch.float32).reshape(self.out_size, self.in_size)
+        W = torch.minimum(torch.maximum(W, lo), hi)
+        self.w.copy_(W)
+        if self.has_write_noise:
+            self.w_p.copy_(W)
+
+    def frac_at_bounds(self, tol: float = 0.1) -> float:
+        """Fraction of devices within ``tol·dw`` of b_min or b_max (saturated; soft bounds approach them
+        asymptotically, so a device this close moves by ≲ tol of a nominal step towards the bound)."""
+        lo, hi = self.bounds
+        w = self.device_state()
+        margin = tol * self.dw
+        return float(((w >= hi - margin) | (w <= lo + margin)).float().mean()) if w.numel() else 0.0
+
+    # --- operations ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, d: torch.Tensor, lr: float, spec: UpdateSpec,
+               chop_in: torch.Tensor | None = None, chop_out: torch.Tensor | None = None) -> torch.Tensor:
+        """Pulsed update with x (B, I), d (B, O) (aihwkit sign: positive x·d·lr → down pulses, so the
+        weight moves along −lr·x·d). Returns the pulses per element (O, I); advances ``offset`` by 1."""
+        x = x.detach().to(self.w.device, torch.float32).contiguous()
+        d = d.detach().to(self.w.device, torch.float32).contiguous()
+        pulses = ops.pulsed_update(
+            self.w, self.w_p if self.has_write_noise else None, self.params, self.gparams, x, d,
+            float(lr), self.dw, spec, int(self.seed), int(self.offset), chop_in=chop_in, chop_out=chop_out,
+        )
+        self.offset += 1
+        return pulses
+
+    @torch.no_grad()
+    def read(self, x: torch.Tensor, io: IOConfig, transposed: bool = False) -> torch.Tensor:
+        """Transfer read through ``io`` with NM/BM forced off: x (B, I) -> (B, O), or ``transposed``
+        x (B, O) -> (B, I). Noise from Stream.READ_NOISE at ``read_offset`` (advanced by 1)."""
+        y = read_io(self.w, x.to(torch.float32), io, seed=int(self.seed), offset=int(self.read_offset),
+                    transposed=transposed)
+        self.read_offset += 1
+        return y
+
+    def extra_repr(self) -> str:
+        return f"out={self.out_size}, in={self.in_size}, dw={self.dw:.3g}, write_noise={self.has_write_noise}"

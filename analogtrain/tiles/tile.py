@@ -1,0 +1,130 @@
+"""``AnalogTile``: one crossbar tile in a torch graph — forward and backward through the IO periphery,
+and the (x, d) cache that the analog optimizer hands to the tile's learning rule.
+
+aihwkit wiring (semantics §6.6): the autograd function's forward is the analog read ``y = W x`` with the
+forward periphery; its backward is the analog read ``g = Wᵀ d`` with the backward periphery and *stores*
+``(x, d)`` (d = the exact incoming gradient, not the noisy backward output) for the pulsed update. No
+weight gradient is ever formed: the weights are buffers, and the only Parameter of a tile is a scalar
+``analog_ctx`` that makes autograd call the backward (also when x needs no gradient, e.g. the first
+layer) and gives the optimizer a param group per tile whose lr LR schedulers can change.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from analogtrain.tiles.config import TileConfig, to_dataclass, validate_tile
+from analogtrain.tiles.periphery import backward_io, forward_io
+from analogtrain.tiles.rule import TileRule
+
+__all__ = ["AnalogTile"]
+
+
+class _AnalogMVM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, analog_ctx, tile):  # x: (B, I) -> (B, O)
+        ctx.tile = tile
+        ctx.save_for_backward(x)
+        return tile.read_forward(x.detach())
+
+    @staticmethod
+    def backward(ctx, grad_y):  # grad_y: (B, O) -> (B, I)
+        (x,) = ctx.saved_tensors
+        tile = ctx.tile
+        tile.cache_update(x.detach(), grad_y.detach())
+        grad_x = tile.read_backward(grad_y.detach()) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None  # no gradient for analog_ctx: weight gradients are never formed
+
+
+class AnalogTile(torch.nn.Module):
+    """A tile: ``rule`` (its weight state and learning rule) read through ``tile_cfg``'s periphery.
+
+    ``io_seed``: Philox key of the IO noise (forward/backward offsets are buffers, +1 per read).
+    ``perfect_last_input``: the last input is aihwkit's ``perfect_bias`` column — it bypasses the
+    periphery (``y += W[:, -1]·x[:, -1]`` exactly) but is still updated by pulses.
+    """
+
+    def __init__(self, rule: TileRule, tile_cfg: TileConfig | None = None, io_seed: int = 0,
+                 perfect_last_input: bool = False):
+        super().__init__()
+        cfg = to_dataclass(TileConfig, tile_cfg) if tile_cfg is not None else TileConfig()
+        validate_tile(cfg)
+        self.tile_cfg = cfg
+        self.rule = rule
+        self.out_size, self.in_size = rule.out_size, rule.in_size
+        self.perfect_last_input = bool(perfect_last_input)
+        self.analog_ctx = torch.nn.Parameter(torch.zeros(()), requires_grad=True)
+        self.register_buffer("io_seed", torch.tensor(int(io_seed) & 0x7FFFFFFFFFFFFFFF, dtype=torch.int64))
+        self.register_buffer("fwd_offset", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("bwd_offset", torch.zeros((), dtype=torch.int64))
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # --- reads ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def read_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward read with the forward periphery: x (B, I) -> y (B, O)."""
+        W = self.rule.effective_weight()
+        io, seed, off = self.tile_cfg.forward, int(self.io_seed), int(self.fwd_offset)
+        if self.perfect_last_input:
+            y = forward_io(W[:, :-1], x[:, :-1], io, seed=seed, offset=off)
+            y = y + x[:, -1:].to(y.dtype) * W[:, -1].to(y.dtype)
+        else:
+            y = forward_io(W, x, io, seed=seed, offset=off)
+        self.fwd_offset += 1
+        return y.to(x.dtype)
+
+    @torch.no_grad()
+    def read_backward(self, d: torch.Tensor) -> torch.Tensor:
+        """Backward read with the backward periphery (no bound management): d (B, O) -> (B, I)."""
+        W = self.rule.effective_weight()
+        io, seed, off = self.tile_cfg.backward, int(self.io_seed), int(self.bwd_offset)
+        if self.perfect_last_input:
+            g = backward_io(W[:, :-1], d, io, seed=seed, offset=off)
+            g = torch.cat([g, d.to(g.dtype) @ W[:, -1:].to(g.dtype)], dim=1)
+        else:
+            g = backward_io(W, d, io, seed=seed, offset=off)
+        self.bwd_offset += 1
+        return g.to(d.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, I) -> (B, O) through the analog tile (autograd: backward read + (x, d) caching)."""
+        if x.dim() != 2 or x.shape[1] != self.in_size:
+            raise ValueError(f"AnalogTile expects x of shape (B, {self.in_size}), got {tuple(x.shape)}")
+        if torch.is_grad_enabled() and (x.requires_grad or self.analog_ctx.requires_grad):
+            return _AnalogMVM.apply(x, self.analog_ctx, self)
+        return self.read_forward(x)
+
+    # --- update -----------------------------------------------------------------------------------
+    def cache_update(self, x: torch.Tensor, d: torch.Tensor) -> None:
+        """Store one backward's inputs x (B, I) and exact gradients d (B, O) for the next update."""
+        self._cache.append((x, d))
+
+    @property
+    def has_cache(self) -> bool:
+        return bool(self._cache)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.no_grad()
+    def apply_update(self, lr: float) -> None:
+        """Concatenate all cached (x, d) along the batch axis and call ``rule.update`` once (aihwkit
+        ``AnalogSGD``); lr = 0 drops the data. Clears the cache."""
+        if not self._cache:
+            return
+        if lr != 0:
+            xs, ds = zip(*self._cache)
+            x = xs[0] if len(xs) == 1 else torch.cat(xs, 0)
+            d = ds[0] if len(ds) == 1 else torch.cat(ds, 0)
+            self.rule.update(x, d, float(lr))
+        self._cache.clear()
+
+    # --- weights ----------------------------------------------------------------------------------
+    def get_weights(self) -> torch.Tensor:
+        return self.rule.get_weights()
+
+    def set_weights(self, W: torch.Tensor) -> None:
+        self.rule.set_weights(W)
+
+    def extra_repr(self) -> str:
+        return f"out={self.out_size}, in={self.in_size}, perfect_last_input={self.perfect_last_input}"

@@ -1,0 +1,176 @@
+// Torch glue of the CUDA kernels (cuda_kernels.cu): shape checks, scratch allocation on the tensors'
+// device, the current stream, and the CUDA implementations of the `analogtrain` ops whose schemas
+// cpu_ops.cpp defines. Compiled by the host compiler (keeps torch headers out of the .cu file).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <tuple>
+
+#include "pulsed_update.h"
+
+namespace analogtrain {
+
+void cuda_pulsed_update(float* w, float* w_p, const float* params, const DeviceGlobals& g, const float* x,
+                        const float* d, const float* xmax, const float* dmax, int B, int O, int I,
+                        const UpdateArgs& u, const float* cin, const float* cout, float* pulses, int nw,
+                        uint32_t* xbits, uint32_t* dbits, float* px, float* pd, float* sx, float* sd,
+                        SampleScales* sc, cudaStream_t stream);
+
+void cuda_buffer_step(float* h, int64_t h_stride, const float* v, const float* chop, int64_t L, float lr_scale,
+                      float thr, float bl, float momentum, float one_minus_momentum, bool forget, bool no_buffer,
+                      float cap, float* n_out, cudaStream_t stream);
+
+namespace {
+
+void check_f32_cuda(const at::Tensor& t, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(t.is_cuda(), "analogtrain (CUDA): ", name, " must be a CUDA tensor");
+  TORCH_CHECK(t.device() == like.device(), "analogtrain (CUDA): ", name, " is on another device");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "analogtrain (CUDA): ", name, " must be float32");
+  TORCH_CHECK(t.is_contiguous(), "analogtrain (CUDA): ", name, " must be contiguous");
+}
+
+UpdateArgs make_args(double lr, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um, double um_grad_scale,
+                     double res, bool sto_round, int64_t mode, int64_t seed, int64_t offset) {
+  UpdateArgs u;
+  u.lr_abs = std::fabs(lr);
+  u.sign_lr = lr > 0 ? 1.0 : -1.0;
+  u.dw = dw;
+  u.desired_bl = static_cast<int>(desired_bl);
+  u.fixed_bl = fixed_bl;
+  u.ublm = ublm;
+  u.um = um || ublm;
+  u.um_grad_scale = um_grad_scale;
+  u.res = res;
+  u.sto_round = sto_round;
+  u.mode = static_cast<int>(mode);
+  u.seed = static_cast<uint64_t>(seed);
+  u.offset = static_cast<uint64_t>(offset);
+  return u;
+}
+
+// Largest BL any sample of this call can get (sizes the bit-packed trains without a device sync).
+int max_bl(const UpdateArgs& u) {
+  if (u.fixed_bl || u.ublm) return u.desired_bl;
+  if (u.dw * u.desired_bl < u.lr_abs) {
+    const double c = std::ceil(u.lr_abs / u.dw);
+    return c > 1.0 ? static_cast<int>(c) : 1;
+  }
+  return u.desired_bl;
+}
+
+DeviceGlobals globals_of(const at::Tensor& gparams) {
+  at::Tensor g = gparams.to(at::kCPU, at::kDouble).contiguous();  // 12 scalars
+  TORCH_CHECK(g.numel() >= NG_SCALARS, "analogtrain: gparams must hold ", NG_SCALARS, " scalars");
+  return make_globals(g.data_ptr<double>());
+}
+
+const float* opt_ptr(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& like, int64_t n) {
+  if (!(t.has_value() && t->defined() && t->numel() > 0)) return nullptr;
+  check_f32_cuda(*t, name, like);
+  TORCH_CHECK(t->numel() == n, "analogtrain (CUDA): ", name, " must have ", n, " entries");
+  return t->data_ptr<float>();
+}
+
+void run_update(at::Tensor& w, float* wp, const at::Tensor& params, const DeviceGlobals& g, const at::Tensor& x,
+                const at::Tensor& d, const UpdateArgs& u, const float* ci, const float* co, at::Tensor& pulses) {
+  const int O = static_cast<int>(w.size(0)), I = static_cast<int>(w.size(1)), B = static_cast<int>(x.size(0));
+  if (u.lr_abs == 0.0 || B == 0 || O == 0 || I == 0) return;
+  at::Tensor xmax = x.abs().amax({1}).contiguous();
+  at::Tensor dmax = d.abs().amax({1}).contiguous();
+  const int nw = u.mode == MODE_PULSED ? (max_bl(u) + 31) / 32 : 0;
+  auto iopt = w.options().dtype(at::kInt);
+  at::Tensor xbits = at::empty({nw ? static_cast<int64_t>(B) * I * nw : 1}, iopt);
+  at::Tensor dbits = at::empty({nw ? static_cast<int64_t>(B) * O * nw : 1}, iopt);
+  at::Tensor px = at::empty({B, I}, w.options()), sx = at::empty({B, I}, w.options());
+  at::Tensor pd = at::empty({B, O}, w.options()), sd = at::empty({B, O}, w.options());
+  // SampleScales {int, double, double} = 24 bytes per sample; raw bytes in a uint8 tensor
+  at::Tensor sc = at::empty({static_cast<int64_t>(B) * static_cast<int64_t>(sizeof(SampleScales))},
+                            w.options().dtype(at::kByte));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w.device().index()).stream();
+  cuda_pulsed_update(w.data_ptr<float>(), wp, params.data_ptr<float>(), g, x.data_ptr<float>(), d.data_ptr<float>(),
+                     xmax.data_ptr<float>(), dmax.data_ptr<float>(), B, O, I, u, ci, co, pulses.data_ptr<float>(), nw,
+                     reinterpret_cast<uint32_t*>(xbits.data_ptr<int32_t>()),
+                     reinterpret_cast<uint32_t*>(dbits.data_ptr<int32_t>()), px.data_ptr<float>(),
+                     pd.data_ptr<float>(), sx.data_ptr<float>(), sd.data_ptr<float>(),
+                     reinterpret_cast<SampleScales*>(sc.data_ptr<uint8_t>()), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor pulsed_update_cuda(at::Tensor w, const std::optional<at::Tensor>& w_p, const at::Tensor& params,
+                              const at::Tensor& gparams, const at::Tensor& x, const at::Tensor& d, double lr,
+                              double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um, double um_grad_scale,
+                              double res, bool sto_round, int64_t mode, int64_t seed, int64_t offset,
+                              const std::optional<at::Tensor>& chop_in, const std::optional<at::Tensor>& chop_out) {
+  c10::cuda::CUDAGuard guard(w.device());
+  check_f32_cuda(w, "w", w);
+  check_f32_cuda(params, "params", w);
+  check_f32_cuda(x, "x", w);
+  check_f32_cuda(d, "d", w);
+  const int64_t O = w.size(0), I = w.size(1);
+  TORCH_CHECK(x.dim() == 2 && d.dim() == 2 && x.size(1) == I && d.size(1) == O && d.size(0) == x.size(0),
+              "analogtrain::pulsed_update (CUDA): shape mismatch");
+  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
+              "analogtrain::pulsed_update (CUDA): params must be (NP, O, I)");
+  TORCH_CHECK(mode >= 0 && mode <= 2, "analogtrain::pulsed_update: unknown mode ", mode);
+  TORCH_CHECK(dw > 0, "analogtrain::pulsed_update: dw must be > 0");
+  float* wp = const_cast<float*>(opt_ptr(w_p, "w_p", w, O * I));
+  const float* ci = opt_ptr(chop_in, "chop_in", w, I);
+  const float* co = opt_ptr(chop_out, "chop_out", w, O);
+  at::Tensor pulses = at::zeros({O, I}, w.options());
+  const UpdateArgs u = make_args(lr, dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
+                                 offset);
+  run_update(w, wp, params, globals_of(gparams), x, d, u, ci, co, pulses);
+  return pulses;
+}
+
+std::tuple<at::Tensor, at::Tensor> buffered_transfer_cuda(at::Tensor h, const at::Tensor& v, int64_t k, const std::optional<at::Tensor>& chop,
+                                  double lr_scale, double thr, int64_t bl_t, double momentum, bool forget,
+                                  bool no_buffer, double cap, bool columns, bool write, at::Tensor w,
+                                  const std::optional<at::Tensor>& w_p, const at::Tensor& params,
+                                  const at::Tensor& gparams, double lr, double dw, int64_t desired_bl, bool fixed_bl,
+                                  bool ublm, bool um, double um_grad_scale, double res, bool sto_round, int64_t mode,
+                                  int64_t seed, int64_t offset) {
+  c10::cuda::CUDAGuard guard(h.device());
+  check_f32_cuda(h, "h", h);
+  check_f32_cuda(v, "v", h);
+  check_f32_cuda(w, "w", h);
+  check_f32_cuda(params, "params", h);
+  const int64_t O = h.size(0), I = h.size(1);
+  const int64_t L = columns ? O : I, S = columns ? I : O;
+  TORCH_CHECK(v.numel() == L, "analogtrain::buffered_transfer (CUDA): v must have ", L, " entries");
+  TORCH_CHECK(k >= 0 && k < S, "analogtrain::buffered_transfer (CUDA): slice index out of range");
+  const float* cp = opt_ptr(chop, "chop", h, L);
+  at::Tensor n = at::empty({L}, v.options());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(h.device().index()).stream();
+  cuda_buffer_step(h.data_ptr<float>() + (columns ? k : k * I), columns ? I : 1, v.data_ptr<float>(), cp, L,
+                   static_cast<float>(lr_scale), static_cast<float>(thr), static_cast<float>(bl_t),
+                   static_cast<float>(momentum), static_cast<float>(1.0 - momentum), forget, no_buffer,
+                   static_cast<float>(cap * static_cast<double>(bl_t)), n.data_ptr<float>(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!write) return std::make_tuple(n, at::zeros({L}, v.options()));
+  // the C write (no host sync: with all n = 0 the one-sample update touches nothing, as the skip would)
+  at::Tensor onehot = at::zeros({1, S}, h.options());
+  onehot.select(1, k).fill_(1.0);
+  at::Tensor negn = n.neg().reshape({1, L}).contiguous();
+  at::Tensor x = columns ? onehot : negn;
+  at::Tensor d = columns ? negn : onehot;
+  float* wp = const_cast<float*>(opt_ptr(w_p, "w_p", h, O * I));
+  at::Tensor pulses = at::zeros({O, I}, w.options());
+  const UpdateArgs u = make_args(lr, dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
+                                 offset);
+  run_update(w, wp, params, globals_of(gparams), x, d, u, nullptr, nullptr, pulses);
+  at::Tensor slice_pulses = columns ? pulses.select(1, k).contiguous() : pulses.select(0, k).contiguous();
+  return std::make_tuple(n, slice_pulses);
+}
+
+}  // namespace
+}  // namespace analogtrain
+
+TORCH_LIBRARY_IMPL(analogtrain, CUDA, m) {
+  m.impl("pulsed_update", &analogtrain::pulsed_update_cuda);
+  m.impl("buffered_transfer", &analogtrain::buffered_transfer_cuda);
+}

@@ -1,0 +1,230 @@
+// Per-pulse device step functions (host and device): the C++/CUDA twin of
+// analogtrain/devices/step.py (`device_step`, `step_magnitudes`) over the parameter layout of
+// analogtrain/devices/params.py. Change both or neither.
+//
+// All arithmetic is float32 in exactly the order of the torch code (compile with -ffp-contract=off /
+// nvcc --fmad=false so no FMA fuses two roundings), so the deterministic paths agree bit for bit with
+// the reference; expf/powf may differ from torch's by an ulp.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "philox.h"
+
+namespace analogtrain {
+
+// --- planes of params (NP, O, I) --------------------------------------------------------------------
+enum ParamPlane : int {
+  P_BMIN = 0,
+  P_BMAX = 1,
+  P_SCALE_UP = 2,
+  P_SCALE_DOWN = 3,
+  P_SLOPE_UP = 4,
+  P_SLOPE_DOWN = 5,
+  P_GAMMA_UP = 6,
+  P_GAMMA_DOWN = 7,
+  P_REF = 8,
+  NP_PLANES = 9,
+};
+
+// --- tile-wide scalars gparams (NG,) float64 --------------------------------------------------------
+enum GParam : int {
+  G_KIND = 0,
+  G_DW_MIN_STD = 1,
+  G_MULT_NOISE = 2,
+  G_WRITE_NOISE = 3,
+  G_ES_A_UP = 4,
+  G_ES_A_DOWN = 5,
+  G_ES_GAMMA_UP = 6,
+  G_ES_GAMMA_DOWN = 7,
+  G_ES_A = 8,
+  G_ES_B = 9,
+  G_ES_STD_ADD = 10,
+  G_ES_STD_SLOPE = 11,
+  NG_SCALARS = 12,
+};
+
+enum DeviceKind : int { KIND_LINEAR = 0, KIND_EXP = 1, KIND_POW = 2 };
+
+// Tile-wide scalars rounded to float32 once (as step.py's _g32), plus derived flags.
+struct DeviceGlobals {
+  int kind;
+  float sigma;        // dw_min_std
+  bool has_noise;     // sigma != 0: the reference draws (and applies) a normal per pulse
+  bool mult_noise;    // KIND_LINEAR: multiplicative noise
+  float write_noise;  // write-noise std in weight units (0: off)
+  float es_a_up, es_a_down, es_gamma_up, es_gamma_down, es_two_a, es_b, es_std_add, es_std_slope;
+  bool es_complex;    // KIND_EXP complex noise active
+};
+
+inline DeviceGlobals make_globals(const double* g) {
+  DeviceGlobals o;
+  o.kind = static_cast<int>(g[G_KIND]);
+  o.sigma = static_cast<float>(g[G_DW_MIN_STD]);
+  o.has_noise = g[G_DW_MIN_STD] != 0.0;
+  o.mult_noise = g[G_MULT_NOISE] != 0.0;
+  o.write_noise = static_cast<float>(g[G_WRITE_NOISE]);
+  o.es_a_up = static_cast<float>(g[G_ES_A_UP]);
+  o.es_a_down = static_cast<float>(g[G_ES_A_DOWN]);
+  o.es_gamma_up = static_cast<float>(g[G_ES_GAMMA_UP]);
+  o.es_gamma_down = static_cast<float>(g[G_ES_GAMMA_DOWN]);
+  o.es_two_a = static_cast<float>(g[G_ES_A]) * 2.0f;
+  o.es_b = static_cast<float>(g[G_ES_B]);
+  o.es_std_add = static_cast<float>(g[G_ES_STD_ADD]);
+  o.es_std_slope = static_cast<float>(g[G_ES_STD_SLOPE]);
+  o.es_complex = o.has_noise && o.sigma > 0.0f && (o.es_std_add != 0.0f || o.es_std_slope != 0.0f);
+  return o;
+}
+
+// The sampled parameters of one element (gathered from the planes).
+struct ElemParams {
+  float bmin, bmax, sc_up, sc_dn, s_up, s_dn, g_up, g_dn, ref;
+};
+
+AT_HD ElemParams load_params(const float* params, int64_t plane_stride, int64_t e) {
+  ElemParams p;
+  p.bmin = params[P_BMIN * plane_stride + e];
+  p.bmax = params[P_BMAX * plane_stride + e];
+  p.sc_up = params[P_SCALE_UP * plane_stride + e];
+  p.sc_dn = params[P_SCALE_DOWN * plane_stride + e];
+  p.s_up = params[P_SLOPE_UP * plane_stride + e];
+  p.s_dn = params[P_SLOPE_DOWN * plane_stride + e];
+  p.g_up = params[P_GAMMA_UP * plane_stride + e];
+  p.g_dn = params[P_GAMMA_DOWN * plane_stride + e];
+  p.ref = params[P_REF * plane_stride + e];
+  return p;
+}
+
+AT_HD float clip_bounds(float v, float lo, float hi) {
+  // torch.minimum(torch.maximum(v, lo), hi)
+  v = v > lo ? v : lo;
+  return v < hi ? v : hi;
+}
+
+AT_HD float f_exp(float v) {
+#if defined(__CUDA_ARCH__)
+  return expf(v);
+#else
+  return std::exp(v);
+#endif
+}
+
+AT_HD float f_pow(float b, float e) {
+#if defined(__CUDA_ARCH__)
+  return powf(b, e);
+#else
+  return std::pow(b, e);
+#endif
+}
+
+// ONE pulse on the device conductance w_dev (up or down), cycle-to-cycle noise xi (ignored when the
+// tile has no noise), clipped to [b_min, b_max]. Mirrors devices/step.py::device_step line by line.
+AT_HD float device_step(float w, bool up, const ElemParams& p, const DeviceGlobals& g, float xi) {
+  const float noise = g.has_noise ? g.sigma * xi : 0.0f;  // σξ
+  const float fac = g.has_noise ? 1.0f + noise : 1.0f;    // (1 + σξ)
+  if (g.kind == KIND_LINEAR) {
+    float nw;
+    if (g.mult_noise) {
+      nw = up ? w + (p.s_up * w + p.sc_up) * fac : w - (p.s_dn * w + p.sc_dn) * fac;
+    } else {
+      nw = up ? w + (p.s_up * w + p.sc_up * fac) : w - (p.s_dn * w + p.sc_dn * fac);
+    }
+    return clip_bounds(nw, p.bmin, p.bmax);
+  }
+  if (g.kind == KIND_EXP) {
+    const float rng = p.bmax - p.bmin;
+    if (!(rng > 0.0f)) return w;  // aihwkit skips devices with an empty range (no clip)
+    const float z = g.es_two_a * w / rng + g.es_b;  // 2a·w/(b_max − b_min) + b
+    float nw;
+    if (up) {
+      float y = 1.0f - g.es_a_up * f_exp(g.es_gamma_up * z);
+      y = y > 0.0f ? y : 0.0f;
+      if (g.es_complex) {
+        const float delta = y * p.sc_up;
+        const float spread = (fabsf(delta) + g.es_std_add) + g.es_std_slope * fabsf(w);
+        nw = (w + delta) + g.sigma * spread * xi;
+      } else {
+        nw = w + (y * fac) * p.sc_up;
+      }
+    } else {
+      float y = 1.0f - g.es_a_down * f_exp(-g.es_gamma_down * z);
+      y = y > 0.0f ? y : 0.0f;
+      if (g.es_complex) {
+        const float delta = -(y * p.sc_dn);
+        const float spread = (fabsf(delta) + g.es_std_add) + g.es_std_slope * fabsf(w);
+        nw = (w + delta) + g.sigma * spread * xi;
+      } else {
+        nw = w - (y * fac) * p.sc_dn;
+      }
+    }
+    return clip_bounds(nw, p.bmin, p.bmax);
+  }
+  // KIND_POW
+  const float rng = p.bmax - p.bmin;
+  if (rng == 0.0f) return w;
+  const float safe = rng > 0.0f ? rng : 1.0f;  // as step.py (only reachable for inconsistent bounds)
+  float nw;
+  if (up) {
+    float base = (p.bmax - w) / safe;
+    base = base > 0.0f ? base : 0.0f;
+    nw = w + (p.sc_up * f_pow(base, p.g_up)) * fac;
+  } else {
+    float base = (w - p.bmin) / safe;
+    base = base > 0.0f ? base : 0.0f;
+    nw = w - (p.sc_dn * f_pow(base, p.g_dn)) * fac;
+  }
+  return clip_bounds(nw, p.bmin, p.bmax);
+}
+
+// Noise-free step magnitudes (step_up, step_down) at w_dev, float32, no clipping (step.py's
+// step_magnitudes evaluated in float32, as the `expected` update mode does).
+AT_HD void step_magnitudes(float w, const ElemParams& p, const DeviceGlobals& g, float& st_up, float& st_dn) {
+  if (g.kind == KIND_LINEAR) {
+    st_up = p.s_up * w + p.sc_up;
+    st_dn = p.s_dn * w + p.sc_dn;
+    return;
+  }
+  const float rng = p.bmax - p.bmin;
+  if (g.kind == KIND_EXP) {
+    const bool ok = rng > 0.0f;
+    const float safe = ok ? rng : 1.0f;
+    const float z = g.es_two_a * w / safe + g.es_b;
+    float yu = 1.0f - g.es_a_up * f_exp(g.es_gamma_up * z);
+    float yd = 1.0f - g.es_a_down * f_exp(-g.es_gamma_down * z);
+    yu = yu > 0.0f ? yu : 0.0f;
+    yd = yd > 0.0f ? yd : 0.0f;
+    st_up = ok ? yu * p.sc_up : 0.0f;
+    st_dn = ok ? yd * p.sc_dn : 0.0f;
+    return;
+  }
+  const bool ok = rng != 0.0f;
+  const float safe = ok ? rng : 1.0f;
+  float bu = (p.bmax - w) / safe;
+  float bd = (w - p.bmin) / safe;
+  bu = bu > 0.0f ? bu : 0.0f;
+  bd = bd > 0.0f ? bd : 0.0f;
+  st_up = ok ? p.sc_up * f_pow(bu, p.g_up) : 0.0f;
+  st_dn = ok ? p.sc_dn * f_pow(bd, p.g_dn) : 0.0f;
+}
+
+// n single pulses of one sign on one element in one sample: pulse q uses
+// normal(seed, offset, PULSE_NOISE, a = flat element, b = sample, draw = q). Returns the new w_dev.
+AT_HD float apply_pulses(float w, int n, bool up, const ElemParams& p, const DeviceGlobals& g, uint64_t seed,
+                         uint64_t offset, uint32_t flat, uint32_t sample) {
+  if (!g.has_noise) {
+    for (int q = 0; q < n; ++q) w = device_step(w, up, p, g, 0.0f);
+    return w;
+  }
+  for (int q0 = 0; q0 < n; q0 += 4) {
+    const Philox4 r = philox_block(seed, offset, S_PULSE_NOISE, flat, sample, static_cast<uint32_t>(q0 >> 2));
+    float z[4];
+    box_muller2(r.r[0], r.r[1], z[0], z[1]);
+    const int m = n - q0 < 4 ? n - q0 : 4;
+    if (m > 2) box_muller2(r.r[2], r.r[3], z[2], z[3]);
+    for (int q = 0; q < m; ++q) w = device_step(w, up, p, g, z[q]);
+  }
+  return w;
+}
+
+}  // namespace analogtrain

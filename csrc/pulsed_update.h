@@ -1,0 +1,174 @@
+// Pulsed-update building blocks shared by the CPU kernel (cpu_ops.cpp) and the CUDA kernel
+// (cuda_kernels.cu): per-sample scales (aihwkit calculateBlAB + performUpdateManagement), pulse
+// probabilities with res/sto_round, bit-packed pulse trains and the per-element work of one sample.
+// Semantics and RNG layout: analogtrain/ops/reference.py (the oracle) — every step below names the
+// line of that docstring it mirrors.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "device_step.h"
+#include "philox.h"
+
+namespace analogtrain {
+
+enum UpdateMode : int { MODE_PULSED = 0, MODE_MEAN_COUNT = 1, MODE_EXPECTED = 2 };
+
+// Scalars of one call (UpdateSpec + lr, dw, seed, offset).
+struct UpdateArgs {
+  double lr_abs;
+  double sign_lr;  // +1 or -1
+  double dw;
+  int desired_bl;
+  bool fixed_bl, ublm, um;
+  double um_grad_scale;
+  double res;
+  bool sto_round;
+  int mode;
+  uint64_t seed, offset;
+};
+
+struct SampleScales {
+  int bl;    // 0: no update for this sample
+  double a;  // scale of d (p_d = |d|·A)
+  double b;  // scale of x (p_x = |x|·B)
+};
+
+// Step 1 of reference.py (update_scales), in double, same operation order.
+AT_HD SampleScales update_scales(const UpdateArgs& u, double x_max, double d_max) {
+  SampleScales s{0, 0.0, 0.0};
+  if (u.lr_abs == 0.0) return s;
+  const int bld = u.desired_bl;
+  int bl;
+  double a, b;
+  if (u.fixed_bl || u.ublm) {
+    bl = bld;
+    a = b = sqrt(u.lr_abs / (u.dw * bl));
+  } else if (u.dw * bld < u.lr_abs) {
+    const double c = ceil(u.lr_abs / u.dw);
+    bl = c > 1.0 ? static_cast<int>(c) : 1;
+    a = b = 1.0;
+  } else {
+    bl = bld;
+    a = b = sqrt(u.lr_abs / (u.dw * bl));
+  }
+  if (!(u.um || u.ublm)) {
+    s.bl = bl;
+    s.a = a;
+    s.b = b;
+    return s;
+  }
+  if (x_max == 0.0 || d_max == 0.0) return s;
+  double d_val = u.um_grad_scale * d_max;
+  const double k = u.lr_abs * x_max * d_val / u.dw;
+  if (u.ublm) {
+    const double c = ceil(k);
+    bl = c < static_cast<double>(bld) ? static_cast<int>(c) : bld;
+    a = b = sqrt(u.lr_abs / (u.dw * bl));
+  }
+  if (k > bld) d_val = d_val * bld / k;  // x saturates at exactly 1, large |d| entries clip
+  a = a * sqrt(x_max / d_val);
+  b = b * sqrt(d_val / x_max);
+  s.bl = bl;
+  s.a = a;
+  s.b = b;
+  return s;
+}
+
+AT_HD double round_half_even(double v) {
+#if defined(__CUDA_ARCH__)
+  return rint(v);
+#else
+  return std::nearbyint(v);  // default rounding mode: half to even, like torch.round
+#endif
+}
+
+// Step 2 of reference.py (_probabilities): float32 probability |v|·scale with res / sto_round.
+// u_round: the PROB_ROUND uniform of this entry (used only with sto_round and not expected).
+AT_HD float probability(float v, double scale, const UpdateArgs& u, float u_round) {
+  double p = static_cast<double>(fabsf(v)) * scale;
+  if (u.res > 0) {
+    const bool expected = u.mode == MODE_EXPECTED;
+    double q = p / u.res;
+    if (u.sto_round && !expected) q = q + static_cast<double>(u_round) - 0.5;
+    if (!(u.sto_round && expected)) p = u.res * round_half_even(q);
+  }
+  return static_cast<float>(p);
+}
+
+AT_HD float sign_f(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
+
+// Bit-packed pulse train of one entry: slot k fires iff uniform(seed, offset, stream, a, b, k) < p.
+// `words` (nw uint32 words, slot k -> bit k%32 of word k/32) must be zeroed by the caller.
+// Returns true when any slot fired.
+AT_HD bool make_train(uint64_t seed, uint64_t offset, uint32_t stream, uint32_t a, uint32_t sample, int bl,
+                      float p, uint32_t* words) {
+  const uint32_t t = bernoulli_threshold(p);
+  if (t == 0u) return false;
+  bool any = false;
+  if (t == (1u << 24)) {  // every slot fires (p > max uniform): no draws needed
+    for (int k = 0; k < bl; ++k) words[k >> 5] |= 1u << (k & 31);
+    return bl > 0;
+  }
+  const int nblk = (bl + 3) >> 2;
+  for (int blk = 0; blk < nblk; ++blk) {
+    const Philox4 r = philox_block(seed, offset, stream, a, sample, static_cast<uint32_t>(blk));
+    const int k0 = blk << 2;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int q = 0; q < 4; ++q) {
+      const int k = k0 + q;
+      if (k < bl && (r.r[q] >> 8) < t) {
+        words[k >> 5] |= 1u << (k & 31);
+        any = true;
+      }
+    }
+  }
+  return any;
+}
+
+// One sample on one element with n pulses of sign `up` (pulsed / mean_count modes): pulses on
+// w_dev = state + ref, then state = w_dev − ref; with a persistent weight the visible weight is
+// redrawn (write noise). Step 4 of reference.py.
+AT_HD void element_pulses(float* w, float* w_p, int64_t e, int n, bool up, const ElemParams& p,
+                          const DeviceGlobals& g, uint64_t seed, uint64_t offset, uint32_t sample) {
+  float* state = w_p ? w_p : w;
+  float wd = state[e] + p.ref;
+  wd = apply_pulses(wd, n, up, p, g, seed, offset, static_cast<uint32_t>(e), sample);
+  const float st = wd - p.ref;
+  state[e] = st;
+  if (w_p) {
+    if (g.write_noise > 0.0f) {
+      const float xi = normal_draw(seed, offset, S_WRITE_NOISE, static_cast<uint32_t>(e), sample, 0);
+      w[e] = st + g.write_noise * xi;
+    } else {
+      w[e] = st;
+    }
+  }
+}
+
+// One sample on one element in the `expected` mode (step 5 of reference.py): en = E[n_ij] > 0.
+AT_HD void element_expected(float* w, float* w_p, int64_t e, float en, bool up, const ElemParams& p,
+                            const DeviceGlobals& g) {
+  float* state = w_p ? w_p : w;
+  const float wd = state[e] + p.ref;
+  float su, sd;
+  step_magnitudes(wd, p, g, su, sd);
+  float nw = up ? wd + en * su : wd - en * sd;
+  nw = clip_bounds(nw, p.bmin, p.bmax);
+  if (g.kind != KIND_LINEAR && !(p.bmax - p.bmin > 0.0f)) nw = wd;  // exp/pow skip empty ranges
+  const float st = nw - p.ref;
+  state[e] = st;
+  if (w_p) w[e] = st;
+}
+
+// Mean-count coincidences: n = rint((c_d / BL) · c_x) with c = clip(rint(BL·p), 0, BL) (float64).
+AT_HD double mean_count(float p, int bl) {
+  double c = round_half_even(static_cast<double>(bl) * static_cast<double>(p));
+  c = c < 0.0 ? 0.0 : c;
+  return c > bl ? static_cast<double>(bl) : c;
+}
+
+}  // namespace analogtrain

@@ -1,0 +1,152 @@
+"""DeviceArray / SGDRule / AnalogTile: state, update wiring, periphery reads, cache, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analogtrain.config.errors import ConfigError
+from analogtrain.devices import device_from_config
+from analogtrain.ops import MODE_EXPECTED, MODE_MEAN_COUNT, MODE_PULSED
+from analogtrain.tiles import AnalogTile, DeviceArray, SGDRule, TileConfig, UpdateConfig, update_spec
+from analogtrain.tiles.config import IOConfig
+from analogtrain.tiles.periphery import backward_io, forward_io
+
+torch.set_num_threads(1)
+
+
+def softbounds(**kw):
+    """Soft-bounds device; d2d/c2c variation off unless given."""
+    base = dict(name="softbounds", dw_min=0.01, dw_min_dtod=0.0, dw_min_std=0.0, up_down_dtod=0.0,
+                w_max_dtod=0.0, w_min_dtod=0.0)
+    base.update(kw)
+    return device_from_config(base)
+
+
+def test_array_buffers_and_set_weights_clip_to_device_bounds():
+    arr = DeviceArray(softbounds(w_max_dtod=0.3, w_min_dtod=0.3), 6, 5, seed_device=3, seed_pulse=4)
+    names = set(dict(arr.named_buffers()))
+    assert {"w", "w_p", "params", "gparams", "seed", "offset", "read_offset"} <= names
+    assert arr.offset.dtype == torch.int64 and arr.seed.item() == 4
+    W = torch.linspace(-2, 2, 30).reshape(6, 5)
+    arr.set_weights(W)
+    lo, hi = arr.bounds
+    assert torch.equal(arr.get_weights(), torch.minimum(torch.maximum(W, lo), hi))
+    # per-element bounds differ (d2d), and the clipped elements sit exactly at them
+    assert lo.unique().numel() > 1
+    clipped = (W <= lo) | (W >= hi)
+    assert arr.frac_at_bounds() == pytest.approx(clipped.float().mean().item())
+
+
+def test_array_update_moves_along_minus_lr_x_d_and_advances_offset():
+    arr = DeviceArray(softbounds(w_max=10.0, w_min=-10.0), 40, 40, seed_device=1, seed_pulse=2)
+    spec = update_spec(UpdateConfig())
+    B, lr = 20, 0.05
+    x = torch.full((B, 40), 0.5)
+    d = torch.full((B, 40), 0.2)
+    pulses = arr.update(x, d, lr, spec)
+    assert arr.offset.item() == 1
+    # mean change per element = −lr·Σ_b x·d (steps ≈ dw_min near 0 of a wide soft-bounds device)
+    expected = -lr * B * 0.5 * 0.2
+    assert arr.w.mean().item() == pytest.approx(expected, rel=0.05)
+    assert pulses.sum().item() == pytest.approx(abs(expected) / 0.01 * 1600, rel=0.05)
+    # sign: negative x·d gives up pulses
+    arr2 = DeviceArray(softbounds(w_max=10.0, w_min=-10.0), 40, 40, seed_device=1, seed_pulse=2)
+    arr2.update(-x, d, lr, spec)
+    assert arr2.w.mean().item() == pytest.approx(-expected, rel=0.05)
+
+
+def test_update_spec_mapping_and_errors():
+    assert update_spec(UpdateConfig()).mode == MODE_PULSED
+    assert update_spec(UpdateConfig(pulse_type="mean_count")).mode == MODE_MEAN_COUNT
+    assert update_spec(UpdateConfig(), "expected").mode == MODE_EXPECTED
+    assert update_spec(UpdateConfig(pulse_type="none")) is None
+    spec = update_spec(UpdateConfig(update_management=False, update_bl_management=True, desired_bl=5))
+    assert spec.um and spec.ublm and spec.desired_bl == 5  # UM forced on under UBLM (aihwkit)
+    with pytest.raises(ConfigError, match="tile.update.pulse_type"):
+        update_spec(UpdateConfig(pulse_type="deterministic_implicit"))
+    with pytest.raises(ConfigError, match="tile.update_mode"):
+        update_spec(UpdateConfig(), "fast")
+
+
+def make_tile(O=4, I=6, io_seed=5, **tile_kw):
+    cfg = TileConfig(**tile_kw)
+    rule = SGDRule(softbounds(), O, I, cfg, seed_device=1, seed_pulse=2)
+    rule.set_weights(torch.randn(O, I, generator=torch.Generator().manual_seed(0)) * 0.2)
+    return AnalogTile(rule, cfg, io_seed=io_seed)
+
+
+def test_tile_reads_go_through_periphery_and_cache_exact_d():
+    tile = make_tile(forward=IOConfig(out_noise=0.1), backward=IOConfig(out_noise=0.1))
+    W = tile.rule.effective_weight().clone()
+    x = torch.randn(3, 6, requires_grad=True)
+    y = tile(x)
+    assert torch.equal(y.detach(), forward_io(W, x.detach(), tile.tile_cfg.forward, seed=5, offset=0))
+    g_out = torch.randn(3, 4)
+    y.backward(g_out)
+    assert torch.equal(x.grad, backward_io(W, g_out, tile.tile_cfg.backward, seed=5, offset=0))
+    # the update gets the exact incoming gradient, not the noisy backward output
+    (cx, cd), = tile._cache
+    assert torch.equal(cx, x.detach()) and torch.equal(cd, g_out)
+    assert tile.fwd_offset.item() == 1 and tile.bwd_offset.item() == 1
+    # next read draws fresh noise
+    y2 = tile(x)
+    assert not torch.equal(y2.detach(), y.detach())
+
+
+def test_first_layer_backward_runs_without_input_grad_and_no_weight_grad():
+    tile = make_tile()
+    x = torch.randn(5, 6)  # no requires_grad: backward must still cache (x, d) for the update
+    tile(x).sum().backward()
+    assert tile.has_cache and tile.bwd_offset.item() == 0  # no backward read needed
+    assert tile.analog_ctx.grad is None
+    assert not tile.rule.array.w.requires_grad
+    assert [n for n, p in tile.named_parameters()] == ["analog_ctx"]
+
+
+def test_apply_update_concatenates_and_lr_zero_drops():
+    tile = make_tile(update_mode="expected")
+    ref = make_tile(update_mode="expected")
+    x1, x2 = torch.randn(2, 6), torch.randn(3, 6)
+    tile(x1).sum().backward()
+    tile(x2).sum().backward()
+    tile.apply_update(0.1)
+    assert not tile.has_cache
+    ref.rule.update(torch.cat([x1, x2]), torch.ones(5, 4), 0.1)
+    assert torch.equal(tile.rule.effective_weight(), ref.rule.effective_weight())
+    w = tile.rule.effective_weight().clone()
+    tile(x1).sum().backward()
+    tile.apply_update(0.0)
+    assert not tile.has_cache and torch.equal(tile.rule.effective_weight(), w)
+
+
+def test_state_dict_round_trip_gives_identical_updates_and_reads():
+    a = make_tile(io_seed=5)
+    x, d = torch.randn(8, 6), torch.randn(8, 4) * 0.1
+    a.rule.update(x, d, 0.1)
+    a(x)
+    b = AnalogTile(SGDRule(softbounds(dw_min_dtod=0.3), 4, 6, TileConfig(), seed_device=9, seed_pulse=9),
+                   TileConfig(), io_seed=77)
+    b.load_state_dict(a.state_dict())
+    for t in (a, b):
+        t.rule.update(x, d, 0.1)
+    assert torch.equal(a.rule.array.w, b.rule.array.w)
+    assert torch.equal(a(x), b(x))
+
+
+def test_sgd_rule_metrics():
+    rule = SGDRule(softbounds(), 5, 4, TileConfig(), seed_device=1, seed_pulse=2)
+    x, d = torch.rand(6, 4), torch.randn(6, 5) * 0.3
+    p1 = rule.array.update(x, d, 0.1, rule.spec)  # direct call: not counted
+    rule.update(x, d, 0.1)
+    rule.update(x, d, 0.1)
+    m = rule.metrics()
+    assert m["pulses_per_update"] > 0
+    assert m["pulses_per_weight_sample"] == pytest.approx(m["pulses_per_update"] / (6 * 20))
+    assert abs(m["pulses_per_update"] - p1.sum().item()) < 0.5 * p1.sum().item()
+    lo, hi = rule.array.bounds
+    rule.set_weights(torch.full((5, 4), 5.0))  # all at b_max
+    m2 = rule.metrics()
+    assert m2["frac_at_bounds"] == 1.0
+    assert m2["w_mean"] == pytest.approx(hi.mean().item()) and m2["w_std"] < 1e-6
+    assert m2["pulses_per_update"] == m["pulses_per_update"]  # no new updates: last value repeated
