@@ -239,7 +239,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             algo = build_algorithm(cfg, seeds)
             model = algo.prepare(model).to(device)
             tracker.set_tags({"analogtrain.is_analog": str(bool(getattr(algo, "is_analog", False))).lower(),
-                              "analogtrain.n_params": sum(p.numel() for p in model.parameters())})
+                              "analogtrain.n_params": sum(p.numel() for p in model.parameters()),
+                              "analogtrain.torch_threads": torch.get_num_threads(),
+                              "analogtrain.accelerator": str(device)})
             seed_everything(seeds["pulse"])  # global RNG for anything without its own counter (e.g. dropout)
             trainer = Trainer(cfg, model, algo, data, tracker, run_dir, device, checkpoint_extra={
                 "fingerprint": fp, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri})

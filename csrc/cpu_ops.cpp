@@ -26,8 +26,112 @@
 
 #include "pulsed_update.h"
 
+#if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__)
+#include <immintrin.h>
+// glibc's vector math library (libmvec, ≤ 4 ulp in double: after rounding to float the normals equal
+// the scalar Box–Muller's except with probability ~1e-8 per draw, by one float ulp).
+extern "C" __m512d _ZGVeN8v_log(__m512d);
+extern "C" __m512d _ZGVeN8v_cos(__m512d);
+extern "C" __m512d _ZGVeN8v_sin(__m512d);
+#define AT_VEC_WIDTH 8
+#elif defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX2__)
+#include <immintrin.h>
+extern "C" __m256d _ZGVdN4v_log(__m256d);
+extern "C" __m256d _ZGVdN4v_cos(__m256d);
+extern "C" __m256d _ZGVdN4v_sin(__m256d);
+#define AT_VEC_WIDTH 4
+#else
+#define AT_VEC_WIDTH 1
+#endif
+
 namespace analogtrain {
 namespace {
+
+// ---- batched noise: Philox over many counters (auto-vectorised) and Box–Muller with vector libm ----
+
+// r[k][q] = word k of philox_block(seed, offset, stream, a[q], b, blk[q]) for q < n.
+void philox_many(int n, const uint32_t* a, const uint32_t* blk, uint32_t stream, uint32_t b, uint64_t seed,
+                 uint64_t offset, uint32_t* r0, uint32_t* r1, uint32_t* r2, uint32_t* r3) {
+  const uint32_t c3 = static_cast<uint32_t>(offset & 0xFFFFFFFFull);
+  const uint32_t k0s = static_cast<uint32_t>(seed), k1s = static_cast<uint32_t>(seed >> 32);
+#pragma omp simd
+  for (int q = 0; q < n; ++q) {
+    uint32_t x0 = a[q], x1 = ((stream & 0xFFu) << 24) | (blk[q] & 0xFFFFFFu), x2 = b, x3 = c3;
+    uint32_t k0 = k0s, k1 = k1s;
+    for (int r = 0; r < 10; ++r) {
+      const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * x0;
+      const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * x2;
+      const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+      const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+      x0 = hi1 ^ x1 ^ k0;
+      x1 = lo1;
+      x2 = hi0 ^ x3 ^ k1;
+      x3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    r0[q] = x0;
+    r1[q] = x1;
+    r2[q] = x2;
+    r3[q] = x3;
+  }
+}
+
+// z_cos[q] (and z_sin[q] when want_sin) = Box–Muller of the word pair (w0[q], w1[q]), double -> float.
+void box_muller_many(int n, const uint32_t* w0, const uint32_t* w1, bool want_sin, float* z_cos, float* z_sin) {
+  int q = 0;
+#if AT_VEC_WIDTH > 1
+  alignas(64) double u0[AT_VEC_WIDTH], u1[AT_VEC_WIDTH], rad[AT_VEC_WIDTH], c[AT_VEC_WIDTH], sn[AT_VEC_WIDTH];
+  for (; q + AT_VEC_WIDTH <= n; q += AT_VEC_WIDTH) {
+    for (int l = 0; l < AT_VEC_WIDTH; ++l) {
+      u0[l] = word_to_uniform_d(w0[q + l]);
+      u1[l] = 6.283185307179586 * word_to_uniform_d(w1[q + l]);
+    }
+#if AT_VEC_WIDTH == 8
+    const __m512d lg = _ZGVeN8v_log(_mm512_load_pd(u0));
+    _mm512_store_pd(rad, _mm512_sqrt_pd(_mm512_mul_pd(_mm512_set1_pd(-2.0), lg)));
+    _mm512_store_pd(c, _ZGVeN8v_cos(_mm512_load_pd(u1)));
+    if (want_sin) _mm512_store_pd(sn, _ZGVeN8v_sin(_mm512_load_pd(u1)));
+#else
+    const __m256d lg = _ZGVdN4v_log(_mm256_load_pd(u0));
+    _mm256_store_pd(rad, _mm256_sqrt_pd(_mm256_mul_pd(_mm256_set1_pd(-2.0), lg)));
+    _mm256_store_pd(c, _ZGVdN4v_cos(_mm256_load_pd(u1)));
+    if (want_sin) _mm256_store_pd(sn, _ZGVdN4v_sin(_mm256_load_pd(u1)));
+#endif
+    for (int l = 0; l < AT_VEC_WIDTH; ++l) {
+      z_cos[q + l] = static_cast<float>(rad[l] * c[l]);
+      if (want_sin) z_sin[q + l] = static_cast<float>(rad[l] * sn[l]);
+    }
+  }
+#endif
+  for (; q < n; ++q) {
+    if (want_sin) {
+      box_muller2(w0[q], w1[q], z_cos[q], z_sin[q]);
+    } else {
+      z_cos[q] = box_muller(w0[q], w1[q], false);
+    }
+  }
+}
+
+// Scratch of one thread for the batched-noise path (reused across rows and calls).
+struct NoiseScratch {
+  std::vector<int32_t> job_j, job_n, job_z;  // per job: column, pulses, first normal's index in z
+  std::vector<uint8_t> job_up;
+  std::vector<uint32_t> blk_a, blk_b, r0, r1, r2, r3;  // per Philox block
+  std::vector<uint32_t> pw0, pw1;                       // per Box–Muller pair
+  std::vector<int32_t> pdst, pnext;                     // z index of the cos normal; sin goes to +1 if < next
+  std::vector<float> zc, zs, z;
+  void reserve_jobs(size_t n) {
+    if (job_j.size() < n) {
+      job_j.resize(n);
+      job_n.resize(n);
+      job_z.resize(n);
+      job_up.resize(n);
+    }
+  }
+};
+
+inline int popcount32(uint32_t v) { return __builtin_popcount(v); }
 
 struct Trains {
   int B = 0, I = 0, O = 0, nw = 0;
@@ -99,13 +203,16 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
   }
 }
 
-inline int popcount32(uint32_t v) { return __builtin_popcount(v); }
 
-// Phase 2 for one row i (all samples in order).
+// Phase 2 for one row i (all samples in order). Templated on the device kind and noise placement so
+// the per-pulse loop has no run-time branches on tile-wide flags.
+template <int KIND, bool MULT, bool NOISE>
 void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane, const DeviceGlobals& g,
-             const UpdateArgs& u, float* pulses) {
+             const UpdateArgs& u, float* pulses, NoiseScratch* scratch) {
   const int I = T.I, O = T.O, nw = T.nw;
-  float* prow = pulses + static_cast<int64_t>(i) * I;
+  const int64_t row = static_cast<int64_t>(i) * I;
+  float* prow = pulses + row;
+  float* state = w_p ? w_p : w;
   for (int b = 0; b < T.B; ++b) {
     const SampleScales s = T.sc[b];
     if (s.bl == 0) continue;
@@ -115,57 +222,138 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
     const int32_t* act = T.act.data() + static_cast<int64_t>(b) * I;
     const int na = T.nact[b];
     const float* sxb = T.sx.data() + static_cast<int64_t>(b) * I;
-    if (u.mode == MODE_PULSED) {
-      const uint32_t* dw = T.dbits.data() + qd * nw;
-      const uint32_t* xw = T.xbits.data() + static_cast<int64_t>(b) * I * nw;
-      for (int t = 0; t < na; ++t) {
-        const int j = act[t];
-        int n;
-        if (nw == 1) {
-          n = popcount32(xw[j] & dw[0]);
-        } else {
-          n = 0;
-          for (int k = 0; k < nw; ++k) n += popcount32(xw[static_cast<int64_t>(j) * nw + k] & dw[k]);
-        }
-        if (n == 0) continue;
-        const float sgn = sdi * sxb[j];
-        if (sgn == 0.0f) continue;
-        const int64_t e = static_cast<int64_t>(i) * I + j;
-        const ElemParams p = load_params(params, plane, e);
-        element_pulses(w, w_p, e, n, sgn < 0.0f, p, g, u.seed, u.offset, static_cast<uint32_t>(b));
-        prow[j] += static_cast<float>(n);
-      }
-    } else if (u.mode == MODE_MEAN_COUNT) {
-      const double cd = mean_count(T.pd[qd], s.bl);
-      const float* pxb = T.px.data() + static_cast<int64_t>(b) * I;
-      for (int t = 0; t < na; ++t) {
-        const int j = act[t];
-        const double nn = round_half_even((cd / s.bl) * mean_count(pxb[j], s.bl));
-        const int n = static_cast<int>(nn);
-        if (n <= 0) continue;
-        const float sgn = sdi * sxb[j];
-        if (sgn == 0.0f) continue;
-        const int64_t e = static_cast<int64_t>(i) * I + j;
-        const ElemParams p = load_params(params, plane, e);
-        element_pulses(w, w_p, e, n, sgn < 0.0f, p, g, u.seed, u.offset, static_cast<uint32_t>(b));
-        prow[j] += static_cast<float>(n);
-      }
-    } else {  // MODE_EXPECTED
+    const float* pxb = T.px.data() + static_cast<int64_t>(b) * I;
+    if (u.mode == MODE_EXPECTED) {
       const float pdc = std::min(T.pd[qd], 1.0f);
-      const float* pxb = T.px.data() + static_cast<int64_t>(b) * I;
       const float blf = static_cast<float>(s.bl);
       for (int t = 0; t < na; ++t) {
         const int j = act[t];
         const float en = (pdc * std::min(pxb[j], 1.0f)) * blf;  // BL·min(p_d,1)·min(p_x,1)
         const float sgn = sdi * sxb[j];
         if (!(en > 0.0f) || sgn == 0.0f) continue;
-        const int64_t e = static_cast<int64_t>(i) * I + j;
-        const ElemParams p = load_params(params, plane, e);
-        element_expected(w, w_p, e, en, sgn < 0.0f, p, g);
+        const int64_t e = row + j;
+        element_expected(w, w_p, e, en, sgn < 0.0f, load_params(params, plane, e), g);
         prow[j] += en;
       }
+      continue;
+    }
+    const uint32_t* dwd = u.mode == MODE_PULSED ? T.dbits.data() + qd * nw : nullptr;
+    const uint32_t* xw = u.mode == MODE_PULSED ? T.xbits.data() + static_cast<int64_t>(b) * I * nw : nullptr;
+    const uint32_t d0 = dwd ? dwd[0] : 0u;
+    const double cd_bl = u.mode == MODE_MEAN_COUNT ? mean_count(T.pd[qd], s.bl) / s.bl : 0.0;
+    // 1. the jobs of this (row, sample): columns with n > 0 coincidences and a non-zero sign
+    NoiseScratch& ns = *scratch;
+    ns.reserve_jobs(static_cast<size_t>(na));
+    int nj = 0, nz = 0;
+    for (int t = 0; t < na; ++t) {
+      const int j = act[t];
+      int n;
+      if (u.mode == MODE_PULSED) {
+        if (nw == 1) {
+          n = popcount32(xw[j] & d0);
+        } else {
+          n = 0;
+          for (int k = 0; k < nw; ++k) n += popcount32(xw[static_cast<int64_t>(j) * nw + k] & dwd[k]);
+        }
+      } else {
+        n = static_cast<int>(round_half_even(cd_bl * mean_count(pxb[j], s.bl)));
+      }
+      if (n <= 0) continue;
+      const float sgn = sdi * sxb[j];
+      if (sgn == 0.0f) continue;
+      ns.job_j[nj] = j;
+      ns.job_n[nj] = n;
+      ns.job_up[nj] = sgn < 0.0f;
+      ns.job_z[nj] = nz;
+      nz += n;
+      ++nj;
+    }
+    if (nj == 0) continue;
+    // 2. all cycle-to-cycle normals of these pulses at once (they do not depend on the weights):
+    //    normal(seed, offset, PULSE_NOISE, a = i*I+j, b, draw = q) for q < n_j
+    const float* zall = nullptr;
+    if (NOISE) {
+      int nb = 0;
+      for (int t = 0; t < nj; ++t) nb += (ns.job_n[t] + 3) >> 2;
+      if (ns.blk_a.size() < static_cast<size_t>(nb)) {
+        ns.blk_a.resize(nb), ns.blk_b.resize(nb), ns.r0.resize(nb), ns.r1.resize(nb), ns.r2.resize(nb);
+        ns.r3.resize(nb);
+      }
+      if (ns.pw0.size() < static_cast<size_t>(2 * nb)) {
+        ns.pw0.resize(2 * nb), ns.pw1.resize(2 * nb), ns.pdst.resize(2 * nb), ns.pnext.resize(2 * nb);
+        ns.zc.resize(2 * nb), ns.zs.resize(2 * nb);
+      }
+      if (ns.z.size() < static_cast<size_t>(nz)) ns.z.resize(nz);
+      int q = 0;
+      for (int t = 0; t < nj; ++t)
+        for (int blk = 0; blk < (ns.job_n[t] + 3) >> 2; ++blk, ++q) {
+          ns.blk_a[q] = static_cast<uint32_t>(row + ns.job_j[t]);
+          ns.blk_b[q] = static_cast<uint32_t>(blk);
+        }
+      philox_many(nb, ns.blk_a.data(), ns.blk_b.data(), S_PULSE_NOISE, static_cast<uint32_t>(b), u.seed, u.offset,
+                  ns.r0.data(), ns.r1.data(), ns.r2.data(), ns.r3.data());
+      int np = 0;
+      bool want_sin = false;
+      q = 0;
+      for (int t = 0; t < nj; ++t) {
+        const int n = ns.job_n[t], z0 = ns.job_z[t];
+        for (int blk = 0; blk < (n + 3) >> 2; ++blk, ++q) {
+          const int k0 = blk << 2;  // draws k0, k0+1 from (r0, r1); k0+2, k0+3 from (r2, r3)
+          ns.pw0[np] = ns.r0[q], ns.pw1[np] = ns.r1[q], ns.pdst[np] = z0 + k0, ns.pnext[np] = z0 + n;
+          want_sin = want_sin || k0 + 1 < n;
+          ++np;
+          if (k0 + 2 < n) {
+            ns.pw0[np] = ns.r2[q], ns.pw1[np] = ns.r3[q], ns.pdst[np] = z0 + k0 + 2, ns.pnext[np] = z0 + n;
+            ++np;
+          }
+        }
+      }
+      box_muller_many(np, ns.pw0.data(), ns.pw1.data(), want_sin, ns.zc.data(), ns.zs.data());
+      float* z = ns.z.data();
+      for (int p = 0; p < np; ++p) {
+        z[ns.pdst[p]] = ns.zc[p];
+        if (ns.pdst[p] + 1 < ns.pnext[p]) z[ns.pdst[p] + 1] = ns.zs[p];
+      }
+      zall = z;
+    }
+    // 3. the pulses, element by element, in draw order
+    for (int t = 0; t < nj; ++t) {
+      const int j = ns.job_j[t], n = ns.job_n[t];
+      const bool up = ns.job_up[t] != 0;
+      const int64_t e = row + j;
+      const ElemParams p = load_params(params, plane, e);
+      float wd = state[e] + p.ref;
+      if (NOISE) {
+        const float* z = zall + ns.job_z[t];
+        for (int k = 0; k < n; ++k) wd = device_step_t<KIND, MULT, true>(wd, up, p, g, z[k]);
+      } else {
+        for (int k = 0; k < n; ++k) wd = device_step_t<KIND, MULT, false>(wd, up, p, g, 0.0f);
+      }
+      const float st = wd - p.ref;
+      state[e] = st;
+      if (w_p) {
+        if (g.write_noise > 0.0f) {
+          const float xi = normal_draw(u.seed, u.offset, S_WRITE_NOISE, static_cast<uint32_t>(e), b, 0);
+          w[e] = st + g.write_noise * xi;
+        } else {
+          w[e] = st;
+        }
+      }
+      prow[j] += static_cast<float>(n);
     }
   }
+}
+
+using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t, const DeviceGlobals&,
+                       const UpdateArgs&, float*, NoiseScratch*);
+
+RowFn pick_row_fn(const DeviceGlobals& g) {
+  if (g.kind == KIND_LINEAR) {
+    if (!g.has_noise) return &run_row<KIND_LINEAR, true, false>;
+    return g.mult_noise ? &run_row<KIND_LINEAR, true, true> : &run_row<KIND_LINEAR, false, true>;
+  }
+  if (g.kind == KIND_EXP) return g.has_noise ? &run_row<KIND_EXP, true, true> : &run_row<KIND_EXP, true, false>;
+  return g.has_noise ? &run_row<KIND_POW, true, true> : &run_row<KIND_POW, true, false>;
 }
 
 // The whole update on raw CPU buffers. x (B, I), d (B, O) row-major; pulses (O, I) accumulated.
@@ -208,9 +396,14 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt1)
   for (int b = 0; b < B; ++b) build_sample(T, b, x, d, u, cin, cout);
 
+  const RowFn row_fn = pick_row_fn(g);
   const int nt2 = std::max(1, std::min(nthreads, O));
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nt2)
-  for (int i = 0; i < O; ++i) run_row(T, i, w, w_p, params, plane, g, u, pulses);
+#pragma omp parallel num_threads(nt2)
+  {
+    thread_local NoiseScratch scratch;
+#pragma omp for schedule(dynamic, 4)
+    for (int i = 0; i < O; ++i) row_fn(T, i, w, w_p, params, plane, g, u, pulses, &scratch);
+  }
 }
 
 UpdateArgs make_args(double lr, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um, double um_grad_scale,

@@ -227,4 +227,49 @@ AT_HD float apply_pulses(float w, int n, bool up, const ElemParams& p, const Dev
   return w;
 }
 
+// --- specialised fast path (CPU hot loop): kind and noise placement as template parameters -------------
+// Same arithmetic, same order as device_step (so results are bit-identical to it), but no run-time
+// branches on the tile-wide flags, and the up/down choice is a select: w − d == w + (−d) exactly in
+// IEEE arithmetic, so "w + (up ? d_up : −d_down)" rounds exactly as the reference's two branches.
+template <int KIND, bool MULT, bool NOISE>
+AT_HD float device_step_t(float w, bool up, const ElemParams& p, const DeviceGlobals& g, float xi) {
+  const float fac = NOISE ? 1.0f + g.sigma * xi : 1.0f;
+  if (KIND == KIND_LINEAR) {
+    const float s = up ? p.s_up : p.s_dn;
+    const float sc = up ? p.sc_up : p.sc_dn;
+    const float dlt = MULT ? (s * w + sc) * fac : (s * w + sc * fac);
+    return clip_bounds(w + (up ? dlt : -dlt), p.bmin, p.bmax);
+  } else {
+    return device_step(w, up, p, g, xi);  // exp / pow: transcendental-bound anyway
+  }
+}
+
+// Normals of draws q0..q0+m-1 (m <= 4) of one Philox block, computing only the ones needed.
+AT_HD void block_normals(const Philox4& r, int m, float* z) {
+  if (m == 1) {
+    z[0] = box_muller(r.r[0], r.r[1], false);
+    return;
+  }
+  box_muller2(r.r[0], r.r[1], z[0], z[1]);
+  if (m == 3) z[2] = box_muller(r.r[2], r.r[3], false);
+  if (m == 4) box_muller2(r.r[2], r.r[3], z[2], z[3]);
+}
+
+template <int KIND, bool MULT, bool NOISE>
+AT_HD float apply_pulses_t(float w, int n, bool up, const ElemParams& p, const DeviceGlobals& g, uint64_t seed,
+                           uint64_t offset, uint32_t flat, uint32_t sample) {
+  if (!NOISE) {
+    for (int q = 0; q < n; ++q) w = device_step_t<KIND, MULT, false>(w, up, p, g, 0.0f);
+    return w;
+  }
+  for (int q0 = 0; q0 < n; q0 += 4) {
+    const Philox4 r = philox_block(seed, offset, S_PULSE_NOISE, flat, sample, static_cast<uint32_t>(q0 >> 2));
+    float z[4];
+    const int m = n - q0 < 4 ? n - q0 : 4;
+    block_normals(r, m, z);
+    for (int q = 0; q < m; ++q) w = device_step_t<KIND, MULT, true>(w, up, p, g, z[q]);
+  }
+  return w;
+}
+
 }  // namespace analogtrain

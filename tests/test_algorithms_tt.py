@@ -70,6 +70,18 @@ def test_tt_transfer_writes_lr_times_A_and_caps_at_bl():
     assert float(r.C.w[0, 0]) == pytest.approx(41 * dw, abs=1e-6)
 
 
+def test_tt_row_transfer():
+    """transfer_columns=False: rows of A are read through the transpose and written onto rows of C."""
+    dw = 1.0 / 128
+    r = build_rule("tt", cstep(dw=dw), 2, 3, algo_kw={"transfer_every": 1, "units_in_mbatch": False,
+                                                      "transfer_columns": False, "transfer_forward": PERFECT})
+    A = torch.tensor([[4 * dw, 0.0, -2 * dw], [0.0, 0.0, 0.0]])
+    r.A.set_weights(A)
+    hold(r, 1, 1.0)  # row 0 only (largest |x| fires deterministically: 4 pulses)
+    assert float(r.C.w[0, 0]) == pytest.approx(4 * dw, abs=1e-6)
+    assert float(r.C.w[1].abs().sum()) == 0.0 and int(r.slice_idx) == 1
+
+
 def test_tt_fast_lr_rules():
     r = build_rule("tt", cstep(), 1, 1, algo_kw={"fast_lr": 0.5})
     assert r.fast_lr(0.1) == pytest.approx(0.05)  # scaled
@@ -187,7 +199,7 @@ def test_chopper_bookkeeping_constant_gradient_moves_c_along_gradient():
         broken = build_rule("cttv2", cstep(dw=0.01), 2, 3,
                             algo_kw={"fast_lr": 0.5, "transfer_lr": 0.02, "transfer_forward": PERFECT,
                                      "fast_device": fast, **kw})
-        broken.signal = lambda k, v, c: v  # control: read NOT multiplied by the chopper signs
+        broken.read_sign = lambda j: torch.ones(2)  # control: read NOT multiplied by the chopper signs
         for _ in range(600):
             r.update(x, d, 0.1)
             broken.update(x, d, 0.1)
@@ -309,3 +321,34 @@ def test_state_round_trip(algo, kw):
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     assert int(ref.transfers) > 0 and float(ref.pulses_c) > 0
+
+
+@pytest.mark.parametrize("name", ["tt", "ttv2", "cttv2", "agad"])
+def test_algorithm_registry_trains_a_layer_and_reports_metrics(name):
+    """Through the trainer contract: prepare → AnalogSGD step → per-layer metrics of the TT family."""
+    from omegaconf import OmegaConf
+
+    from analogtrain.algorithms import build_algorithm
+
+    cfg = OmegaConf.create({"algo": {"name": name}, "device": {"name": "softbounds", "dw_min": 0.01},
+                            "tile": {}, "model": {}})
+    algo = build_algorithm(cfg, {"device": 1, "pulse": 2})
+    type(algo).validate(cfg)
+    model = algo.prepare(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    opt = algo.build_optimizer(model, lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        x = torch.randn(8, 4, generator=g)
+        loss = ((model(x) - 1.0) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m = algo.metrics(model)
+    keys = {k.split("/")[-1] for k in m}
+    assert {"transfers", "pulses_a", "pulses_c", "c_sp_distance", "a_pulses_per_update"} <= keys
+    if name != "tt":
+        assert "buffer_fill" in keys
+    if name in ("cttv2", "agad"):
+        assert "chopper_flips" in keys
+    assert max(v for k, v in m.items() if k.endswith("/transfers")) > 0
+    assert max(v for k, v in m.items() if k.endswith("/pulses_a")) > 0

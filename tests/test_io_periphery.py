@@ -111,7 +111,8 @@ def test_backward_is_transposed_read_with_closed_form():
 def test_perfect_is_exact():
     g = torch.Generator().manual_seed(5)
     W, x = torch.randn(7, 11, generator=g) * 10, torch.randn(13, 11, generator=g) * 100
-    io = IOConfig(is_perfect=True, out_scale=2.0, out_noise=1.0, w_noise=1.0, w_noise_type="additive_constant")
+    io = IOConfig(is_perfect=True, out_scale=2.0, out_noise=1.0, w_noise=1.0,
+                  w_noise_type="additive_constant")
     assert torch.equal(forward_io(W, x, io, seed=0, offset=0), 2.0 * (x @ W.t()))
     assert torch.equal(backward_io(W, x[:, :7], io, seed=0, offset=0), 2.0 * (x[:, :7] @ W))
 

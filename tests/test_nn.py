@@ -23,7 +23,8 @@ PERFECT = IOConfig(is_perfect=True)
 
 def factory(cfg: TileConfig):
     def make(o, i, name, perfect_bias=False):
-        return SGDRule(DEV, o, i, cfg, seed_device=derive_seed(0, name), seed_pulse=1, perfect_bias=perfect_bias)
+        return SGDRule(DEV, o, i, cfg, seed_device=derive_seed(0, name), seed_pulse=1,
+                       perfect_bias=perfect_bias)
     return make
 
 

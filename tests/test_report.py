@@ -90,7 +90,8 @@ def store(tmp_path_factory):
     stray = c.create_run(other, run_name="unrelated", tags={"mlflow.parentRunId": pid})
     c.log_metric(stray.info.run_id, "test/acc", 0.0)
     c.set_terminated(stray.info.run_id, "FINISHED")
-    return {"uri": uri, "root": root, "parent": pid, "parent2": p2, "runs": runs, "exp": exp}
+    return {"uri": uri, "root": root, "parent": pid, "parent2": p2, "runs": runs, "exp": exp,
+            "stray": stray.info.run_id}
 
 
 def expected_cells(stat: str = "last") -> dict[tuple, list[float]]:
@@ -139,7 +140,7 @@ def test_sweep_tags_tag_only_swept_keys_with_the_jobs_values(tmp_path):
 def test_tag_job_run_tags_the_recorded_run(store, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    rid = store["runs"][("sgd", 0.1, 0.0, 0)]
+    rid = store["stray"]  # a run outside the sweep: the tags this test sets must not change the sweep
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "mlflow_run.json").write_text(json.dumps({"tracking_uri": store["uri"], "run_id": rid}))
     got = tag_job_run(tmp_path / "job", ["device.asymmetry=0.1", "device.skew=0.0", "seed=0", "trainer.lr=0.1"],
@@ -149,6 +150,14 @@ def test_tag_job_run_tags_the_recorded_run(store, tmp_path):
     assert tags["sweep.device.skew"] == "0.0" and tags["sweep.trainer.lr"] == "0.1"
     assert tag_job_run(tmp_path / "nothing", ["seed=0"], tmp_path) == {}  # job without an MLflow run
     SweepTagsCallback().on_job_end(None)  # outside a Hydra job: logs a warning, never raises
+
+
+def _numeric(values) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
 
 
 def test_sweep_presets_compose_register_the_tag_callback_and_validate_every_cell():
@@ -168,8 +177,10 @@ def test_sweep_presets_compose_register_the_tag_callback_and_validate_every_cell
         assert "seed" in swept_keys([], params), name
         grid = {k: str(v).split(",") for k, v in params.items() if k != "seed"}
         assert all(len(v) > 1 for v in grid.values()), (name, grid)
-        for combo in itertools.product(*grid.values()):
-            overrides = [f"sweep={name}", *extra, *(f"{k}={v}" for k, v in zip(grid, combo))]
+        # every value of a group (the algorithms), the extremes of each numeric axis (composing is slow)
+        corners = {k: (v if not _numeric(v) else [v[0], v[-1]]) for k, v in grid.items()}
+        for combo in itertools.product(*corners.values()):
+            overrides = [f"sweep={name}", *extra, *(f"{k}={v}" for k, v in zip(corners, combo))]
             validate_config(compose_cfg(overrides))
 
 
@@ -318,3 +329,15 @@ def test_cli_missing_database(tmp_path, capsys):
     assert main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert "report.tracking_uri: no MLflow database at" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()  # the report never creates an empty store
+
+
+@pytest.mark.parametrize(("launcher", "target"), [("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher"),
+                                                  ("submitit_local", "LocalLauncher")])
+def test_sweep_preset_runs_on_the_local_and_slurm_launchers(launcher, target):
+    """The presets only set the grid: any Hydra launcher plugin takes it (joblib locally, SLURM)."""
+    from conftest import compose_cfg
+
+    cfg = compose_cfg(["sweep=asym_skew", "algo=cttv2", f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    assert swept_keys([], dict(cfg.hydra.sweeper.params)) == ["device.asymmetry", "device.skew", "seed"]
+    assert set(cfg.hydra.callbacks) >= {"mlflow_sweep", "sweep_tags"}  # the runner's parent run + our tags

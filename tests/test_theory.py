@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analogtrain.algorithms.theory import ald_device, build_rule, closed_form_mean, implicit_penalty, least_squares
+from analogtrain.algorithms.theory import (
+    ald_device, build_rule, closed_form_mean, implicit_penalty, least_squares,
+)
 
 torch.set_num_threads(1)
 

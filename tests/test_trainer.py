@@ -82,13 +82,13 @@ def test_synthetic_test_loss_is_distance_to_the_teacher(tmp_path):
     from analogtrain.data import build_data
 
     cfg = compose_cfg(["logger=none", "trainer.progress=off", "experiment=least_squares", "trainer.epochs=2",
-                       "data.n_test=20000", "trainer.lr=0.01"])
+                       "data.n_test=20000"])
     s = train(cfg, run_dir=tmp_path)
     w = load_checkpoint(checkpoint_path(tmp_path))["model"]["layers.out.weight"].double()
     w_star = build_data(cfg.data, derive_seeds(cfg.seed)["data"]).extra["teacher_weight"]
     dist = float((w - w_star).pow(2).sum()) / cfg.data.n_out
     assert s["test/loss"] == pytest.approx(dist, rel=0.05)
-    assert dist < 0.5 * float(w_star.pow(2).sum()) / cfg.data.n_out  # it did move towards W*
+    assert dist < 0.05 * float(w_star.pow(2).sum()) / cfg.data.n_out  # SGD converged towards W*
 
 
 def test_checkpoint_holds_everything_needed_to_resume(tmp_path):

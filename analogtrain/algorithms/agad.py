@@ -43,12 +43,12 @@ class AGADRule(ChoppedRule):
         self.period = chopper_period(float(cfg.in_chop_prob))
         self.beta = min(float(cfg.tail_weightening) / self.period, 1.0)
 
-    def signal(self, k, v, c):
+    def reference_corrected(self, k, v):
         j = int(k[0])
-        if bool(self.switched[j]):
+        if bool(self.switched[j]):  # first read after a switch: the past mean becomes the reference
             self._set_slice(self.P, k, self._slice(self.M, k))
             self.switched[j] = False
-        return (v - self._slice(self.P, k)) * c
+        return v - self._slice(self.P, k)
 
     def accumulation_scale(self, lr: float) -> float:
         scale = self.buffer_scale(lr)
@@ -57,11 +57,8 @@ class AGADRule(ChoppedRule):
             scale /= min(s, 1.0 / self.A.dw)
         return scale
 
-    def cap_buffer(self, h, bl):
-        cap = float(self.cfg.buffer_cap)
-        if not self.cfg.forget_buffer and cap > 0:
-            h = h.clamp(-cap * bl, cap * bl)
-        return h
+    def buffer_cap(self) -> float:
+        return 0.0 if self.cfg.forget_buffer else float(self.cfg.buffer_cap)
 
     def after_read(self, k, v):
         self._set_slice(self.M, k, (1.0 - self.beta) * self._slice(self.M, k) + self.beta * v)

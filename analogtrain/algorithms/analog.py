@@ -149,7 +149,8 @@ class AnalogAlgorithm(Algorithm):
                 return self.make_rule(out_size, in_size, name, self.tile_seeds(name), perfect_bias=True)
             return self.make_rule(out_size, in_size, name, self.tile_seeds(name))
 
-        return convert_to_analog(model, self.tile_cfg, factory, io_seed=derive_seed(self.seeds.get("pulse", 1), "io"),
+        io_seed = derive_seed(self.seeds.get("pulse", 1), "io")
+        return convert_to_analog(model, self.tile_cfg, factory, io_seed=io_seed,
                                  keep_digital=self.keep_digital())
 
     def build_optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:

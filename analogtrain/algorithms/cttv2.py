@@ -30,7 +30,6 @@ import torch
 from analogtrain.algorithms.base import register_algorithm
 from analogtrain.algorithms.schema import ChoppedTTv2Config
 from analogtrain.algorithms.transfer import TransferAlgorithm, TransferRule, _range
-from analogtrain.algorithms.ttv2 import buffer_step
 from analogtrain.config.errors import ConfigError
 from analogtrain.ops import rng
 from analogtrain.ops.rng import Stream
@@ -138,9 +137,13 @@ class ChoppedRule(TransferRule):
             self.record_a(self.A.update(x[b:b + 1], d[b:b + 1], lr_a, self.spec, chop_in=ci, chop_out=co), 1)
 
     # --- transfer ----------------------------------------------------------------------------------
-    def signal(self, k: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Chopper-corrected read of slice k (v, c: (1, L)): what is accumulated (before lr_scale)."""
-        return c * v
+    def read_sign(self, j: int) -> torch.Tensor:
+        """(L,) chopper sign of every entry of slice j at read time, c_in[j]·c_out."""
+        return self.c_in[j] * self.c_out
+
+    def reference_corrected(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """What is accumulated before the chopper sign: the read itself (AGAD: minus its past mean P)."""
+        return v
 
     def after_read(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Hook after the buffer update of slice k (AGAD: running mean)."""
@@ -151,29 +154,22 @@ class ChoppedRule(TransferRule):
     def accumulation_scale(self, lr: float) -> float:
         return self.buffer_scale(lr)
 
+    def buffer_cap(self) -> float:
+        return 0.0
+
     @torch.no_grad()
     def _transfer(self, lr: float) -> None:
-        a = self.cfg
         k = self.next_slices(1)
         j = int(k[0])
         v = self.read_slices(k)  # (1, L), read *before* the column's chopper may flip
-        c = self.c_in[j] * self.c_out[None, :]
-        inc = self.signal(k, v, c) * self.accumulation_scale(lr)
-        h = inc if a.no_buffer else self._slice(self.H, k) + inc
-        bl = int(a.transfer_update.desired_bl)
-        n, h = buffer_step(h, 1.0, bl, float(a.momentum), bool(a.forget_buffer))
-        h = self.cap_buffer(h, bl)
-        self._set_slice(self.H, k, h)
+        signal = self.reference_corrected(k, v)
+        self.buffered_transfer(j, signal[0], chop=self.read_sign(j), lr_scale=self.accumulation_scale(lr),
+                               thr=1.0, write=self.write_allowed(), cap=self.buffer_cap())
         self.after_read(k, v)
-        if self.write_allowed() and bool((n != 0).any()):
-            self.write_slices(k, -n, float(a.step) * self.C.dw)
         self._flip_in(j)
         if j == self.n_slices - 1:
             self._flip_out()
             self.sweeps += 1
-
-    def cap_buffer(self, h: torch.Tensor, bl: int) -> torch.Tensor:
-        return h
 
     def _flip_in(self, j: int) -> bool:
         p = float(self.cfg.in_chop_prob)
@@ -199,7 +195,8 @@ class ChoppedRule(TransferRule):
         if p <= 0:
             return
         sw = int(self.sweeps)
-        u = rng.uniform(int(self.seed_misc), sw >> 32, Stream.CHOPPER, torch.arange(self.vec_len), sw & _MASK32, 1)
+        rows = torch.arange(self.vec_len)
+        u = rng.uniform(int(self.seed_misc), sw >> 32, Stream.CHOPPER, rows, sw & _MASK32, 1)
         hit = u < p
         self.c_out[hit] = -self.c_out[hit]
         self.flips += int(hit.sum())

@@ -38,7 +38,9 @@ def _validate_sgd(cfg) -> None:
     a = cfg_get(cfg, "algo")
     mom = float(cfg_get(a, "digital_momentum", 0.0))
     if not 0.0 <= mom < 1.0:
-        raise ConfigError("algo.digital_momentum", f"{mom} is out of range: allowed 0 <= digital_momentum < 1")
+        raise ConfigError("algo.digital_momentum",
+                          f"{mom} is out of range: allowed 0 <= digital_momentum < 1")
     wd = float(cfg_get(a, "digital_weight_decay", 0.0))
     if wd < 0:
-        raise ConfigError("algo.digital_weight_decay", f"{wd} is out of range: allowed 0 <= digital_weight_decay")
+        raise ConfigError("algo.digital_weight_decay",
+                          f"{wd} is out of range: allowed 0 <= digital_weight_decay")

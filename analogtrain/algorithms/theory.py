@@ -58,7 +58,8 @@ def build_rule(algo: str, device: dict, out_size: int, in_size: int, *, algo_kw:
         from analogtrain.tiles.rule import SGDRule
 
         return SGDRule(device_from_config(dict(device)), out_size, in_size, tile,
-                       seed_device=derive_seed(seeds["device"], name), seed_pulse=derive_seed(seeds["pulse"], name))
+                       seed_device=derive_seed(seeds["device"], name),
+                       seed_pulse=derive_seed(seeds["pulse"], name))
     cls = ALGORITHMS[algo]
     a = to_config(cls.config_cls, {"name": algo, **(algo_kw or {})})
     cls.check(a)

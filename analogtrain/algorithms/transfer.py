@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from analogtrain.config.errors import ConfigError
+from analogtrain import ops
 from analogtrain.ops import rng
 from analogtrain.ops.rng import Stream
 from analogtrain.tiles.array import DeviceArray, update_spec
@@ -35,7 +36,8 @@ from analogtrain.tiles.seeds import derive_seed
 
 from analogtrain.tiles.rule import PulseMeter, TileRule
 
-__all__ = ["TransferRule", "to_config", "merge_device", "validate_transfer_common", "lr_fast_tt", "lr_transfer"]
+__all__ = ["TransferRule", "TransferAlgorithm", "to_config", "merge_device", "resolve_devices",
+           "validate_transfer_common", "lr_fast_tt", "lr_transfer"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -109,7 +111,9 @@ def merge_device(main, override):
 
 
 def _range(key, v, lo=None, hi=None, lo_open=False, hi_open=False):
-    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi)):
+    too_low = lo is not None and (v <= lo if lo_open else v < lo)
+    too_high = hi is not None and (v >= hi if hi_open else v > hi)
+    if too_low or too_high:
         lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
         hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
         raise ConfigError(key, f"{v} is out of range: allowed {lo_s}{key.split('.')[-1]}{hi_s}")
@@ -330,6 +334,29 @@ class TransferRule(TileRule):
         self.pulses_c += float(pulses.sum())
         self.meter_c.add(pulses, len(k))
 
+    def buffered_transfer(self, k: int, v: torch.Tensor, *, chop: torch.Tensor | None, lr_scale: float,
+                          thr: float, write: bool = True, cap: float = 0.0) -> torch.Tensor:
+        """Buffer + threshold + write of ONE slice ``k`` through the fused op ``ops.buffered_transfer``
+        (compiled kernel or its torch twin): ``H_k += chop·v·lr_scale``, ``n = clamp(trunc(H_k/thr), ±BL_t)``,
+        forget/subtract, then (if ``write`` and any n ≠ 0) the pulsed write ``C_k += n·step·dw_C``.
+        v, chop: (L,). Returns n (L,). C's RNG offset advances by one per call (op contract)."""
+        a = self.cfg
+        C = self.C
+        n, pulses = ops.buffered_transfer(
+            self.H, v.reshape(-1), int(k), lr_scale=lr_scale, thr=thr, bl=int(a.transfer_update.desired_bl),
+            momentum=float(a.momentum), forget=bool(a.forget_buffer), w=C.w,
+            w_p=C.w_p if C.has_write_noise else None, params=C.params, gparams=C.gparams,
+            lr=float(a.step) * C.dw, dw=C.dw, spec=self.transfer_spec, seed=int(C.seed), offset=int(C.offset),
+            chop=chop, columns=self.columns, write=write, no_buffer=bool(getattr(a, "no_buffer", False)),
+            cap=cap)
+        C.offset += 1
+        if write and bool((n != 0).any()):
+            full = torch.zeros_like(C.w)
+            self._set_slice(full, torch.tensor([int(k)]), pulses.reshape(1, -1))
+            self.pulses_c += float(pulses.sum())
+            self.meter_c.add(full, 1)
+        return n
+
     # --- metrics ----------------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
         """Counters and state statistics of this tile (logged as ``tile/<layer>/<stat>``)."""
@@ -401,5 +428,6 @@ def resolve_devices(cfg, a):
     main = cfg.device
     dev_a = device_from_config(merge_device(main, a.fast_device),
                                prefix="algo.fast_device" if a.fast_device else "device")
-    dev_c = device_from_config(merge_device(main, a.device_c), prefix="algo.device_c" if a.device_c else "device")
+    dev_c = device_from_config(merge_device(main, a.device_c),
+                               prefix="algo.device_c" if a.device_c else "device")
     return dev_a, dev_c

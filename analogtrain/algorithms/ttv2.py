@@ -28,7 +28,8 @@ __all__ = ["TTv2Rule", "TTv2", "buffer_step"]
 def buffer_step(h: torch.Tensor, thr: float, bl: int, momentum: float, forget: bool):
     """Threshold a buffer: returns (n, h_new). ``n = clamp(trunc(h/thr), ±bl)``; where n ≠ 0 the buffer
     keeps ``momentum·h`` (forget) or loses ``(1 − momentum)·n·thr`` (no forget). Shared by TTv2 (thr in
-    weight units) and c-TTv2/AGAD (dimensionless h, thr = 1)."""
+    weight units) when several slices are transferred at once; single slices go through the fused op
+    ``ops.buffered_transfer`` (same arithmetic, the kernel engineer's twin ``buffer_threshold_ref``)."""
     n = torch.clamp(torch.trunc(h / thr), -bl, bl)
     if forget:
         h = torch.where(n != 0, momentum * h, h)
@@ -52,6 +53,10 @@ class TTv2Rule(TransferRule):
         k = self.next_slices(int(self.cfg.n_reads_per_transfer))
         y = self.read_slices(k)
         thr = self.threshold()
+        if len(k) == 1:  # the fused op (compiled where available)
+            self.buffered_transfer(int(k[0]), y[0], chop=None, lr_scale=abs(self.transfer_lr(lr)), thr=thr)
+            return
+        # several slices per transfer: same arithmetic, one batched write (one sample per slice)
         h = self._slice(self.H, k) + y * abs(self.transfer_lr(lr))
         n, h = buffer_step(h, thr, int(self.cfg.transfer_update.desired_bl), float(self.cfg.momentum),
                            bool(self.cfg.forget_buffer))

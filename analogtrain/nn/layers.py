@@ -201,6 +201,6 @@ class AnalogConv2d(AnalogLayer):
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, "
-                f"bias={'digital' if self.bias is not None else ('analog' if self.matrices[0].analog_bias else 'none')}")
+        bias = "digital" if self.bias is not None else ("analog" if self.matrices[0].analog_bias else "none")
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, bias={bias}")

@@ -45,7 +45,8 @@ class AnalogMatrix(torch.nn.Module):
     """
 
     def __init__(self, out_size: int, in_size: int, tile_cfg: TileConfig, rule_factory: RuleFactory,
-                 name: str = "matrix", io_seed: int = 0, analog_bias: bool = False, tile_index_start: int = 0):
+                 name: str = "matrix", io_seed: int = 0, analog_bias: bool = False,
+                 tile_index_start: int = 0):
         super().__init__()
         self.out_size, self.in_size, self.analog_bias = int(out_size), int(in_size), bool(analog_bias)
         n_in = self.in_size + (1 if self.analog_bias else 0)

@@ -75,6 +75,15 @@ def _cpu_fingerprint() -> str:
     return platform.processor() or platform.machine()
 
 
+def _libmvec_flags() -> tuple[list[str], list[str]]:
+    """(cflags, ldflags) for glibc's vector math library (vectorised Box–Muller), when it is installed."""
+    import ctypes.util
+
+    if platform.system() == "Linux" and platform.machine() == "x86_64" and ctypes.util.find_library("mvec"):
+        return ["-DANALOGTRAIN_LIBMVEC"], ["-lmvec"]
+    return [], []
+
+
 def _march_flags() -> list[str]:
     """-march=native on x86/arm with gcc/clang (the cache name includes the CPU fingerprint)."""
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
@@ -107,8 +116,9 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
     from torch.utils import cpp_extension
 
     d = csrc_dir()
-    flags = CXX_FLAGS + _march_flags()
-    name = build_name(kind, sources, flags + kw.get("extra_cuda_cflags", []))
+    mvec_c, mvec_l = _libmvec_flags()
+    flags = CXX_FLAGS + _march_flags() + mvec_c
+    name = build_name(kind, sources, flags + mvec_l + kw.get("extra_cuda_cflags", []))
     if name in _loaded:
         return name
     os.environ.setdefault("MAX_JOBS", "2")  # 2 shared cores
@@ -117,7 +127,7 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
             name=name,
             sources=[str(d / s) for s in sources],
             extra_cflags=flags,
-            extra_ldflags=LD_FLAGS,
+            extra_ldflags=LD_FLAGS + mvec_l,
             extra_include_paths=[str(d)],
             is_python_module=False,
             verbose=verbose,

@@ -199,9 +199,7 @@ def load_sweep(tracking_uri: str, parent: str | None = None, experiment: str | N
         if not detected:
             detected = _varying_param_keys(children)
         keys = detected
-    keys = list(dict.fromkeys(keys))
-    if ALGO_KEY not in keys:
-        keys.insert(0, ALGO_KEY)
+    keys = [ALGO_KEY] + [k for k in dict.fromkeys(keys) if k != ALGO_KEY]  # tables and plots per algorithm
     if seed_key not in keys and any(run_value(r, seed_key) is not None for r in children):
         keys.append(seed_key)
     # a group swept through its name ("algo") and the same value as a param ("algo.name") are one axis

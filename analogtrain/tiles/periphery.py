@@ -159,7 +159,9 @@ def analog_mvm(
     else:
         raise ValueError(f"unknown noise_management '{nm}'")
     # a sample with α <= 0 under NM gives exactly 0 unless input noise would make it non-zero
-    zero = (alpha <= 0) if (nm != "none" and io.inp_noise == 0) else torch.zeros(B, dtype=torch.bool, device=dev)
+    zero = torch.zeros(B, dtype=torch.bool, device=dev)
+    if nm != "none" and io.inp_noise == 0:
+        zero = alpha <= 0
     alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
 
     inp_bin, out_bin = io_bins(io)

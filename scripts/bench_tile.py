@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Benchmark one analog training step of a single layer: forward, backward and update, per algorithm.
+
+For each layer size (default 512×512, plus 256×256 and 1024×1024), algorithm (sgd, tt, cttv2, agad on
+``device=softbounds``), learning-rate regime (``sparse``: lr 0.01, few pulses; ``dense``: lr 0.5, BL
+saturated), backend (``compiled`` C++ kernel vs the pure-torch ``reference``) and thread count (1, 2),
+the script times ``forward`` (y = layer(x)), ``backward`` ((y·g).sum().backward()) and ``update``
+(``opt.step()``: the pulsed update(s) and transfers) with the trainer's own objects (``build_algorithm``
+→ ``prepare`` → ``build_optimizer``), and a digital ``nn.Linear`` + ``torch.optim.SGD`` step in the same
+run. It prints medians (ms) and the ratio of the whole analog step to the digital step.
+
+Inputs: x ~ U(0, 1) (sigmoid-like activations), g = N(0, 1)/B (the gradient of a mean-reduced loss), so
+with the default update (BL 31, UM + UBLM) lr 0.01 gives k ≈ 0.5 expected coincidences at the largest
+element (sparse) and lr 0.5 gives k ≈ 25 (dense).
+
+Goals (issue 5, this 2-core CPU, 1 thread): analog SGD step ≤ 3× digital, c-TTv2 step ≤ 5× digital,
+dense-pulse update ≤ 20 ms for 512×512×64.
+
+    .venv/bin/python scripts/bench_tile.py --quick            # 512×512 only, compiled, 1 thread
+    .venv/bin/python scripts/bench_tile.py                    # everything (the reference is slow)
+    .venv/bin/python scripts/bench_tile.py --algos sgd cttv2 --sizes 512 --threads 1 --backends compiled
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+LR = {"sparse": 0.01, "dense": 0.5}
+
+
+def algo_node(name: str) -> dict:
+    """The ``algo`` node of ``conf/algo/<name>.yaml`` (its values; schema defaults fill the rest)."""
+    from omegaconf import OmegaConf
+
+    for base in (ROOT / "conf" / "algo", ):
+        p = base / f"{name}.yaml"
+        if p.is_file():
+            node = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+            node.pop("defaults", None)
+            return node
+    return {"name": name}
+
+
+def make_step(algo: str, size: tuple[int, int], lr: float, backend: str, seed: int = 0):
+    """(layer, optimizer) of one analog layer O×I under ``algo``, or None when the algorithm is missing."""
+    from omegaconf import OmegaConf
+
+    from analogtrain.algorithms import build_algorithm
+    from analogtrain.algorithms.base import ALGORITHMS
+    from analogtrain.tiles.config import TileConfig
+
+    import analogtrain.algorithms  # noqa: F401  (registers what exists)
+
+    if algo not in ALGORITHMS:
+        return None
+    out_size, in_size = size
+    cfg = OmegaConf.create({
+        "algo": algo_node(algo),
+        "device": {"name": "softbounds"},
+        "tile": OmegaConf.structured(TileConfig(backend=backend)),
+        "model": {"name": "bench"},
+    })
+    alg = build_algorithm(cfg, {"device": seed + 1, "pulse": seed + 2})
+    torch.manual_seed(seed)
+    layer = alg.prepare(torch.nn.Sequential(torch.nn.Linear(in_size, out_size, bias=False)))
+    opt = alg.build_optimizer(layer, lr=lr)
+    return layer, opt
+
+
+def time_step(layer, opt, x, g, reps: int, warmup: int = 1) -> dict[str, float]:
+    """Median ms of forward / backward / update / step over ``reps`` steps (after ``warmup``)."""
+    out = {"forward": [], "backward": [], "update": [], "step": []}
+    for r in range(warmup + reps):
+        opt.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        y = layer(x)
+        t1 = time.perf_counter()
+        (y * g).sum().backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        if r >= warmup:
+            out["forward"].append(t1 - t0)
+            out["backward"].append(t2 - t1)
+            out["update"].append(t3 - t2)
+            out["step"].append(t3 - t0)
+    return {k: 1e3 * statistics.median(v) for k, v in out.items()}
+
+
+def digital_step(size, x, g, lr, reps) -> dict[str, float]:
+    out_size, in_size = size
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(in_size, out_size, bias=False)
+    x = x.clone().requires_grad_(True)  # as in a hidden layer: backward also forms dL/dx
+    opt = torch.optim.SGD(layer.parameters(), lr=lr)
+    return time_step(layer, opt, x, g, reps, warmup=3)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="512×512, compiled only, 1 thread, few reps")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 256, 1024], help="square layer sizes")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--algos", nargs="+", default=["sgd", "tt", "cttv2", "agad"])
+    ap.add_argument("--regimes", nargs="+", default=["sparse", "dense"], choices=list(LR))
+    ap.add_argument("--backends", nargs="+", default=["compiled", "reference"],
+                    choices=["compiled", "reference"])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--reps", type=int, default=7, help="timed steps per compiled cell (after 1 warm-up step)")
+    ap.add_argument("--ref-reps", type=int, default=1, help="timed steps per reference cell (no warm-up)")
+    ap.add_argument("--ref-threads", type=int, nargs="+", default=[1], help="thread counts for the reference")
+    ap.add_argument("--max-ref-size", type=int, default=512, help="skip the reference above this size")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.sizes, a.backends, a.threads, a.reps = [512], ["compiled"], [1], 3
+
+    from analogtrain import ops
+
+    if "compiled" in a.backends and not ops.compiled_available("cpu"):
+        print("compiled kernel unavailable: benchmarking the reference only", file=sys.stderr)
+        a.backends = [b for b in a.backends if b != "compiled"] or ["reference"]
+
+    rows, notes = [], []
+    for threads in a.threads:
+        torch.set_num_threads(threads)
+        for n in a.sizes:
+            size = (n, n)
+            gen = torch.Generator().manual_seed(0)
+            x = torch.rand(a.batch, n, generator=gen)
+            g = torch.randn(a.batch, n, generator=gen) / a.batch
+            for regime in a.regimes:
+                lr = LR[regime]
+                dig = digital_step(size, x, g, lr, reps=max(a.reps, 10))
+                rows.append(dict(size=n, algo="digital", regime=regime, backend="torch", threads=threads, **dig,
+                                 ratio=1.0))
+                for algo in a.algos:
+                    for backend in a.backends:
+                        if backend == "reference" and (n > a.max_ref_size or threads not in a.ref_threads):
+                            continue
+                        made = make_step(algo, size, lr, backend)
+                        if made is None:
+                            msg = f"algo '{algo}' is not registered yet: skipped"
+                            if msg not in notes:
+                                notes.append(msg)
+                            continue
+                        layer, opt = made
+                        if backend == "compiled":
+                            t = time_step(layer, opt, x, g, a.reps, warmup=1)
+                        else:  # pure torch: nothing to warm up, and one step can take seconds
+                            t = time_step(layer, opt, x, g, a.ref_reps, warmup=0)
+                        rows.append(dict(size=n, algo=algo, regime=regime, backend=backend, threads=threads,
+                                         **t, ratio=t["step"] / dig["step"]))
+                        r = rows[-1]
+                        print(f"  {n:5d} {algo:7s} {regime:6s} {backend:9s} t={threads}  fwd {r['forward']:8.2f}  "
+                              f"bwd {r['backward']:8.2f}  upd {r['update']:9.2f}  step {r['step']:9.2f} ms  "
+                              f"x{r['ratio']:6.1f}", file=sys.stderr, flush=True)
+
+    print(f"\nOne training step of one layer, batch {a.batch}, device softbounds; medians in ms; "
+          "ratio = step / digital step (same size, regime, threads)\n")
+    hdr = f"| {'size':>9} | {'algo':7} | {'lr':13} | {'backend':9} | thr | {'forward':>8} | {'backward':>8} | " \
+          f"{'update':>9} | {'step':>9} | {'ratio':>6} |"
+    print(hdr)
+    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    for r in rows:
+        print(f"| {r['size']:4d}x{r['size']:<4d} | {r['algo']:7} | {r['regime']:6} {LR[r['regime']]:<6} | "
+              f"{r['backend']:9} | {r['threads']:3d} | {r['forward']:8.2f} | {r['backward']:8.2f} | "
+              f"{r['update']:9.2f} | {r['step']:9.2f} | {r['ratio']:6.1f} |")
+    for msg in notes:
+        print(f"\nnote: {msg}")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,348 @@
+"""The compiled CPU kernel (``csrc/``) against its pure-torch oracle ``ops.reference.pulsed_update_ref``.
+
+Both draw from the same Philox4x32-10 counter layout (``ops/rng.py``), so for the same seed and offset
+they must agree *exactly* in every mode: identical pulse counts, and weights equal up to float rounding
+of the step functions (C++ compiled without FMA contraction, so in practice bit-identical; exp/pow and
+the double-precision Box–Muller may differ from torch's by an ulp, hence allclose at 1e-6).
+Statistical checks (Binomial counts) run on the kernel alone.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from analogtrain import ops
+from analogtrain.devices import device_from_config, device_step, sample_device
+from analogtrain.devices import params as P
+from analogtrain.ops import MODE_EXPECTED, MODE_MEAN_COUNT, MODE_PULSED, UpdateSpec
+from analogtrain.ops import rng as R
+from analogtrain.ops.reference import pulsed_update_ref
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """Build (or load the cached) CPU kernel once per session; skip cleanly without a compiler."""
+    from analogtrain.ops import build
+
+    try:
+        build.build_cpu()
+    except build.BuildError as e:  # pragma: no cover - machines without a C++ toolchain
+        pytest.skip(f"compiled kernel unavailable: {e}")
+    return torch.ops.analogtrain
+
+
+pytestmark = pytest.mark.compiled
+
+# device configs covering every kind / noise placement of devices/params.py
+DEVICES = {
+    "constant_step": {"name": "constant_step"},
+    "linear_step": {"name": "linear_step", "gamma_up": 0.3, "gamma_down": 0.2},
+    "linear_step_add": {"name": "linear_step", "gamma_up": 0.3, "gamma_down": 0.2, "mult_noise": False},
+    "softbounds": {"name": "softbounds"},
+    "softbounds_reference": {"name": "softbounds_reference", "reference_std": 0.05},
+    "expstep": {"name": "expstep"},
+    "expstep_complex": {"name": "expstep", "dw_min_std_add": 0.002, "dw_min_std_slope": 0.05},
+    "powstep": {"name": "powstep", "pow_gamma": 2.0},
+    "powstep_reference": {"name": "powstep_reference", "reference_std": 0.05},
+    "reram_es": {"name": "reram_es"},  # ExpStep with write noise
+    "reram_sb": {"name": "reram_sb"},  # SoftBoundsReference with write noise, additive noise
+}
+
+
+def _dev(key, O, I, seed=3):
+    cfg = device_from_config(dict(DEVICES[key]))
+    return sample_device(cfg, O, I, seed)
+
+
+def _inputs(B, O, I, seed=0, zero_frac=0.3, d_scale=0.2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, I, generator=g)
+    x[torch.rand(B, I, generator=g) < zero_frac] = 0.0  # ReLU-like zeros: empty trains
+    d = torch.randn(B, O, generator=g) * d_scale
+    d[torch.rand(B, O, generator=g) < 0.1] = 0.0
+    return x, d
+
+
+def _both(s, x, d, lr, spec, seed=11, offset=5, w0=None, chop_in=None, chop_out=None):
+    """Run reference and kernel on identical copies; returns (n_ref, n_k, w_ref, w_k, wp_ref, wp_k)."""
+    O, I = s.params.shape[1:]
+    if w0 is None:
+        g = torch.Generator().manual_seed(1)
+        lo = (s.params[P.P_BMIN] - s.params[P.P_REF])
+        hi = (s.params[P.P_BMAX] - s.params[P.P_REF])
+        w0 = lo + (hi - lo) * torch.rand(O, I, generator=g)
+    w_r, w_k = w0.clone(), w0.clone()
+    wp_r = w0.clone() if s.write_noise else None
+    wp_k = w0.clone() if s.write_noise else None
+    n_r = pulsed_update_ref(w_r, wp_r, s.params, s.gparams, x, d, lr, s.dw, spec, seed, offset,
+                            chop_in=chop_in, chop_out=chop_out)
+    n_k = ops.pulsed_update(w_k, wp_k, s.params, s.gparams, x, d, lr, s.dw, spec, seed, offset,
+                            chop_in=chop_in, chop_out=chop_out, backend="compiled")
+    return n_r, n_k, w_r, w_k, wp_r, wp_k
+
+
+def _assert_same(res, exact_weights=False):
+    n_r, n_k, w_r, w_k, wp_r, wp_k = res
+    assert torch.equal(n_r, n_k), f"pulse counts differ at {int((n_r != n_k).sum())} elements"
+    atol = 0.0 if exact_weights else 1e-6
+    torch.testing.assert_close(w_k, w_r, rtol=0, atol=atol)
+    if wp_r is not None:
+        torch.testing.assert_close(wp_k, wp_r, rtol=0, atol=atol)
+
+
+# ----------------------------------------------------------------------------------------- the RNG
+
+
+def test_philox_matches_rng_py_word_for_word(kernel):
+    a = torch.arange(0, 2000, 7)
+    for seed, offset, stream, b, draw in [(0, 0, 1, 0, 0), (123456789, 3, 2, 17, 5),
+                                         (2**40 + 99, 2**33 + 1, 3, 4000, 130), (2**63 - 1, 7, 4, 1, 2)]:
+        u_k = kernel.philox_uniform(ops._i64(seed), ops._i64(offset), stream, a, b, draw)
+        u_r = R.uniform(seed, offset, stream, a, b, draw)
+        assert torch.equal(u_k, u_r)
+        z_k = kernel.philox_normal(ops._i64(seed), ops._i64(offset), stream, a, b, draw)
+        z_r = R.normal(seed, offset, stream, a, b, draw)
+        torch.testing.assert_close(z_k, z_r, rtol=0, atol=2e-6)  # double libm vs torch: ≤ 1 float ulp
+
+
+def test_philox_known_answer_random123():
+    # Random123 kat_vectors, philox4x32_10 with counter = key = 0: 6627e8d5 e169c58d bc57ac4c 9b00dbd8
+    c = [torch.tensor(0, dtype=torch.int64)] * 4
+    r = [int(t) for t in R.philox4x32(*c, seed=0)]
+    assert r == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+# -------------------------------------------------------------------------------------- device steps
+
+
+@pytest.mark.parametrize("key", sorted(DEVICES))
+def test_device_step_matches_torch(kernel, key):
+    s = _dev(key, 16, 12)
+    M = 16 * 12
+    g = torch.Generator().manual_seed(2)
+    params = s.params.reshape(P.NP, M).contiguous()
+    w = params[P.P_BMIN] + (params[P.P_BMAX] - params[P.P_BMIN]) * torch.rand(M, generator=g)
+    up = torch.rand(M, generator=g) < 0.5
+    xi = torch.randn(M, generator=g)
+    use_noise = float(s.gparams[P.G_DW_MIN_STD]) != 0.0
+    ref = device_step(w, up, params, s.gparams, xi if use_noise else None)
+    got = kernel.device_step(w, up, params, s.gparams, xi)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-7)
+    # bounds after the step
+    assert bool((got <= params[P.P_BMAX] + 1e-7).all() and (got >= params[P.P_BMIN] - 1e-7).all())
+
+
+# ---------------------------------------------------------------------------------- update parity
+
+SPECS = {
+    "ublm": UpdateSpec(desired_bl=31, ublm=True),
+    "um": UpdateSpec(desired_bl=31, ublm=False, um=True),
+    "plain": UpdateSpec(desired_bl=20, ublm=False, um=False),
+    "free_bl_multiword": UpdateSpec(desired_bl=5, fixed_bl=False, ublm=False, um=False),  # BL = 67: 3 words
+    "res": UpdateSpec(desired_bl=31, ublm=True, res=0.05),
+    "sto_round": UpdateSpec(desired_bl=31, ublm=False, res=0.1, sto_round=True),
+    "grad_scale": UpdateSpec(desired_bl=31, ublm=False, um_grad_scale=3.0),
+}
+
+
+@pytest.mark.parametrize("spec_key", sorted(SPECS))
+@pytest.mark.parametrize("mode", [MODE_PULSED, MODE_MEAN_COUNT, MODE_EXPECTED])
+def test_update_parity_softbounds_specs(kernel, spec_key, mode):
+    s = _dev("softbounds", 20, 24)
+    x, d = _inputs(6, 20, 24, seed=mode)
+    spec = UpdateSpec(**{**SPECS[spec_key].__dict__, "mode": mode})
+    lr = 0.067 if spec_key == "free_bl_multiword" else 0.02
+    _assert_same(_both(s, x, d, lr, spec))
+
+
+@pytest.mark.parametrize("key", sorted(DEVICES))
+@pytest.mark.parametrize("mode", [MODE_PULSED, MODE_MEAN_COUNT, MODE_EXPECTED])
+def test_update_parity_every_device(kernel, key, mode):
+    s = _dev(key, 18, 22)
+    x, d = _inputs(5, 18, 22, seed=7)
+    _assert_same(_both(s, x, d, 0.05, UpdateSpec(mode=mode), seed=2**40 + 5, offset=2**32 + 9))
+
+
+def test_update_parity_choppers_negative_lr_dense(kernel):
+    s = _dev("softbounds", 16, 20)
+    x, d = _inputs(8, 16, 20, seed=3)
+    g = torch.Generator().manual_seed(4)
+    cin = torch.where(torch.rand(20, generator=g) < 0.5, -1.0, 1.0)
+    cout = torch.where(torch.rand(16, generator=g) < 0.5, -1.0, 1.0)
+    for lr in (0.5, -0.03):  # dense regime (BL saturated) and the opposite sign
+        res = _both(s, x, d, lr, UpdateSpec(), chop_in=cin, chop_out=cout)
+        _assert_same(res)
+        assert res[0].sum() > 0
+    # the choppers flip the direction of exactly the chopped elements (noise-free constant step)
+    cs = device_from_config({"name": "constant_step", "dw_min_std": 0.0, "dtod": 0.0, "w_max": 10, "w_min": -10})
+    s2 = sample_device(cs, 16, 20, 0)
+    one = _both(s2, x, d, 0.05, UpdateSpec(), w0=torch.zeros(16, 20))
+    chopped = _both(s2, x, d, 0.05, UpdateSpec(), w0=torch.zeros(16, 20), chop_in=cin, chop_out=cout)
+    sign = cout[:, None] * cin[None, :]
+    torch.testing.assert_close(chopped[3], one[3] * sign, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("key", ["softbounds", "expstep_complex", "reram_sb"])
+def test_update_parity_wide_rows_batched_noise(kernel, key):
+    """Wide rows with many pulses per (row, sample): exercises the batched (SIMD) Philox + Box–Muller path
+    of the CPU kernel (vector libm, ≤ 4 double ulp) — counts identical, weights within float rounding."""
+    s = _dev(key, 24, 160)
+    x, d = _inputs(4, 24, 160, seed=21, zero_frac=0.05)
+    res = _both(s, x, d, 0.3, UpdateSpec(), seed=99, offset=1)
+    _assert_same(res)
+    per_row_sample = res[0].sum() / (24 * 4)
+    assert per_row_sample > 100  # many pulses per row and sample: the batched path ran on full vectors
+
+
+def test_update_parity_edge_cases(kernel):
+    s = _dev("softbounds", 10, 12)
+    x, d = _inputs(4, 10, 12, seed=9)
+    x[1] = 0.0  # a sample with x = 0 (skipped under UM)
+    d[2] = 0.0
+    _assert_same(_both(s, x, d, 0.03, UpdateSpec()))
+    _assert_same(_both(s, x, d, 0.03, UpdateSpec(ublm=False, um=False)))
+    res = _both(s, x, d, 0.0, UpdateSpec())  # lr = 0: nothing happens
+    _assert_same(res)
+    assert res[1].sum() == 0
+    res = _both(s, x[:0], d[:0], 0.03, UpdateSpec())  # empty batch
+    _assert_same(res)
+
+
+def test_update_exact_bits_linear_kinds(kernel):
+    """Without exp/pow the kernel is bit-identical to the torch reference (no FMA, same order)."""
+    for key in ("softbounds", "linear_step_add", "constant_step"):
+        s = _dev(key, 24, 16)
+        x, d = _inputs(6, 24, 16, seed=1)
+        _assert_same(_both(s, x, d, 0.1, UpdateSpec()), exact_weights=True)
+
+
+def test_update_sequence_of_calls_stays_identical(kernel):
+    """Many calls with advancing offsets (like a training loop) stay identical: no divergence builds up."""
+    s = _dev("reram_sb", 12, 14)
+    w_r = torch.zeros(12, 14)
+    w_k = w_r.clone()
+    wp_r, wp_k = w_r.clone(), w_r.clone()
+    for off in range(15):
+        x, d = _inputs(4, 12, 14, seed=100 + off)
+        n_r = pulsed_update_ref(w_r, wp_r, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 5, off)
+        n_k = ops.pulsed_update(w_k, wp_k, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 5, off,
+                                backend="compiled")
+        assert torch.equal(n_r, n_k)
+    torch.testing.assert_close(w_k, w_r, rtol=0, atol=1e-6)
+    torch.testing.assert_close(wp_k, wp_r, rtol=0, atol=1e-6)
+    assert not torch.equal(w_k, wp_k)  # write noise really acted on the visible weight
+
+
+def test_update_uses_threads_identically(kernel):
+    """OpenMP over rows (2 threads) gives the same result as 1 thread (no shared RNG state)."""
+    s = _dev("softbounds", 40, 30)
+    x, d = _inputs(8, 40, 30, seed=5)
+    out = []
+    for nt in (1, 2):
+        torch.set_num_threads(nt)
+        w = torch.zeros(40, 30)
+        n = ops.pulsed_update(w, None, s.params, s.gparams, x, d, 0.05, s.dw, UpdateSpec(), 1, 2,
+                              backend="compiled")
+        out.append((n, w))
+    torch.set_num_threads(1)
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def test_pulse_count_statistics_binomial(kernel):
+    """n_ij ~ Binomial(BL, p_x p_d): mean lr|x d|/dw, variance BL·q(1 − q) over many independent samples."""
+    cfg = device_from_config({"name": "constant_step", "dw_min_std": 0.0, "dtod": 0.0,
+                              "w_max": 100.0, "w_min": -100.0})
+    s = sample_device(cfg, 3, 2, 0)
+    B = 4000
+    x = torch.tensor([[0.8, 0.3]]).repeat(B, 1)
+    d = torch.tensor([[0.5, 0.2, 0.05]]).repeat(B, 1)
+    lr, bl = 0.01, 31
+    spec = UpdateSpec(desired_bl=bl, ublm=False, um=False)
+    counts = torch.stack([
+        ops.pulsed_update(torch.zeros(3, 2), None, s.params, s.gparams, x[b:b + 1], d[b:b + 1], lr, s.dw, spec,
+                          9, b, backend="compiled")
+        for b in range(0, B, 8)])  # 500 independent calls (offsets)
+    batch = ops.pulsed_update(torch.zeros(3, 2), None, s.params, s.gparams, x, d, lr, s.dw, spec, 9, 10**6,
+                              backend="compiled") / B
+    scale = math.sqrt(lr / (s.dw * bl))
+    q = (d[0, :, None] * scale) * (x[0, None, :] * scale)
+    mean, var = counts.mean(0), counts.var(0)
+    torch.testing.assert_close(batch, bl * q, rtol=0.03, atol=0.01)  # 4000 samples
+    torch.testing.assert_close(mean, bl * q, rtol=0.1, atol=0.03)
+    torch.testing.assert_close(var, bl * q * (1 - q), rtol=0.2, atol=0.03)
+    torch.testing.assert_close(batch * s.dw, lr * d[0, :, None] * x[0, None, :], rtol=0.03, atol=2e-5)
+
+
+def test_um_saturation_counts(kernel):
+    """§1.2: dw 0.001, lr 0.01, BL 10, x = (4, 2), d = (0.5, 0.05): mean (10, 5 | 2, 1) pulses per sample."""
+    cfg = device_from_config({"name": "constant_step", "dw_min": 0.001, "dw_min_std": 0.0, "dtod": 0.0,
+                              "w_max": 100.0, "w_min": -100.0})
+    s = sample_device(cfg, 2, 2, 0)
+    nb = 3000
+    x = torch.tensor([[4.0, 2.0]]).repeat(nb, 1)
+    d = torch.tensor([[0.5, 0.05]]).repeat(nb, 1)
+    n = ops.pulsed_update(torch.zeros(2, 2), None, s.params, s.gparams, x, d, 0.01, s.dw,
+                          UpdateSpec(desired_bl=10, ublm=False, um=True), 3, 0, backend="compiled") / nb
+    assert n[0, 0].item() == 10.0
+    torch.testing.assert_close(n, torch.tensor([[10.0, 5.0], [2.0, 1.0]]), rtol=0, atol=0.12)
+
+
+# -------------------------------------------------------------------------------------- dispatch
+
+
+def test_backend_switch_and_errors(kernel, monkeypatch):
+    from analogtrain.config.errors import ConfigError
+    from analogtrain.ops import build
+
+    with pytest.raises(ConfigError, match="tile.backend"):
+        ops.set_backend("fast")
+    assert ops.get_backend() in ops.BACKENDS
+    # a failed build: 'compiled' raises, 'auto' warns once and falls back to the reference
+    monkeypatch.setattr(ops, "_READY", set())
+    monkeypatch.setattr(ops, "_FAILED", {})
+
+    def boom(*a, **k):
+        raise build.BuildError("no compiler (test)")
+
+    monkeypatch.setattr(build, "build_cpu", boom)
+    s = _dev("softbounds", 4, 5)
+    x, d = _inputs(2, 4, 5)
+    with pytest.raises(build.BuildError):
+        ops.pulsed_update(torch.zeros(4, 5), None, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 1, 0,
+                          backend="compiled")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        w1 = torch.zeros(4, 5)
+        ops.pulsed_update(w1, None, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 1, 0, backend="auto")
+        ops.pulsed_update(torch.zeros(4, 5), None, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 1, 0,
+                          backend="auto")
+    msgs = [str(r.message) for r in rec if issubclass(r.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "falling back" in msgs[0]
+    w2 = torch.zeros(4, 5)
+    pulsed_update_ref(w2, None, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 1, 0)
+    assert torch.equal(w1, w2)
+    with pytest.raises(build.BuildError, match="no compiler"):  # compiled after a failed auto: still loud
+        ops.pulsed_update(torch.zeros(4, 5), None, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 1, 0,
+                          backend="compiled")
+
+
+def test_default_backend_is_auto_and_uses_kernel(kernel, monkeypatch):
+    from analogtrain.tiles.config import TileConfig
+
+    assert TileConfig().backend == "auto"
+    monkeypatch.setattr(ops, "_READY", set())
+    monkeypatch.setattr(ops, "_FAILED", {})
+    monkeypatch.setattr(ops, "_BACKEND", "auto")
+    s = _dev("softbounds", 4, 5)
+    x, d = _inputs(2, 4, 5)
+    ops.pulsed_update(torch.zeros(4, 5), None, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 1, 0)
+    assert ops._READY == {"cpu"} and not ops._FAILED  # auto routed the call to the compiled kernel
