@@ -236,10 +236,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                 tracker.log_params(params)
             torch.manual_seed(seeds["init"])
             model = build_model(cfg.model, data.input_shape, data.num_outputs)
+            n_params = sum(p.numel() for p in model.parameters())  # network size (before analog conversion)
             algo = build_algorithm(cfg, seeds)
             model = algo.prepare(model).to(device)
             tracker.set_tags({"analogtrain.is_analog": str(bool(getattr(algo, "is_analog", False))).lower(),
-                              "analogtrain.n_params": sum(p.numel() for p in model.parameters()),
+                              "analogtrain.n_params": n_params,
                               "analogtrain.torch_threads": torch.get_num_threads(),
                               "analogtrain.accelerator": str(device)})
             seed_everything(seeds["pulse"])  # global RNG for anything without its own counter (e.g. dropout)
@@ -248,7 +249,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             if ckpt is not None:
                 trainer.load_state(ckpt)
             log.info("run %s: %s on %s, model %s (%d params), %d train / %d val / %d test samples, dir %s",
-                     name, cfg.algo.name, device, cfg.model.name, sum(p.numel() for p in model.parameters()),
+                     name, cfg.algo.name, device, cfg.model.name, n_params,
                      len(data.train), len(data.val), len(data.test), run_dir)
             try:
                 final = trainer.fit()
@@ -274,7 +275,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         tracker.finish(status)
     from analogtrain.engine.report import print_summary
 
-    print_summary(summary, title=f"{name}  ({run_dir})")
+    print_summary(summary, title=name)
     return summary
 
 

@@ -564,6 +564,52 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at:
   return std::make_tuple(n, slice_pulses);
 }
 
+// Grids of Philox draws for the torch-side ops (IO noise, reads): out[q, a] = draw `draw` of the sequence
+// (seed, offset, stream, a, b = b_idx[q]), a < n_a. normal: same numbers as rng.normal (vector libm:
+// equal up to a float ulp with probability ~1e-8); uniform: identical to rng.uniform.
+at::Tensor philox_grid_cpu(int64_t seed, int64_t offset, int64_t stream, int64_t n_a, const at::Tensor& b_idx,
+                           int64_t draw, bool normal) {
+  at::Tensor bc = b_idx.to(at::kLong).contiguous();
+  const int64_t B = bc.numel();
+  at::Tensor out = at::empty({B, n_a}, at::kFloat);
+  const int64_t* bp = bc.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  const uint32_t k = static_cast<uint32_t>(draw) & 3u;
+  const uint32_t blk0 = static_cast<uint32_t>(draw) >> 2;
+  at::parallel_for(0, B, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<uint32_t> a(static_cast<size_t>(n_a)), blk(static_cast<size_t>(n_a), blk0);
+    std::vector<uint32_t> r0(n_a), r1(n_a), r2(n_a), r3(n_a);
+    std::vector<float> zc(n_a), zs(n_a);
+    for (int64_t j = 0; j < n_a; ++j) a[j] = static_cast<uint32_t>(j);
+    for (int64_t q = q0; q < q1; ++q) {
+      philox_many(static_cast<int>(n_a), a.data(), blk.data(), static_cast<uint32_t>(stream),
+                  static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), r0.data(),
+                  r1.data(), r2.data(), r3.data());
+      float* row = op + q * n_a;
+      if (!normal) {
+        const uint32_t* rw = k == 0 ? r0.data() : k == 1 ? r1.data() : k == 2 ? r2.data() : r3.data();
+        for (int64_t j = 0; j < n_a; ++j) row[j] = word_to_uniform(rw[j]);
+        continue;
+      }
+      const bool second = k >= 2, use_sin = (k & 1u) != 0;
+      box_muller_many(static_cast<int>(n_a), second ? r2.data() : r0.data(), second ? r3.data() : r1.data(), use_sin,
+                      zc.data(), zs.data());
+      std::memcpy(row, use_sin ? zs.data() : zc.data(), sizeof(float) * static_cast<size_t>(n_a));
+    }
+  });
+  return out;
+}
+
+at::Tensor philox_normal_grid_cpu(int64_t seed, int64_t offset, int64_t stream, int64_t n_a, const at::Tensor& b_idx,
+                                  int64_t draw) {
+  return philox_grid_cpu(seed, offset, stream, n_a, b_idx, draw, true);
+}
+
+at::Tensor philox_uniform_grid_cpu(int64_t seed, int64_t offset, int64_t stream, int64_t n_a,
+                                   const at::Tensor& b_idx, int64_t draw) {
+  return philox_grid_cpu(seed, offset, stream, n_a, b_idx, draw, false);
+}
+
 // Test hooks: the RNG and the device step exactly as the kernels use them.
 at::Tensor philox_uniform_cpu(int64_t seed, int64_t offset, int64_t stream, const at::Tensor& a, int64_t b,
                               int64_t draw) {
@@ -625,6 +671,8 @@ TORCH_LIBRARY(analogtrain, m) {
       "bool um, float um_grad_scale, float res, bool sto_round, int mode, int seed, int offset) -> (Tensor, Tensor)");
   m.def("philox_uniform(int seed, int offset, int stream, Tensor a, int b, int draw) -> Tensor");
   m.def("philox_normal(int seed, int offset, int stream, Tensor a, int b, int draw) -> Tensor");
+  m.def("philox_normal_grid(int seed, int offset, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
+  m.def("philox_uniform_grid(int seed, int offset, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("device_step(Tensor w_dev, Tensor up, Tensor params, Tensor gparams, Tensor xi) -> Tensor");
 }
 
@@ -634,4 +682,6 @@ TORCH_LIBRARY_IMPL(analogtrain, CPU, m) {
   m.impl("philox_uniform", &analogtrain::philox_uniform_cpu);
   m.impl("philox_normal", &analogtrain::philox_normal_cpu);
   m.impl("device_step", &analogtrain::device_step_cpu);
+  m.impl("philox_normal_grid", &analogtrain::philox_normal_grid_cpu);
+  m.impl("philox_uniform_grid", &analogtrain::philox_uniform_grid_cpu);
 }

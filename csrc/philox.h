@@ -18,6 +18,8 @@
 
 #if defined(__CUDACC__)
 #define AT_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define AT_HD inline __attribute__((always_inline))  // hot helpers: never a PLT call from the .so
 #else
 #define AT_HD inline
 #endif

@@ -34,6 +34,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 LR = {"sparse": 0.01, "dense": 0.5}
+# c-TTv2 / AGAD as aihwkit's build_config("c-ttv2" / "agad") and the Capacitor/Idealized presets set them:
+# auto-scaled fast lr 0.1 (about 0.1·BL pulses at the largest element of a sample) and one column read
+# per sample (transfer_every 1, units_in_mbatch false: the conf/algo defaults). Without auto_scale the
+# conf default fast_lr 1.0 is an absolute lr on A: k = x_max·d_max/dw ≈ 50 coincidences per sample here.
+ALGO_OVERRIDES = {"cttv2": {"auto_scale": True, "fast_lr": 0.1}, "agad": {"auto_scale": True, "fast_lr": 0.1}}
 
 
 def algo_node(name: str) -> dict:
@@ -45,6 +50,7 @@ def algo_node(name: str) -> dict:
         if p.is_file():
             node = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
             node.pop("defaults", None)
+            node.update(ALGO_OVERRIDES.get(name, {}))
             return node
     return {"name": name}
 
@@ -76,10 +82,13 @@ def make_step(algo: str, size: tuple[int, int], lr: float, backend: str, seed: i
 
 
 def time_step(layer, opt, x, g, reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median ms of forward / backward / update / step over ``reps`` steps (after ``warmup``)."""
+    """Median ms of forward / backward / update / step over ``reps`` steps (after ``warmup``). x requires
+    grad, as the input of a hidden layer: backward also forms dL/dx (the analog backward read)."""
+    x = x.detach().clone().requires_grad_(True)
     out = {"forward": [], "backward": [], "update": [], "step": []}
     for r in range(warmup + reps):
         opt.zero_grad(set_to_none=True)
+        x.grad = None
         t0 = time.perf_counter()
         y = layer(x)
         t1 = time.perf_counter()
@@ -99,7 +108,6 @@ def digital_step(size, x, g, lr, reps) -> dict[str, float]:
     out_size, in_size = size
     torch.manual_seed(0)
     layer = torch.nn.Linear(in_size, out_size, bias=False)
-    x = x.clone().requires_grad_(True)  # as in a hidden layer: backward also forms dL/dx
     opt = torch.optim.SGD(layer.parameters(), lr=lr)
     return time_step(layer, opt, x, g, reps, warmup=3)
 

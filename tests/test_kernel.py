@@ -346,3 +346,38 @@ def test_default_backend_is_auto_and_uses_kernel(kernel, monkeypatch):
     x, d = _inputs(2, 4, 5)
     ops.pulsed_update(torch.zeros(4, 5), None, s.params, s.gparams, x, d, 0.1, s.dw, UpdateSpec(), 1, 0)
     assert ops._READY == {"cpu"} and not ops._FAILED  # auto routed the call to the compiled kernel
+
+
+def test_random_grid_matches_rng(kernel):
+    b_idx = torch.tensor([0, 5, 2**32 + 7, 64])
+    for seed, offset, stream, draw in [(3, 0, 16, 0), (2**50 + 1, 9, 17, 5), (7, 2**34, 18, 10), (1, 1, 19, 3)]:
+        a = torch.arange(300)[None, :]
+        for normal in (True, False):
+            got = ops.random_grid(seed, offset, stream, 300, b_idx, draw, normal=normal, backend="compiled")
+            f = R.normal if normal else R.uniform
+            want = f(seed, offset, stream, a, (b_idx & 0xFFFFFFFF)[:, None], draw)
+            if normal:
+                torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+                assert (got != want).float().mean() < 1e-3
+            else:
+                assert torch.equal(got, want)
+            ref = ops.random_grid(seed, offset, stream, 300, b_idx, draw, normal=normal, backend="reference")
+            assert torch.equal(ref, want)
+
+
+def test_build_sources_found_and_cache_name_hashes_sources(tmp_path, monkeypatch):
+    from analogtrain.ops import build
+
+    d = build.csrc_dir()
+    for name in build.CPU_SOURCES + build.CUDA_SOURCES + build.HEADERS:
+        assert (d / name).is_file(), name
+    flags = ["-O3"]
+    n1 = build.build_name("cpu", build.CPU_SOURCES, flags)
+    for name in build.CPU_SOURCES + build.HEADERS:
+        (tmp_path / name).write_bytes((d / name).read_bytes())
+    monkeypatch.setattr(build, "csrc_dir", lambda: tmp_path)
+    assert build.build_name("cpu", build.CPU_SOURCES, flags) == n1  # same bytes, same cache entry
+    (tmp_path / "device_step.h").write_text((d / "device_step.h").read_text() + "\n// changed\n")
+    assert build.build_name("cpu", build.CPU_SOURCES, flags) != n1  # a changed header rebuilds
+    assert build.build_name("cpu", build.CPU_SOURCES, flags + ["-O2"]) != build.build_name(
+        "cpu", build.CPU_SOURCES, flags)

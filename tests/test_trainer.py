@@ -98,3 +98,24 @@ def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
     assert ck["epoch"] == 3 and ck["finished"] and len(ck["history"]) == 3
     assert {"python", "numpy", "torch"} <= set(ck["rng"])
     assert "trainer.lr" in ck["fingerprint"] and "trainer.epochs" not in ck["fingerprint"]
+
+
+PIPE = ["logger=none", "trainer.progress=off", "model.hidden_sizes=[16,16]", "data.limit_train=160",
+        "trainer.pipeline.stages=3"]
+
+
+def test_sync_pipeline_through_the_trainer_equals_the_plain_loop(tmp_path):
+    plain = train(compose_cfg([*PIPE, "trainer.epochs=2"]), run_dir=tmp_path / "plain")
+    sync = train(compose_cfg([*PIPE, "trainer.epochs=2", "trainer.pipeline.mode=sync",
+                              "trainer.pipeline.micro_batches=4"]), run_dir=tmp_path / "sync")
+    assert sync["test/loss"] == pytest.approx(plain["test/loss"], rel=1e-5)
+    assert sync["pipeline/cycles"] > 0 and "pipeline/bubble_fraction" in sync
+
+
+def test_async_pipeline_run_resumes_exactly(tmp_path):
+    over = [*PIPE, "trainer.pipeline.mode=async", "trainer.pipeline.micro_batches=2"]
+    full = train(compose_cfg([*over, "trainer.epochs=3"]), run_dir=tmp_path / "full")
+    train(compose_cfg([*over, "trainer.epochs=1"]), run_dir=tmp_path / "split")
+    resumed = train(compose_cfg([*over, "trainer.epochs=3"]), run_dir=tmp_path / "split")
+    for k in ("test/loss", "train/loss_epoch", "pipeline/cycles", "global_step"):
+        assert resumed[k] == full[k], k

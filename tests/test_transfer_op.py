@@ -160,3 +160,17 @@ def test_transfer_write_equals_pulsed_update_of_one_hot(kernel):
     assert n.tolist() == [1.0, 0.0, 1.0, -1.0, 0.0, 1.0]
     h2[:, 2] = torch.where(n != 0, 0.0 * h2[:, 2], h2[:, 2])
     torch.testing.assert_close(h1, h2)
+
+
+def test_twin_matches_the_algorithms_unfused_buffer_arithmetic():
+    """Switching the TT family from its torch transfer (``algorithms.ttv2.buffer_step``) to the fused op
+    changes nothing: same n and H for forget / no forget, chopped and weight-unit thresholds."""
+    ttv2 = pytest.importorskip("analogtrain.algorithms.ttv2")
+    g = torch.Generator().manual_seed(3)
+    for forget, momentum, thr, scale in [(True, 0.1, 0.002, 0.01), (False, 0.3, 1.0, 37.5), (False, 0.0, 1.0, 3.0)]:
+        h_k = torch.randn(50, generator=g)
+        v = torch.randn(50, generator=g) * 0.05
+        c = torch.where(torch.rand(50, generator=g) < 0.5, -1.0, 1.0)
+        n_ref, h_ref = buffer_threshold_ref(h_k, v, c, scale, thr, 2, momentum, forget)
+        n_alg, h_alg = ttv2.buffer_step(h_k + (c * v) * scale, thr, 2, momentum, forget)
+        assert torch.equal(n_ref, n_alg) and torch.equal(h_ref, h_alg)

@@ -23,6 +23,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from analogtrain.pipeline.config import PipelineConfig  # light module (no torch)
 from analogtrain.tiles.config import TileConfig
 
 # ------------------------------------------------------------------------------------------- data
@@ -181,6 +182,9 @@ class TrainerConfig:
     num_threads: int = 0  # torch CPU threads; 0 = auto (1 in joblib sweep workers, else torch's default)
     deterministic: bool = True  # torch.use_deterministic_algorithms (bit-reproducible on CPU)
     objective: str = "val/acc"  # metric returned to Hydra sweepers (e.g. optuna); last epoch value
+    # Pipeline-parallel training (analogtrain.pipeline): mode none = the ordinary loop; sync/async run each
+    # mini-batch through PipelineExecutor.train_step (sync with micro_batches=1 = unpipelined, with cycles).
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 # ----------------------------------------------------------------------------------------- logger

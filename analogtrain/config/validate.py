@@ -46,6 +46,10 @@ def validate_trainer(t, prefix: str = "trainer") -> None:
     check_choice(f"{prefix}.progress", t.progress, S.PROGRESS_MODES)
     check_choice(f"{prefix}.accelerator", t.accelerator, S.ACCELERATORS)
     check_range(f"{prefix}.num_threads", t.num_threads, lo=0)
+    if "pipeline" in t:
+        from analogtrain.pipeline.config import validate_pipeline
+
+        validate_pipeline(t.pipeline, prefix=f"{prefix}.pipeline")
     if t.accelerator == "cuda":
         import torch
 

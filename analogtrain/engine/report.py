@@ -68,7 +68,7 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
     table.add_column("value", justify="right")
     for k in sorted(summary):
         v = summary[k]
-        if k.startswith(("train/", "val/", "test/", "best/", "perf/steps_per_s")) or k in ("status", "epoch",
-                                                                                            "global_step"):
+        if k.startswith(("train/", "val/", "test/", "best/", "perf/steps_per_s")) or k in (
+                "status", "epoch", "global_step", "run_dir", "mlflow_run_id"):
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     console().print(table)

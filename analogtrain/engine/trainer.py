@@ -87,6 +87,13 @@ class Trainer:
         for g in self.optimizer.param_groups:  # the schedule scales each group's own base lr
             g.setdefault("initial_lr", g["lr"])
         self.state = TrainState()
+        # trainer.pipeline.mode sync|async: PipelineExecutor.train_step replaces forward/backward/step
+        self.pipeline = None
+        pcfg = self.tc.get("pipeline")
+        if pcfg is not None and pcfg.mode != "none":
+            from analogtrain.pipeline import PipelineExecutor
+
+            self.pipeline = PipelineExecutor(model, self.optimizer, self.loss_fn, pcfg)
 
     # ------------------------------------------------------------------ checkpoint
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -97,6 +104,8 @@ class Trainer:
         # "finished" is recomputed: a finished run started again with more epochs/steps continues
         done = epoch >= self.tc.epochs or bool(self.tc.max_steps and step >= self.tc.max_steps)
         self.state = TrainState(epoch, step, list(ckpt["history"]), done)
+        if self.pipeline is not None and ckpt.get("pipeline") is not None:
+            self.pipeline.load_state_dict(ckpt["pipeline"])
         set_rng_state(ckpt["rng"])
 
     def save_state(self) -> None:
@@ -105,6 +114,8 @@ class Trainer:
             "epoch": self.state.epoch, "global_step": self.state.global_step, "history": self.state.history,
             "finished": self.state.finished, "rng": rng_state(), **self.checkpoint_extra,
         }
+        if self.pipeline is not None:
+            state["pipeline"] = self.pipeline.state_dict()
         save_checkpoint(checkpoint_path(self.run_dir), state)
 
     # ------------------------------------------------------------------ evaluation
@@ -183,16 +194,21 @@ class Trainer:
         win_loss, win_n = 0.0, 0
         classification = self.data.task == "classification"
         for x, y in self.data.train_batches(epoch, self.device):
-            out = self.model(x)
-            loss = self.loss_fn(out, y)
-            lv = float(loss.detach())
+            if self.pipeline is not None:
+                so = self.pipeline.train_step(x, y)  # forward/backward/updates per the pipeline schedule
+                out, lv = so.output, float(so.loss)
+            else:
+                out = self.model(x)
+                loss = self.loss_fn(out, y)
+                lv = float(loss.detach())
             if not math.isfinite(lv):
                 raise TrainingDiverged(
                     f"train/loss became {lv} at epoch {epoch + 1}, step {st.global_step + 1} (lr={lr:g}); "
                     f"lower trainer.lr or check the data/device settings")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if self.pipeline is None:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             st.global_step += 1
             steps += 1
             ep_loss += lv * len(y)
@@ -202,13 +218,18 @@ class Trainer:
             win_loss += lv
             win_n += 1
             if st.global_step % tc.log_every_n_steps == 0:
-                self.tracker.log_metrics({"train/loss": win_loss / win_n}, step=st.global_step)
+                step_metrics = {"train/loss": win_loss / win_n}
+                if self.pipeline is not None:  # clock cycles / samples axes of the pipeline study
+                    step_metrics.update(self.pipeline.metrics())
+                self.tracker.log_metrics(step_metrics, step=st.global_step)
                 win_loss, win_n = 0.0, 0
             if progress is not None:
                 progress.update(task, advance=1, description=f"epoch {epoch + 1}/{tc.epochs}",
                                 info=f"loss {lv:.4f}")
             if max_steps and st.global_step >= max_steps:
                 break
+        if self.pipeline is not None:
+            self.pipeline.drain()  # end of the epoch's sample stream: run the owed backwards/updates
         train_s = time.perf_counter() - t0
 
         # per-step "train/loss" (logged at the global step) and its epoch mean "train/loss_epoch" (logged at
@@ -221,6 +242,8 @@ class Trainer:
         if tc.eval_test or last:
             metrics.update(self.evaluate("test"))
         metrics.update({f"{k}": float(v) for k, v in self.algo.metrics(self.model).items()})
+        if self.pipeline is not None:
+            metrics.update(self.pipeline.metrics())
         metrics.update({
             "perf/steps_per_s": steps / max(train_s, 1e-9), "perf/samples_per_s": ep_n / max(train_s, 1e-9),
             "perf/epoch_s": time.perf_counter() - t0, "progress/global_step": st.global_step,

@@ -47,21 +47,22 @@ class BuildError(RuntimeError):
 
 
 def csrc_dir() -> Path:
-    """Directory holding the kernel sources: the installed ``analogtrain.csrc`` package data, else the
-    checkout's top-level ``csrc/``."""
-    try:
+    """Directory holding the kernel sources: the installed package data ``analogtrain/csrc`` (wheel), else
+    the checkout's top-level ``csrc/`` (source tree / editable install)."""
+    pkg = Path(__file__).resolve().parents[1]  # .../analogtrain
+    candidates = [pkg / "csrc", pkg.parent / "csrc"]
+    try:  # an installer that placed the package data elsewhere (namespace package analogtrain.csrc)
         from importlib import resources
 
-        p = Path(str(resources.files("analogtrain.csrc")))
+        t = resources.files("analogtrain.csrc").joinpath(CPU_SOURCES[0])
+        candidates.insert(1, Path(str(t)).parent)
+    except Exception:  # noqa: BLE001 - not importable: the checkout's csrc/ is used
+        pass
+    for p in candidates:
         if (p / CPU_SOURCES[0]).is_file():
             return p
-    except Exception:  # noqa: BLE001 - not installed as a package: fall back to the checkout
-        pass
-    p = Path(__file__).resolve().parents[2] / "csrc"
-    if (p / CPU_SOURCES[0]).is_file():
-        return p
-    raise BuildError("kernel sources not found: neither the package 'analogtrain.csrc' nor "
-                     f"{p} holds {CPU_SOURCES[0]}")
+    raise BuildError("kernel sources not found: none of " + ", ".join(str(c) for c in candidates)
+                     + f" holds {CPU_SOURCES[0]}")
 
 
 def _cpu_fingerprint() -> str:

@@ -59,10 +59,11 @@ def _panels(cells, facet_keys: list[str]) -> list[tuple[str, object]]:
     return out
 
 
-def _grid(n: int, w: float, h: float):
+def _grid(n: int, w: float, h: float, sharey: bool = False):
     ncols = min(n, MAX_COLS)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained",
+                             sharey=sharey)
     flat = list(itertools.chain.from_iterable(axes))
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -118,7 +119,7 @@ def line_plots(cells, x: str, hue: str | None, facet_keys: list[str], metric: st
     """``metric`` (mean, ± std error bars) against ``x``; one line per value of ``hue`` (the algorithm),
     one panel per combination of ``facet_keys``."""
     panels = _panels(cells, facet_keys)
-    fig, axes = _grid(len(panels), 4.2, 3.2)
+    fig, axes = _grid(len(panels), 4.2, 3.2, sharey=True)  # one y scale: panels compare
     for ax, (ptitle, sub) in zip(axes, panels):
         groups = sub.groupby(hue, dropna=False, sort=True) if hue else [(None, sub)]
         for label, line in groups:
@@ -132,7 +133,6 @@ def line_plots(cells, x: str, hue: str | None, facet_keys: list[str], metric: st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title=hue, title_fontsize=7)
     fig.suptitle(title or f"{metric} vs {x} (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
