@@ -133,6 +133,10 @@ def make_tracker(cfg, run_dir: Path, ctx: dict, resume: bool):
             **{f"override.{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1]
                for o in ctx.get("overrides", []) if "=" in o},
             **dict(cfg.logger.get("tags") or {})}
+    from analogtrain.report.tags import sweep_tags
+
+    # swept values as tags too (params hold every value; tags mark what the sweep varied)
+    tags.update(sweep_tags(ctx.get("overrides", []), sweep_dir=ctx.get("sweep_dir")))
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
