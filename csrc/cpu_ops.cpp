@@ -396,8 +396,18 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt1)
   for (int b = 0; b < B; ++b) build_sample(T, b, x, d, u, cin, cout);
 
+  // Small calls (e.g. one-sample updates with few active entries) run on one thread: an OpenMP team
+  // costs more than it saves there, and on a shared, loaded machine a barrier can stall for a time slice.
+  int64_t work = 0;
+  for (int b = 0; b < B; ++b) {
+    if (T.nact[b] == 0) continue;
+    int64_t rows = 0;
+    const uint8_t* da = T.dact.data() + static_cast<int64_t>(b) * O;
+    for (int i = 0; i < O; ++i) rows += da[i];
+    work += rows * T.nact[b];
+  }
   const RowFn row_fn = pick_row_fn(g);
-  const int nt2 = std::max(1, std::min(nthreads, O));
+  const int nt2 = work < (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
 #pragma omp parallel num_threads(nt2)
   {
     thread_local NoiseScratch scratch;

@@ -30,11 +30,16 @@ def test_every_group_option_composes_and_validates(group, option):
         assert cfg[group].name, "every option names itself (used by registries and run names)"
 
 
-def test_default_job_is_digits_mlp():
+def test_default_job_is_analog_sgd_on_digits_mlp():
     cfg = compose_cfg()
-    assert (cfg.data.name, cfg.model.name) == ("digits", "mlp")
-    assert list(cfg.model.hidden_sizes) == [256, 128] and cfg.model.activation == "sigmoid"
+    assert (cfg.data.name, cfg.model.name, cfg.algo.name, cfg.device.name) == ("digits", "mlp", "sgd", "softbounds")
+    assert list(cfg.model.hidden_sizes) == [256, 128] and cfg.model.activation == "tanh"
     validate_config(cfg)
+
+
+def test_paper_mlp_keeps_sigmoid():
+    cfg = compose_cfg(["model=mlp"])
+    assert list(cfg.model.hidden_sizes) == [256, 128] and cfg.model.activation == "sigmoid"
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)

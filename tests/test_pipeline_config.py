@@ -91,8 +91,8 @@ REGISTRY_INPUTS = {"mlp": (64,), "linear": (64,), "lenet": (1, 8, 8), "swin": (3
 def test_registry_model_chains_compute_the_model(name):
     """Every registry model (tiny variant) splits into stages whose composition is the model, and a
     sync pipeline step matches an ordinary step."""
-    from analogtrain.models import MODELS, build_model
     from analogtrain.config.schema import LeNetConfig, LinearConfig, MLPConfig, SwinConfig
+    from analogtrain.models import MODELS, build_model
 
     assert set(MODELS) <= set(REGISTRY_INPUTS), "a new registry model needs an entry here"
     schema = {"mlp": MLPConfig, "linear": LinearConfig, "lenet": LeNetConfig, "swin": SwinConfig}[name]

@@ -36,3 +36,24 @@ def test_resumed_pipelined_run_equals_uninterrupted(tmp_path, mode):
     res = train(compose_cfg(over + ["trainer.epochs=2"]), run_dir=tmp_path / "r")  # resumes at epoch 2
     for k in ("test/loss", "train/loss_epoch", "pipeline/cycles", "pipeline/bubble_fraction"):
         assert res[k] == ref[k], k
+
+
+@pytest.mark.slow
+def test_figure_script_quick(tmp_path):
+    """``scripts/pipeline_figure.py --quick``: runs, writes the PNG/JSON, and the cycle ordering holds."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out, js = tmp_path / "p.png", tmp_path / "p.json"
+    p = subprocess.run([sys.executable, str(root / "scripts" / "pipeline_figure.py"), "--quick", "--problems",
+                        "synthetic", "--algos", "sgd", "--points", "5", "--out", str(out), "--json", str(js)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert out.stat().st_size > 10000
+    s = json.loads(js.read_text())["summary"]["synthetic/sgd"]
+    cps = s["cycles_per_sample"]
+    assert cps["async"] < cps["sync"] < cps["none"]
+    assert s["speedup_async_vs_none"] > 2.0

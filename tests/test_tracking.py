@@ -29,7 +29,7 @@ def mlflow_run(tmp_path, mlflow_uri, experiment, *overrides, name="run"):
 
 
 def test_run_logs_params_metrics_artifacts_and_finishes(tmp_path, mlflow_uri):
-    s = mlflow_run(tmp_path, mlflow_uri, "t_end_to_end", "trainer.lr=0.3")
+    s = mlflow_run(tmp_path, mlflow_uri, "t_end_to_end", "algo=digital", "trainer.lr=0.3")
     c = client(mlflow_uri)
     r = c.get_run(s["mlflow_run_id"])
     assert r.info.status == "FINISHED" and r.info.run_name == "digital-mlp-s0"
@@ -126,7 +126,7 @@ def test_multirun_creates_parent_with_children(tmp_path, mlflow_uri, monkeypatch
     from analogtrain import cli
 
     monkeypatch.chdir(tmp_path)
-    status = cli.main(["-m", "seed=0,1", "trainer.epochs=1", "data.limit_train=64", "model.hidden_sizes=[8]",
+    status = cli.main(["-m", "algo=digital", "model=mlp", "seed=0,1", "trainer.epochs=1", "data.limit_train=64", "model.hidden_sizes=[8]",
                        "trainer.progress=off", f"logger.tracking_uri={mlflow_uri}", "logger.experiment=t_sweep",
                        f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     assert status == 0

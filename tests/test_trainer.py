@@ -100,7 +100,7 @@ def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
     assert "trainer.lr" in ck["fingerprint"] and "trainer.epochs" not in ck["fingerprint"]
 
 
-PIPE = ["logger=none", "trainer.progress=off", "model.hidden_sizes=[16,16]", "data.limit_train=160",
+PIPE = ["algo=digital", "logger=none", "trainer.progress=off", "model.hidden_sizes=[16,16]", "data.limit_train=160",
         "trainer.pipeline.stages=3"]
 
 

@@ -9,6 +9,7 @@ Groups and who owns their schema::
     device   analogtrain.devices.schema.register_configs     (<name>_schema nodes, group "device")
     algo     analogtrain.algorithms.schema.register_configs  (<name>_schema nodes, group "algo")
     tile     analogtrain.tiles.config.TileConfig              (a plain node of TrainConfig)
+    init     InitConfig (this module; transfer learning: analogtrain.engine.transfer)
     model    MLPConfig / LeNetConfig / SwinConfig / LinearConfig   (this module, group "model")
     data     DataConfig / SyntheticDataConfig                       (this module, group "data")
     trainer  TrainerConfig                                          (this module, group "trainer")
@@ -58,6 +59,9 @@ class DataConfig:
     # Pad images with zeros to this square size (e.g. 32 for 28x28 Fashion-MNIST into a CIFAR-sized
     # Swin); 0 = keep the native size.
     pad_to: int = 0
+    # Resize images (bilinear, antialiased, after padding) to this square size, e.g. 224 to feed CIFAR
+    # into a Swin with the standard ImageNet geometry (model=swin_224); 0 = keep the size.
+    resize: int = 0
     # Random crop (padding 4) + horizontal flip of training images, drawn from the data seed.
     augment: bool = False
 
@@ -102,6 +106,9 @@ class MLPConfig:
     activation: str = "sigmoid"  # one of ACTIVATIONS
     bias: bool = True
     out_activation: str = "identity"  # applied to the logits/outputs; one of ACTIVATIONS
+    # Glob patterns of module names that stay digital under an analog algorithm (convert_to_analog's
+    # keep_digital; a pattern matches a module or any of its parents, e.g. "out", "features.conv1").
+    keep_digital: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -110,6 +117,9 @@ class LinearConfig:
 
     name: str = "linear"
     bias: bool = False
+    # Glob patterns of module names that stay digital under an analog algorithm (convert_to_analog's
+    # keep_digital; a pattern matches a module or any of its parents, e.g. "out", "features.conv1").
+    keep_digital: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -127,14 +137,26 @@ class LeNetConfig:
     kernel_size: Optional[int] = None  # odd >= 1, or null = auto
     activation: str = "tanh"  # one of ACTIVATIONS
     bias: bool = True
+    # Glob patterns of module names that stay digital under an analog algorithm (convert_to_analog's
+    # keep_digital; a pattern matches a module or any of its parents, e.g. "out", "features.conv1").
+    keep_digital: list[str] = field(default_factory=list)
 
 
 @dataclass
 class SwinConfig:
-    """``model=swin``: a timm Swin transformer sized for small images (patch 2, window 4 at 32x32).
+    """``model=swin`` (and the presets ``swin_tiny32``, ``swin_224``): a timm Swin transformer.
 
-    ``img_size: null`` follows the data set (pad inputs with ``data.pad_to`` so that
-    img_size/patch_size is divisible by window_size at every stage).
+    The default is sized for 32x32 inputs on a CPU: patch 2 gives a 16x16 token grid, window 4, and
+    each later stage halves the grid (16 -> 8 -> ...), so ``img_size / patch_size / 2**s`` must be a
+    multiple of ``window_size`` at every stage s (checked; timm would silently clamp the windows).
+    ``img_size: null`` follows the data set (pad 28x28 Fashion-MNIST with ``data.pad_to=32``, or resize
+    with ``data.resize``); ``in_chans`` and ``num_classes`` always follow the data set.
+
+    Under an analog algorithm every ``nn.Linear`` (attention ``qkv``/``proj``, MLP ``fc1``/``fc2``, the
+    patch-merging ``downsample.reduction`` and ``head.fc``) and the patch-embedding ``Conv2d`` become
+    analog, except the modules matched by ``keep_digital`` (globs over module names, e.g.
+    ``patch_embed``, ``head``, ``layers.0.*``). LayerNorms, position biases and all biases (with the
+    default ``tile.digital_bias``) are digital anyway.
     """
 
     name: str = "swin"
@@ -144,10 +166,45 @@ class SwinConfig:
     window_size: int = 4
     embed_dim: int = 48
     depths: list[int] = field(default_factory=lambda: [2, 2])
-    num_heads: list[int] = field(default_factory=lambda: [3, 6])
+    num_heads: list[int] = field(default_factory=lambda: [3, 6])  # one per stage; embed_dim*2**s divisible
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
-    pretrained_path: Optional[str] = None  # timm-format state dict on local disk (never downloaded)
+    # timm-format state dict on local disk (.pth/.pt/.bin/.safetensors; never downloaded), loaded when the
+    # model is built, with the same key mapping and report as ``init.checkpoint``.
+    pretrained_path: Optional[str] = None
+    # Modules left digital under an analog algorithm (globs over module names). Default: the patch
+    # embedding (a (embed_dim, C*p*p) matrix with only 4 inputs for 1-channel patch-2 images).
+    keep_digital: list[str] = field(default_factory=lambda: ["patch_embed"])
+
+
+# ------------------------------------------------------------------------------------------- init
+
+STAGES = ("train", "pretrain", "finetune")
+
+
+@dataclass
+class InitConfig:
+    """``init``: where the model's initial weights come from (transfer learning, see
+    :mod:`analogtrain.engine.transfer`).
+
+    ``checkpoint`` is loaded into the *digital* model right after it is built and before the analog
+    conversion, so analog tiles are programmed with the loaded weights (clipped to the device bounds,
+    then perturbed by the programming noise). Accepted values: a weights file (``.pt``/``.pth``/``.bin``
+    state dict, timm or analogtrain format, or ``.safetensors``), a run directory holding
+    ``pretrained/model.pt`` (written by ``stage=pretrain``), an MLflow run id or ``runs:/<id>[/<path>]``
+    (looked up in ``logger.tracking_uri``), or ``latest`` (the newest finished ``stage=pretrain`` run of
+    ``logger.experiment``). Parameters whose shape differs from the model's (e.g. a head for another
+    number of classes) and parameters matching ``exclude`` keep their fresh initialisation; all of it is
+    reported (log, MLflow tags, ``artifacts/init_report.json``).
+    """
+
+    checkpoint: Optional[str] = None
+    # Programming noise of the loaded weights, Gaussian std in weight units, drawn once per device:
+    # null = the device's own write noise on set (write_noise_std*dw_min when apply_write_noise_on_set,
+    # else exact); 0 = exact programming (weights equal the checkpoint clipped to the device bounds).
+    programming_noise: Optional[float] = None
+    exclude: list[str] = field(default_factory=list)  # globs over state-dict keys not to load, e.g. head.*
+    strict: bool = False  # refuse any missing, unexpected or shape-mismatched key
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -224,6 +281,10 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     tile: TileConfig = field(default_factory=TileConfig)
+    # train (ordinary run) | pretrain (digital training; saves pretrained/model.pt, a timm-compatible
+    # state dict, in the run dir and as an MLflow artifact) | finetune (needs init.checkpoint)
+    stage: str = "train"
+    init: InitConfig = field(default_factory=InitConfig)
 
 
 _REGISTERED = False

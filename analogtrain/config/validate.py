@@ -69,6 +69,8 @@ def validate_data(d, prefix: str = "data") -> None:
     check_range(f"{prefix}.limit_train", d.limit_train, lo=0)
     check_range(f"{prefix}.limit_test", d.limit_test, lo=0)
     check_range(f"{prefix}.pad_to", d.pad_to, lo=0)
+    if "resize" in d:
+        check_range(f"{prefix}.resize", d.resize, lo=0)
     if d.name == "synthetic":
         for k in ("n_in", "n_out", "n_train", "n_test"):
             check_range(f"{prefix}.{k}", d[k], lo=1)
@@ -95,6 +97,26 @@ def validate_model(m, prefix: str = "model") -> None:
     for key in ("patch_size", "window_size", "embed_dim"):
         if key in m:
             check_range(f"{prefix}.{key}", m[key], lo=1)
+
+
+def validate_init(cfg) -> None:
+    """``stage`` and the ``init`` node (transfer learning, :mod:`analogtrain.engine.transfer`). Whether
+    ``init.checkpoint`` exists and fits the model is checked by ``run.train`` before the model is built."""
+    stage = cfg.get("stage", "train")
+    check_choice("stage", stage, S.STAGES)
+    init = cfg.get("init")
+    if init is not None and init.get("programming_noise") is not None:
+        check_range("init.programming_noise", init.programming_noise, lo=0.0)
+    if stage == "finetune" and (init is None or not init.get("checkpoint")):
+        raise ConfigError("init.checkpoint", "stage=finetune needs the weights to start from: a weights file, "
+                          "a pretrain run directory, an MLflow run id or 'latest' (e.g. init.checkpoint=latest)")
+    if stage == "pretrain":
+        from analogtrain.algorithms.base import ALGORITHMS
+
+        cls = ALGORITHMS.get(cfg.algo.name)
+        if cls is not None and getattr(cls, "is_analog", False):
+            raise ConfigError("stage", f"stage=pretrain trains digitally, but algo={cfg.algo.name} is analog: "
+                              "use algo=digital (then fine-tune in analog with stage=finetune)")
 
 
 def validate_logger(lg, prefix: str = "logger") -> None:
@@ -160,3 +182,4 @@ def validate_config(cfg) -> None:
 
     check_choice("algo.name", cfg.algo.name, sorted(ALGORITHMS))
     ALGORITHMS[cfg.algo.name].validate(cfg)
+    validate_init(cfg)

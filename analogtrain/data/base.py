@@ -40,7 +40,7 @@ class Split:
     ``y``: (N,) int64 class labels or (N, n_out) float32 regression targets.
 
     ``batch(idx)`` returns float32 model inputs: ``(x / scale - mean) / std`` per channel, zero-padded
-    to ``pad_to`` if set.
+    to ``pad_to`` if set, then resized (bilinear, antialiased) to ``resize`` x ``resize`` if set.
     """
 
     x: torch.Tensor
@@ -49,12 +49,13 @@ class Split:
     mean: torch.Tensor | None = None  # (C,) per-channel (images) or scalar
     std: torch.Tensor | None = None
     pad_to: int = 0
+    resize: int = 0
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def subset(self, idx: torch.Tensor) -> "Split":
-        return Split(self.x[idx], self.y[idx], self.scale, self.mean, self.std, self.pad_to)
+        return Split(self.x[idx], self.y[idx], self.scale, self.mean, self.std, self.pad_to, self.resize)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -66,6 +67,10 @@ class Split:
         if self.pad_to and x.dim() == 4 and x.shape[-1] < self.pad_to:
             ph, pw = self.pad_to - x.shape[-2], self.pad_to - x.shape[-1]
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        if self.resize and x.dim() == 4 and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            # e.g. 32x32 CIFAR images up to 224x224 for a Swin with the standard ImageNet geometry
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
+                              antialias=True)
         return x
 
 
@@ -204,8 +209,9 @@ def finalize(name: str, cfg, seed: int, train: Split, test: Split, *, class_name
         if x.dim() == 2:  # feature vectors: one global statistic keeps the features' relative scales
             mean, std = x.mean().reshape(1), x.std().clamp_min(1e-6).reshape(1)
     pad_to = int(cfg.pad_to)
+    resize = int(cfg.get("resize", 0) or 0)
     for s in (train, val, test):
-        s.mean, s.std, s.pad_to = mean, std, pad_to
+        s.mean, s.std, s.pad_to, s.resize = mean, std, pad_to, resize
 
     shape = tuple(train.x.shape[1:])
     if pad_to and len(shape) == 3:
@@ -213,6 +219,11 @@ def finalize(name: str, cfg, seed: int, train: Split, test: Split, *, class_name
             raise ConfigError("data.pad_to", f"{pad_to} is smaller than the images ({shape[-1]} px): allowed 0 "
                               f"or >= {shape[-1]}")
         shape = (shape[0], pad_to, pad_to)
+    if resize and len(shape) == 3:
+        shape = (shape[0], resize, resize)
+    elif resize:
+        raise ConfigError("data.resize", f"only applies to image data sets; data={name} has vector samples: "
+                          "allowed 0")
     if num_outputs is None:
         num_outputs = len(class_names) if class_names is not None else int(train.y.max()) + 1
     return DataBundle(name=name, train=train, val=val, test=test, input_shape=shape, num_outputs=num_outputs,

@@ -6,7 +6,12 @@ See :mod:`analogtrain.pipeline.schedule` for the exact semantics and staleness o
 :mod:`analogtrain.pipeline.clock` for the cycle model.
 """
 
-from analogtrain.pipeline.config import PIPELINE_MODES, PipelineConfig, pipeline_from_config, validate_pipeline
+from analogtrain.pipeline.config import (
+    PIPELINE_MODES,
+    PipelineConfig,
+    pipeline_from_config,
+    validate_pipeline,
+)
 
 __all__ = ["PIPELINE_MODES", "PipelineConfig", "PipelineExecutor", "StepOutput", "pipeline_from_config",
            "validate_pipeline", "split_stages", "layer_chain"]
