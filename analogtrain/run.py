@@ -1,7 +1,9 @@
 """``train(cfg)``: one training run, orchestration only.
 
-    validate (ConfigError before any work) -> seeds -> data -> checkpoint/resume check -> tracker
-    -> model (init seed) -> algo.prepare -> Trainer.fit -> artifacts -> summary
+    validate (ConfigError before any work) -> seeds -> data -> checkpoint/resume check
+    -> init.checkpoint resolved (transfer learning) -> tracker -> model (init seed) -> load init.checkpoint
+    -> algo.prepare (analog conversion) -> programming noise -> Trainer.fit -> [stage=pretrain: save
+    pretrained/model.pt] -> artifacts -> summary
 
 Importable and usable without the CLI (tests, notebooks): compose a config with Hydra's compose API and
 call ``train(cfg, run_dir=...)``. Under ``@hydra.main`` the run directory is Hydra's output dir;
@@ -226,6 +228,13 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if ckpt is not None:
         check_compatible(ckpt.get("fingerprint", {}), fp, ckpt_file)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    init_cfg = cfg.get("init")
+    init_path = None
+    if init_cfg is not None and init_cfg.get("checkpoint") and ckpt is None:  # (a resume restores the model)
+        from analogtrain.engine.transfer import resolve_checkpoint
+
+        init_path = resolve_checkpoint(init_cfg.checkpoint, cfg.logger.get("tracking_uri"),
+                                       cfg.logger.get("experiment"), download_dir=run_dir / "init")
 
     tracker = make_tracker(cfg, run_dir, ctx, resume=bool(cfg.trainer.resume))
     name = run_name_of(cfg, ctx)
@@ -241,8 +250,17 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             torch.manual_seed(seeds["init"])
             model = build_model(cfg.model, data.input_shape, data.num_outputs)
             n_params = sum(p.numel() for p in model.parameters())  # network size (before analog conversion)
+            init_report = None
+            if init_path is not None:  # transfer learning: weights loaded before the analog conversion
+                from analogtrain.engine.transfer import load_pretrained
+
+                init_report = load_pretrained(model, init_path, exclude=list(init_cfg.exclude or []),
+                                              strict=bool(init_cfg.strict), source=str(init_cfg.checkpoint))
+                log.info("init.checkpoint: %s", init_report.summary())
             algo = build_algorithm(cfg, seeds)
             model = algo.prepare(model).to(device)
+            if init_report is not None:
+                _finish_init(cfg, init_report, algo, model, seeds, tracker, run_dir)
             tracker.set_tags({"analogtrain.is_analog": str(bool(getattr(algo, "is_analog", False))).lower(),
                               "analogtrain.n_params": n_params,
                               "analogtrain.torch_threads": torch.get_num_threads(),
@@ -259,6 +277,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                 final = trainer.fit()
             finally:
                 history = trainer.state.history
+            if cfg.get("stage", "train") == "pretrain":
+                _save_pretrained(cfg, model, data, run_dir, tracker, final)
             status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -281,6 +301,39 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
     print_summary(summary, title=name)
     return summary
+
+
+def _finish_init(cfg, report, algo, model, seeds, tracker, run_dir: Path) -> None:
+    """After the conversion of a model initialised from ``init.checkpoint``: programming noise on the analog
+    tiles (``init.programming_noise``), then the init report as tags and ``artifacts/init_report.json``."""
+    from analogtrain.engine.transfer import program_tiles
+
+    if getattr(algo, "is_analog", False):
+        report.programming = program_tiles(model, cfg.init.get("programming_noise"), seeds["pulse"])
+        log.info("programmed the analog tiles: %s", report.programming)
+    elif cfg.init.get("programming_noise") is not None:
+        log.info("init.programming_noise is ignored: algo=%s is digital", cfg.algo.name)
+    tracker.set_tags(report.tags())
+    path = report.write(run_dir / "artifacts" / "init_report.json")
+    if cfg.logger.get("log_artifacts", True):
+        tracker.log_artifact(path, None)
+
+
+def _save_pretrained(cfg, model, data, run_dir: Path, tracker, final: dict) -> None:
+    """``stage=pretrain``: the trained weights as ``pretrained/model.pt`` (+ ``model.json``) in the run dir
+    and as the MLflow artifacts ``pretrained/``; ``init.checkpoint=<run dir | run id | latest>`` finds them."""
+    from analogtrain.engine.transfer import save_pretrained
+
+    meta = {"model": OmegaConf.to_container(cfg.model, resolve=True), "input_shape": list(data.input_shape),
+            "num_outputs": int(data.num_outputs), "class_names": list(data.class_names or []),
+            "data": cfg.data.name, "data_classes": OmegaConf.to_container(cfg.data, resolve=True).get("classes"),
+            "seed": int(cfg.seed), "mlflow_run_id": tracker.run_id,
+            "final": {k: v for k, v in (final or {}).items() if isinstance(v, (int, float, str))}}
+    out = save_pretrained(model, run_dir, meta)
+    log.info("stage=pretrain: weights saved to %s", out / "model.pt")
+    tracker.set_tags({"analogtrain.stage": "pretrain", "analogtrain.pretrained": str(out / "model.pt")})
+    if cfg.logger.get("log_artifacts", True):
+        tracker.log_artifact(out, "pretrained")
 
 
 def run_name_of(cfg, ctx: dict) -> str:

@@ -151,3 +151,21 @@ def test_flatten_and_uri(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_pipeline_run_logs_loss_against_samples_and_clock_cycles(tmp_path, mlflow_uri):
+    """The pipeline study's two x-axes: the same windowed loss at step = samples seen and step = cycles."""
+    s = mlflow_run(tmp_path, mlflow_uri, "t_pipeline_axes", "algo=digital", "trainer.epochs=1",
+                   "trainer.pipeline.mode=async", "trainer.pipeline.stages=2", "trainer.pipeline.micro_batches=2")
+    c = client(mlflow_uri)
+    run_id = s["mlflow_run_id"]
+    by_step = c.get_metric_history(run_id, "train/loss")
+    by_samples = c.get_metric_history(run_id, "train/loss_vs_samples")
+    by_cycles = c.get_metric_history(run_id, "train/loss_vs_cycles")
+    assert len(by_step) == len(by_samples) == len(by_cycles) > 1
+    assert [m.value for m in by_samples] == [m.value for m in by_step] == [m.value for m in by_cycles]
+    cycles = [m.step for m in by_cycles]
+    samples = [m.step for m in by_samples]
+    assert cycles == sorted(cycles) and len(set(cycles)) == len(cycles)  # clock strictly advances
+    assert all(b > a for a, b in zip(samples, samples[1:]))
+    assert cycles[-1] <= s["pipeline/cycles"] and cycles[-1] > samples[-1]  # >= 1 cycle per sample

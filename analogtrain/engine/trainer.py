@@ -220,7 +220,13 @@ class Trainer:
             if st.global_step % tc.log_every_n_steps == 0:
                 step_metrics = {"train/loss": win_loss / win_n}
                 if self.pipeline is not None:  # clock cycles / samples axes of the pipeline study
-                    step_metrics.update(self.pipeline.metrics())
+                    pm = self.pipeline.metrics()
+                    step_metrics.update(pm)
+                    # the same loss on the two axes the pipeline study compares: samples seen and cycles
+                    self.tracker.log_metrics({"train/loss_vs_samples": win_loss / win_n},
+                                             step=int(pm["pipeline/samples"]))
+                    self.tracker.log_metrics({"train/loss_vs_cycles": win_loss / win_n},
+                                             step=int(pm["pipeline/cycles"]))
                 self.tracker.log_metrics(step_metrics, step=st.global_step)
                 win_loss, win_n = 0.0, 0
             if progress is not None:

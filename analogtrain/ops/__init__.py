@@ -53,6 +53,10 @@ Contract of the fused TT-family transfer of one slice (twin: ``reference_transfe
     returns  n (L,) float32   n = clamp(trunc(H_k/thr), ±bl) (signed; what was asked of the write)
              pulses (L,) float32   pulses the write applied to slice k of C (zeros without a write)
 
+Random grids for torch-side code: ``random_grid(seed, offset, stream, n_a, b_idx, draw, normal=True)``
+returns ``rng.normal``/``rng.uniform`` on the grid a < n_a × b in b_idx, from the compiled kernel when
+available (same numbers, ~50× faster than the int64 torch emulation of Philox): meant for IO noise.
+
 Backends: ``set_backend("auto"|"compiled"|"reference")`` (``tile.backend``; default ``auto``) or the
 ``backend=`` argument of each op. ``auto`` uses the compiled kernel (``csrc/``, JIT-built on first use by
 ``analogtrain.ops.build``) when it builds and falls back to the reference with ONE warning otherwise;
