@@ -269,6 +269,36 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
       ++nj;
     }
     if (nj == 0) continue;
+    if (NOISE && nz == nj && !w_p) {
+      // Single-pulse fast path (every job has n = 1: always so when BL = 1, the sparse regime): one
+      // normal per job, draw 0 = the cos of the word pair (r0, r1) of block 0, generated for all jobs
+      // at once straight into z; then one SIMD-friendly step per job (distinct columns: no conflicts).
+      if (ns.blk_a.size() < static_cast<size_t>(nj)) {
+        ns.blk_a.resize(nj), ns.blk_b.resize(nj), ns.r0.resize(nj), ns.r1.resize(nj), ns.r2.resize(nj);
+        ns.r3.resize(nj);
+      }
+      if (ns.z.size() < static_cast<size_t>(nj)) ns.z.resize(nj);
+      if (ns.zs.size() < static_cast<size_t>(nj)) ns.zs.resize(nj);
+      for (int t = 0; t < nj; ++t) {
+        ns.blk_a[t] = static_cast<uint32_t>(row + ns.job_j[t]);
+        ns.blk_b[t] = 0u;
+      }
+      philox_many(nj, ns.blk_a.data(), ns.blk_b.data(), S_PULSE_NOISE, static_cast<uint32_t>(b), u.seed, u.offset,
+                  ns.r0.data(), ns.r1.data(), ns.r2.data(), ns.r3.data());
+      box_muller_many(nj, ns.r0.data(), ns.r1.data(), false, ns.z.data(), ns.zs.data());
+      const float* z = ns.z.data();
+      const int32_t* jj = ns.job_j.data();
+      const uint8_t* upv = ns.job_up.data();
+#pragma omp simd
+      for (int t = 0; t < nj; ++t) {
+        const int64_t e = row + jj[t];
+        const ElemParams p = load_params(params, plane, e);
+        const float wd = device_step_t<KIND, MULT, true>(state[e] + p.ref, upv[t] != 0, p, g, z[t]);
+        state[e] = wd - p.ref;
+        prow[jj[t]] += 1.0f;
+      }
+      continue;
+    }
     // 2. all cycle-to-cycle normals of these pulses at once (they do not depend on the weights):
     //    normal(seed, offset, PULSE_NOISE, a = i*I+j, b, draw = q) for q < n_j
     const float* zall = nullptr;

@@ -200,6 +200,17 @@ def test_update_parity_wide_rows_batched_noise(kernel, key):
     assert per_row_sample > 100  # many pulses per row and sample: the batched path ran on full vectors
 
 
+@pytest.mark.parametrize("key", ["softbounds", "linear_step_add", "powstep"])
+@pytest.mark.parametrize("spec", [UpdateSpec(desired_bl=1, ublm=False, um=False), UpdateSpec(desired_bl=31)])
+def test_update_parity_single_pulse_regime(kernel, key, spec):
+    """BL = 1 (or sparse UBLM): every coincidence is one pulse — the CPU kernel's single-pulse SIMD path."""
+    s = _dev(key, 20, 200)
+    x, d = _inputs(5, 20, 200, seed=33, zero_frac=0.05, d_scale=0.01)
+    res = _both(s, x, d, 0.004, spec, seed=8, offset=3)
+    _assert_same(res)
+    assert res[0].max() <= 5 and res[0].sum() > 200  # single pulses per sample, many of them
+
+
 def test_update_parity_edge_cases(kernel):
     s = _dev("softbounds", 10, 12)
     x, d = _inputs(4, 10, 12, seed=9)

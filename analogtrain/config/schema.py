@@ -107,7 +107,7 @@ class MLPConfig:
     bias: bool = True
     out_activation: str = "identity"  # applied to the logits/outputs; one of ACTIVATIONS
     # Glob patterns of module names that stay digital under an analog algorithm (convert_to_analog's
-    # keep_digital; a pattern matches a module or any of its parents, e.g. "out", "features.conv1").
+    # keep_digital; a pattern matches a module or any of its parents, e.g. "layers.out", "*.conv1").
     keep_digital: list[str] = field(default_factory=list)
 
 
@@ -118,7 +118,7 @@ class LinearConfig:
     name: str = "linear"
     bias: bool = False
     # Glob patterns of module names that stay digital under an analog algorithm (convert_to_analog's
-    # keep_digital; a pattern matches a module or any of its parents, e.g. "out", "features.conv1").
+    # keep_digital; a pattern matches a module or any of its parents, e.g. "layers.out", "*.conv1").
     keep_digital: list[str] = field(default_factory=list)
 
 
@@ -138,7 +138,7 @@ class LeNetConfig:
     activation: str = "tanh"  # one of ACTIVATIONS
     bias: bool = True
     # Glob patterns of module names that stay digital under an analog algorithm (convert_to_analog's
-    # keep_digital; a pattern matches a module or any of its parents, e.g. "out", "features.conv1").
+    # keep_digital; a pattern matches a module or any of its parents, e.g. "layers.out", "*.conv1").
     keep_digital: list[str] = field(default_factory=list)
 
 

@@ -122,6 +122,12 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
     name = build_name(kind, sources, flags + mvec_l + kw.get("extra_cuda_cflags", []))
     if name in _loaded:
         return name
+    for other, other_kind in _loaded.items():
+        # One library per kind and process: both builds register the same `analogtrain::` op names,
+        # and a second registration aborts the process. Sources edited under a running process keep
+        # the library already loaded until the next process.
+        if other_kind == kind:
+            return other
     os.environ.setdefault("MAX_JOBS", "2")  # 2 shared cores
     try:
         cpp_extension.load(

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Benchmark one Swin fine-tuning step on the CPU per training algorithm (issue "Swin-ViT", part 6).
+
+A step is what the trainer does per mini-batch: ``opt.zero_grad()``, forward, cross-entropy, backward,
+``opt.step()`` (for analog algorithms: the pulsed updates and transfers of every tile). The model is the
+runner's own: the Hydra config ``model=<model> algo=<algo> device=<device>`` composed from ``conf/``,
+``build_model`` for Fashion-MNIST-padded inputs (1, 32, 32) and 10 classes, ``algo.prepare`` (analog
+conversion, ``model.keep_digital`` from the config) and ``algo.build_optimizer``. Inputs are N(0, 1) images
+(the standardised data), labels uniform.
+
+For every (threads, batch) it times ``digital`` first and reports each algorithm's median step time over
+``--repeats`` timed steps (after ``--warmup`` steps), steps/s, samples/s and the ratio to the digital
+step of the same run.
+
+    .venv/bin/python scripts/bench_swin.py --quick          # batch 32, 1 thread, 3 repeats
+    .venv/bin/python scripts/bench_swin.py                  # batches 32 and 128, 1 and 2 threads
+    .venv/bin/python scripts/bench_swin.py --algos digital sgd cttv2 --batches 32 --threads 1 \\
+        --model swin_tiny32 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+ALGOS = ("digital", "sgd", "tt", "ttv2", "cttv2", "agad")
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from analogtrain.config.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("analogtrain.conf", version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
+def make_step(algo: str, model_opt: str, device: str, batch: int, lr: float, extra: list[str], seed: int = 0):
+    """A closure running one training step of the composed (model, algo) on a fixed random batch."""
+    from analogtrain.algorithms.base import build_algorithm
+    from analogtrain.models import build_model
+    from analogtrain.utils.seeding import derive_seeds
+
+    cfg = compose([f"model={model_opt}", f"algo={algo}", f"device={device}", f"trainer.lr={lr}", *extra])
+    seeds = derive_seeds(seed)
+    torch.manual_seed(seeds["init"])
+    model = build_model(cfg.model, (1, 32, 32), 10)
+    alg = build_algorithm(cfg, seeds)
+    model = alg.prepare(model)
+    model.train()
+    opt = alg.build_optimizer(model, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 1, 32, 32, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    return step
+
+
+def bench(algos, batches, threads, model_opt, device, lr, repeats, warmup, extra) -> list[dict]:
+    rows = []
+    for nt in threads:
+        torch.set_num_threads(nt)
+        for b in batches:
+            digital_s = None
+            for a in ["digital"] + [x for x in algos if x != "digital"]:
+                step = make_step(a, model_opt, device, b, lr, extra)
+                for _ in range(warmup):
+                    step()
+                times = [step() for _ in range(repeats)]
+                med = statistics.median(times)
+                if a == "digital":
+                    digital_s = med
+                    if "digital" not in algos:
+                        continue
+                row = {"threads": nt, "batch": b, "algo": a, "step_ms": med * 1e3, "steps_per_s": 1.0 / med,
+                       "samples_per_s": b / med, "ratio_vs_digital": med / digital_s,
+                       "min_ms": min(times) * 1e3, "max_ms": max(times) * 1e3}
+                rows.append(row)
+                print(f"  threads {nt} batch {b:4d} {a:8s} {row['step_ms']:9.1f} ms  "
+                      f"{row['steps_per_s']:7.2f} steps/s  x{row['ratio_vs_digital']:.2f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| threads | batch | algo | step (ms, median) | steps/s | samples/s | × digital |",
+             "|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['threads']} | {r['batch']} | {r['algo']} | {r['step_ms']:.1f} | {r['steps_per_s']:.2f} | "
+                     f"{r['samples_per_s']:.0f} | {r['ratio_vs_digital']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    ap.add_argument("--batches", nargs="+", type=int, default=[32, 128])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--model", default="swin", help="conf/model option (swin, swin_tiny32, ...)")
+    ap.add_argument("--device", default="softbounds", help="conf/device option")
+    ap.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (sets the pulse density)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="batch 32, 1 thread, 3 repeats, 1 warm-up step")
+    ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. tile.backend=reference")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.batches, a.threads, a.repeats, a.warmup = [32], [1], 3, 1
+    print(f"model={a.model} device={a.device} lr={a.lr} torch {torch.__version__}, "
+          f"{a.repeats} repeats after {a.warmup} warm-up steps", file=sys.stderr)
+    rows = bench(a.algos, a.batches, a.threads, a.model, a.device, a.lr, a.repeats, a.warmup, a.overrides)
+    print(table(rows))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"model": a.model, "device": a.device, "lr": a.lr, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
