@@ -45,10 +45,10 @@ def _task(cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
     from analogtrain.engine.trainer import TrainingDiverged
-    from analogtrain.run import train
+    from analogtrain.run import hydra_context, train
 
     try:
-        summary = train(cfg)
+        summary = train(cfg, hydra_ctx=hydra_context())
     except (ConfigError, TrainingDiverged) as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("ANALOGTRAIN_FULL_ERROR") == "1":
             raise

@@ -190,9 +190,13 @@ def log_artifacts(cfg, tracker, run_dir: Path, algo, model, summary, history) ->
                 tracker.log_artifact(path, sub)
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | None = None) -> dict[str, Any]:
     """Run one training job described by the composed config ``cfg``; return the summary dict
     (final metrics, ``best/*``, ``status``, ``run_dir``, ``mlflow_run_id``).
+
+    ``hydra_ctx`` is what the job knows from Hydra (``hydra_context()``: group choices for the run name,
+    output dir, sweep dir, overrides); the CLI passes it. Library calls leave it ``None`` and get none:
+    Hydra's global ``HydraConfig`` outlives its job, so reading it here would mix in another job's choices.
 
     Raises ``ConfigError`` (bad config or missing data, before any work), ``TrainingDiverged`` (NaN/inf
     loss; the MLflow run ends FAILED) or ``KeyboardInterrupt`` (Ctrl-C/SIGTERM; the run ends KILLED).
@@ -203,7 +207,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     validate_config(cfg)
-    ctx = hydra_context()
+    ctx = dict(hydra_ctx or {})
     if run_dir is None:
         if "output_dir" not in ctx:
             raise ConfigError("run_dir", "train(cfg) outside a Hydra app needs run_dir=<directory>")

@@ -80,7 +80,21 @@ void philox_many(int n, const uint32_t* a, const uint32_t* blk, uint32_t stream,
 // z_cos[q] (and z_sin[q] when want_sin) = Box–Muller of the word pair (w0[q], w1[q]), double -> float.
 void box_muller_many(int n, const uint32_t* w0, const uint32_t* w1, bool want_sin, float* z_cos, float* z_sin) {
   int q = 0;
-#if AT_VEC_WIDTH > 1
+#if AT_VEC_WIDTH == 8
+  // all in registers: u = ((w >> 8) + 0.5)·2^-24 exactly (cvtepu32 of a 24-bit integer), the same double
+  // operations as box_muller, and cvtpd_ps rounds to nearest like static_cast<float>
+  const __m512d half = _mm512_set1_pd(0.5), scale = _mm512_set1_pd(5.9604644775390625e-08);
+  const __m512d two_pi = _mm512_set1_pd(6.283185307179586), m2 = _mm512_set1_pd(-2.0);
+  for (; q + 8 <= n; q += 8) {
+    const __m256i a0 = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + q)), 8);
+    const __m256i a1 = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + q)), 8);
+    const __m512d u0 = _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(a0), half), scale);
+    const __m512d ang = _mm512_mul_pd(two_pi, _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(a1), half), scale));
+    const __m512d rad = _mm512_sqrt_pd(_mm512_mul_pd(m2, _ZGVeN8v_log(u0)));
+    _mm256_storeu_ps(z_cos + q, _mm512_cvtpd_ps(_mm512_mul_pd(rad, _ZGVeN8v_cos(ang))));
+    if (want_sin) _mm256_storeu_ps(z_sin + q, _mm512_cvtpd_ps(_mm512_mul_pd(rad, _ZGVeN8v_sin(ang))));
+  }
+#elif AT_VEC_WIDTH > 1
   alignas(64) double u0[AT_VEC_WIDTH], u1[AT_VEC_WIDTH], rad[AT_VEC_WIDTH], c[AT_VEC_WIDTH], sn[AT_VEC_WIDTH];
   for (; q + AT_VEC_WIDTH <= n; q += AT_VEC_WIDTH) {
     for (int l = 0; l < AT_VEC_WIDTH; ++l) {
@@ -113,26 +127,6 @@ void box_muller_many(int n, const uint32_t* w0, const uint32_t* w1, bool want_si
   }
 }
 
-// Scratch of one thread for the batched-noise path (reused across rows and calls).
-struct NoiseScratch {
-  std::vector<int32_t> job_j, job_n, job_z;  // per job: column, pulses, first normal's index in z
-  std::vector<uint8_t> job_up;
-  std::vector<uint32_t> blk_a, blk_b, r0, r1, r2, r3;  // per Philox block
-  std::vector<uint32_t> pw0, pw1;                       // per Box–Muller pair
-  std::vector<int32_t> pdst, pnext;                     // z index of the cos normal; sin goes to +1 if < next
-  std::vector<float> zc, zs, z;
-  void reserve_jobs(size_t n) {
-    if (job_j.size() < n) {
-      job_j.resize(n);
-      job_n.resize(n);
-      job_z.resize(n);
-      job_up.resize(n);
-    }
-  }
-};
-
-inline int popcount32(uint32_t v) { return __builtin_popcount(v); }
-
 struct Trains {
   int B = 0, I = 0, O = 0, nw = 0;
   std::vector<SampleScales> sc;
@@ -142,6 +136,10 @@ struct Trains {
   std::vector<int32_t> act;            // (B, I) active columns of each sample, first nact[b] valid
   std::vector<int32_t> nact;
   std::vector<uint8_t> dact;           // (B, O) row has a non-empty train / count
+  // nw == 1 (BL <= 32) pulsed mode: per sample, the active columns whose x train fires in slot k are
+  // slot_cols[b][slot_off[b*33 + k] .. slot_off[b*33 + k + 1]) (for the scatter coincidence count)
+  std::vector<int32_t> slot_off;
+  std::vector<std::vector<int32_t>> slot_cols;
 };
 
 float entry_round_uniform(const UpdateArgs& u, uint32_t a, uint32_t b, uint32_t draw) {
@@ -183,6 +181,20 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
     if (on && sg != 0.0f) act[na++] = j;
   }
   T.nact[b] = na;
+  if (u.mode == MODE_PULSED && nw == 1) {  // slot lists (counting sort of the fired slots by slot)
+    int32_t* so = T.slot_off.data() + static_cast<int64_t>(b) * 33;
+    int cnt[33] = {0};
+    for (int t = 0; t < na; ++t)
+      for (uint32_t m = T.xbits[static_cast<int64_t>(b) * I + act[t]]; m; m &= m - 1) cnt[__builtin_ctz(m) + 1]++;
+    so[0] = 0;
+    for (int k = 0; k < 32; ++k) so[k + 1] = so[k] + cnt[k + 1];
+    std::vector<int32_t>& cols = T.slot_cols[b];
+    cols.resize(static_cast<size_t>(so[32]));
+    int pos[32];
+    for (int k = 0; k < 32; ++k) pos[k] = so[k];
+    for (int t = 0; t < na; ++t)
+      for (uint32_t m = T.xbits[static_cast<int64_t>(b) * I + act[t]]; m; m &= m - 1) cols[pos[__builtin_ctz(m)]++] = act[t];
+  }
   for (int i = 0; i < O; ++i) {
     const int64_t q = static_cast<int64_t>(b) * O + i;
     const float p = probability(db[i], s.a, u, entry_round_uniform(u, i, b, 1));  // d uses A
@@ -204,15 +216,162 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
 }
 
 
+// Per-thread scratch of the job path of one (row, sample): the jobs, sorted by pulse count, their
+// device state gathered into SoA arrays, and the cycle-to-cycle normals in pulse-major order.
+struct JobScratch {
+  std::vector<int32_t> job_j, job_n;  // unsorted jobs: column, pulses
+  std::vector<uint8_t> job_up;
+  std::vector<int32_t> cnt, touched;  // scatter coincidence counting: per column count (zeroed), columns hit
+  std::vector<int32_t> hist, cgt, next;
+  std::vector<int32_t> sj, sn;        // jobs sorted by n, descending
+  std::vector<uint8_t> sup;
+  std::vector<uint32_t> ea, blk, r0, r1, r2, r3;
+  std::vector<float> wv, bmin, bmax, s, sc, sg, ref, zc, zs, z;
+  std::vector<ElemParams> ep;
+  std::vector<int32_t> zoff;
+  template <class V>
+  static void fit(V& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+  }
+};
+
+// Apply the nj jobs (distinct columns j with n_j > 0 pulses of one sign) of row `row` in sample b.
+//
+// Jobs are counting-sorted by n (descending), so "the jobs that still have a pulse q" is a prefix of
+// length cgt[q] = #{t: n_t > q}. Then (a) the normals are generated block-major for whole prefixes
+// (one vectorised Philox call per block index, one vectorised Box–Muller call per word pair) and stored
+// pulse-major, z[zoff[q] + t] = normal(…, a = row + j_t, b, draw = q); (b) the pulses are applied
+// pulse-major, `for q: for t < cgt[q]: w_t = step(w_t, z_q[t])`: the inner loop runs over independent
+// elements (SIMD across columns) instead of one element's serial chain. Every element still sees its
+// pulses in draw order with exactly the reference's float operations, so the result is bit-identical
+// to the element-by-element loop.
+template <int KIND, bool MULT, bool NOISE>
+void apply_jobs(JobScratch& ns, int nj, int64_t row, uint32_t b, float* w, float* w_p, const float* params,
+                int64_t plane, const DeviceGlobals& g, const UpdateArgs& u, float* prow) {
+  float* state = w_p ? w_p : w;
+  int maxn = 0;
+  for (int t = 0; t < nj; ++t) maxn = std::max(maxn, ns.job_n[t]);
+  JobScratch::fit(ns.hist, maxn + 2);
+  JobScratch::fit(ns.cgt, maxn + 4);
+  JobScratch::fit(ns.next, maxn + 2);
+  std::fill(ns.hist.begin(), ns.hist.begin() + maxn + 2, 0);
+  for (int t = 0; t < nj; ++t) ns.hist[ns.job_n[t]]++;
+  // cgt[q] = #jobs with n > q (q = 0..maxn+3; zero from maxn on)
+  for (int q = maxn; q < maxn + 4; ++q) ns.cgt[q] = 0;
+  for (int q = maxn - 1; q >= 0; --q) ns.cgt[q] = ns.cgt[q + 1] + ns.hist[q + 1];
+  for (int n = 1; n <= maxn; ++n) ns.next[n] = ns.cgt[n];  // jobs with n pulses start after all larger n
+  JobScratch::fit(ns.sj, nj), JobScratch::fit(ns.sn, nj), JobScratch::fit(ns.sup, nj);
+  for (int t = 0; t < nj; ++t) {
+    const int pos = ns.next[ns.job_n[t]]++;
+    ns.sj[pos] = ns.job_j[t];
+    ns.sn[pos] = ns.job_n[t];
+    ns.sup[pos] = ns.job_up[t];
+  }
+  // gather the device state and parameters of the jobs
+  JobScratch::fit(ns.wv, nj), JobScratch::fit(ns.ref, nj);
+  if (KIND == KIND_LINEAR) {
+    JobScratch::fit(ns.bmin, nj), JobScratch::fit(ns.bmax, nj), JobScratch::fit(ns.s, nj);
+    JobScratch::fit(ns.sc, nj), JobScratch::fit(ns.sg, nj);
+  } else {
+    JobScratch::fit(ns.ep, nj);
+  }
+  for (int t = 0; t < nj; ++t) {
+    const int64_t e = row + ns.sj[t];
+    const bool up = ns.sup[t] != 0;
+    const float rf = params[P_REF * plane + e];
+    ns.ref[t] = rf;
+    ns.wv[t] = state[e] + rf;
+    if (KIND == KIND_LINEAR) {
+      ns.bmin[t] = params[P_BMIN * plane + e];
+      ns.bmax[t] = params[P_BMAX * plane + e];
+      ns.s[t] = params[(up ? P_SLOPE_UP : P_SLOPE_DOWN) * plane + e];
+      ns.sc[t] = params[(up ? P_SCALE_UP : P_SCALE_DOWN) * plane + e];
+      ns.sg[t] = up ? 1.0f : -1.0f;  // w + (±1·Δ): ±1·Δ is exact, so this rounds as w ± Δ
+    } else {
+      ns.ep[t] = load_params(params, plane, e);
+    }
+  }
+  // cycle-to-cycle normals, pulse-major: z[zoff[q] + t], t < cgt[q]
+  const float* z = nullptr;
+  if (NOISE) {
+    JobScratch::fit(ns.zoff, maxn + 1);
+    int tot = 0;
+    for (int q = 0; q < maxn; ++q) ns.zoff[q] = tot, tot += ns.cgt[q];
+    JobScratch::fit(ns.z, tot);
+    const int m0 = ns.cgt[0];
+    JobScratch::fit(ns.ea, m0), JobScratch::fit(ns.blk, m0), JobScratch::fit(ns.r0, m0), JobScratch::fit(ns.r1, m0);
+    JobScratch::fit(ns.r2, m0), JobScratch::fit(ns.r3, m0), JobScratch::fit(ns.zc, m0), JobScratch::fit(ns.zs, m0);
+    for (int t = 0; t < m0; ++t) ns.ea[t] = static_cast<uint32_t>(row + ns.sj[t]);
+    float* zz = ns.z.data();
+    for (int k0 = 0; k0 < maxn; k0 += 4) {
+      const int m = ns.cgt[k0], m1 = ns.cgt[k0 + 1], m2 = ns.cgt[k0 + 2], m3 = ns.cgt[k0 + 3];
+      std::fill(ns.blk.begin(), ns.blk.begin() + m, static_cast<uint32_t>(k0 >> 2));
+      philox_many(m, ns.ea.data(), ns.blk.data(), S_PULSE_NOISE, b, u.seed, u.offset, ns.r0.data(), ns.r1.data(),
+                  ns.r2.data(), ns.r3.data());
+      box_muller_many(m, ns.r0.data(), ns.r1.data(), m1 > 0, ns.zc.data(), ns.zs.data());  // draws k0, k0+1
+      std::memcpy(zz + ns.zoff[k0], ns.zc.data(), sizeof(float) * m);
+      if (m1 > 0) std::memcpy(zz + ns.zoff[k0 + 1], ns.zs.data(), sizeof(float) * m1);
+      if (m2 > 0) {  // draws k0+2, k0+3 from (r2, r3)
+        box_muller_many(m2, ns.r2.data(), ns.r3.data(), m3 > 0, ns.zc.data(), ns.zs.data());
+        std::memcpy(zz + ns.zoff[k0 + 2], ns.zc.data(), sizeof(float) * m2);
+        if (m3 > 0) std::memcpy(zz + ns.zoff[k0 + 3], ns.zs.data(), sizeof(float) * m3);
+      }
+    }
+    z = zz;
+  }
+  // the pulses, pulse-major (independent elements in the inner loop)
+  float* wv = ns.wv.data();
+  for (int q = 0; q < maxn; ++q) {
+    const int m = ns.cgt[q];
+    const float* zq = NOISE ? z + ns.zoff[q] : nullptr;
+    if (KIND == KIND_LINEAR) {
+      const float* bmn = ns.bmin.data();
+      const float* bmx = ns.bmax.data();
+      const float* sl = ns.s.data();
+      const float* scl = ns.sc.data();
+      const float* sgn = ns.sg.data();
+      const float sigma = g.sigma;
+#pragma omp simd
+      for (int t = 0; t < m; ++t) {
+        const float wt = wv[t];
+        const float fac = NOISE ? 1.0f + sigma * zq[t] : 1.0f;
+        const float dlt = MULT ? (sl[t] * wt + scl[t]) * fac : (sl[t] * wt + scl[t] * fac);
+        float nw = wt + sgn[t] * dlt;
+        nw = nw > bmn[t] ? nw : bmn[t];  // clip_bounds
+        wv[t] = nw < bmx[t] ? nw : bmx[t];
+      }
+    } else {
+      for (int t = 0; t < m; ++t)
+        wv[t] = device_step_t<KIND, MULT, NOISE>(wv[t], ns.sup[t] != 0, ns.ep[t], g, NOISE ? zq[t] : 0.0f);
+    }
+  }
+  // write back
+  for (int t = 0; t < nj; ++t) {
+    const int j = ns.sj[t];
+    const int64_t e = row + j;
+    const float st = wv[t] - ns.ref[t];
+    state[e] = st;
+    if (w_p) {
+      if (g.write_noise > 0.0f) {
+        const float xi = normal_draw(u.seed, u.offset, S_WRITE_NOISE, static_cast<uint32_t>(e), b, 0);
+        w[e] = st + g.write_noise * xi;
+      } else {
+        w[e] = st;
+      }
+    }
+    prow[j] += static_cast<float>(ns.sn[t]);
+  }
+}
+
 // Phase 2 for one row i (all samples in order). Templated on the device kind and noise placement so
 // the per-pulse loop has no run-time branches on tile-wide flags.
 template <int KIND, bool MULT, bool NOISE>
 void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane, const DeviceGlobals& g,
-             const UpdateArgs& u, float* pulses, NoiseScratch* scratch) {
+             const UpdateArgs& u, float* pulses, JobScratch* scratch) {
   const int I = T.I, O = T.O, nw = T.nw;
   const int64_t row = static_cast<int64_t>(i) * I;
   float* prow = pulses + row;
-  float* state = w_p ? w_p : w;
+  JobScratch& ns = *scratch;
   for (int b = 0; b < T.B; ++b) {
     const SampleScales s = T.sc[b];
     if (s.bl == 0) continue;
@@ -237,145 +396,81 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
       }
       continue;
     }
+    // 1. the jobs of this (row, sample): columns with n > 0 coincidences and a non-zero sign
+    //    (every column of act and this row have non-zero signs: build_sample / dact guarantee it)
     const uint32_t* dwd = u.mode == MODE_PULSED ? T.dbits.data() + qd * nw : nullptr;
     const uint32_t* xw = u.mode == MODE_PULSED ? T.xbits.data() + static_cast<int64_t>(b) * I * nw : nullptr;
-    const uint32_t d0 = dwd ? dwd[0] : 0u;
-    const double cd_bl = u.mode == MODE_MEAN_COUNT ? mean_count(T.pd[qd], s.bl) / s.bl : 0.0;
-    // 1. the jobs of this (row, sample): columns with n > 0 coincidences and a non-zero sign
-    NoiseScratch& ns = *scratch;
-    ns.reserve_jobs(static_cast<size_t>(na));
-    int nj = 0, nz = 0;
-    for (int t = 0; t < na; ++t) {
-      const int j = act[t];
-      int n;
-      if (u.mode == MODE_PULSED) {
-        if (nw == 1) {
-          n = popcount32(xw[j] & d0);
-        } else {
-          n = 0;
-          for (int k = 0; k < nw; ++k) n += popcount32(xw[static_cast<int64_t>(j) * nw + k] & dwd[k]);
-        }
-      } else {
-        n = static_cast<int>(round_half_even(cd_bl * mean_count(pxb[j], s.bl)));
+    JobScratch::fit(ns.job_j, na), JobScratch::fit(ns.job_n, na), JobScratch::fit(ns.job_up, na);
+    int nj = 0;
+    if (u.mode == MODE_PULSED && nw == 1) {
+      const uint32_t d0 = dwd[0];
+      // coincidences by scatter over the slot lists (work ∝ coincidences) when that beats a popcount
+      // per active column (work ∝ na): the sparse regime, where most active pairs never coincide
+      const int32_t* so = T.slot_off.data() + static_cast<int64_t>(b) * 33;
+      int64_t cost = 0;
+      for (uint32_t m = d0; m; m &= m - 1) {
+        const int k = __builtin_ctz(m);
+        cost += so[k + 1] - so[k];
       }
-      if (n <= 0) continue;
-      const float sgn = sdi * sxb[j];
-      if (sgn == 0.0f) continue;
-      ns.job_j[nj] = j;
-      ns.job_n[nj] = n;
-      ns.job_up[nj] = sgn < 0.0f;
-      ns.job_z[nj] = nz;
-      nz += n;
-      ++nj;
-    }
-    if (nj == 0) continue;
-    if (NOISE && nz == nj && !w_p) {
-      // Single-pulse fast path (every job has n = 1: always so when BL = 1, the sparse regime): one
-      // normal per job, draw 0 = the cos of the word pair (r0, r1) of block 0, generated for all jobs
-      // at once straight into z; then one SIMD-friendly step per job (distinct columns: no conflicts).
-      if (ns.blk_a.size() < static_cast<size_t>(nj)) {
-        ns.blk_a.resize(nj), ns.blk_b.resize(nj), ns.r0.resize(nj), ns.r1.resize(nj), ns.r2.resize(nj);
-        ns.r3.resize(nj);
-      }
-      if (ns.z.size() < static_cast<size_t>(nj)) ns.z.resize(nj);
-      if (ns.zs.size() < static_cast<size_t>(nj)) ns.zs.resize(nj);
-      for (int t = 0; t < nj; ++t) {
-        ns.blk_a[t] = static_cast<uint32_t>(row + ns.job_j[t]);
-        ns.blk_b[t] = 0u;
-      }
-      philox_many(nj, ns.blk_a.data(), ns.blk_b.data(), S_PULSE_NOISE, static_cast<uint32_t>(b), u.seed, u.offset,
-                  ns.r0.data(), ns.r1.data(), ns.r2.data(), ns.r3.data());
-      box_muller_many(nj, ns.r0.data(), ns.r1.data(), false, ns.z.data(), ns.zs.data());
-      const float* z = ns.z.data();
-      const int32_t* jj = ns.job_j.data();
-      const uint8_t* upv = ns.job_up.data();
-#pragma omp simd
-      for (int t = 0; t < nj; ++t) {
-        const int64_t e = row + jj[t];
-        const ElemParams p = load_params(params, plane, e);
-        const float wd = device_step_t<KIND, MULT, true>(state[e] + p.ref, upv[t] != 0, p, g, z[t]);
-        state[e] = wd - p.ref;
-        prow[jj[t]] += 1.0f;
-      }
-      continue;
-    }
-    // 2. all cycle-to-cycle normals of these pulses at once (they do not depend on the weights):
-    //    normal(seed, offset, PULSE_NOISE, a = i*I+j, b, draw = q) for q < n_j
-    const float* zall = nullptr;
-    if (NOISE) {
-      int nb = 0;
-      for (int t = 0; t < nj; ++t) nb += (ns.job_n[t] + 3) >> 2;
-      if (ns.blk_a.size() < static_cast<size_t>(nb)) {
-        ns.blk_a.resize(nb), ns.blk_b.resize(nb), ns.r0.resize(nb), ns.r1.resize(nb), ns.r2.resize(nb);
-        ns.r3.resize(nb);
-      }
-      if (ns.pw0.size() < static_cast<size_t>(2 * nb)) {
-        ns.pw0.resize(2 * nb), ns.pw1.resize(2 * nb), ns.pdst.resize(2 * nb), ns.pnext.resize(2 * nb);
-        ns.zc.resize(2 * nb), ns.zs.resize(2 * nb);
-      }
-      if (ns.z.size() < static_cast<size_t>(nz)) ns.z.resize(nz);
-      int q = 0;
-      for (int t = 0; t < nj; ++t)
-        for (int blk = 0; blk < (ns.job_n[t] + 3) >> 2; ++blk, ++q) {
-          ns.blk_a[q] = static_cast<uint32_t>(row + ns.job_j[t]);
-          ns.blk_b[q] = static_cast<uint32_t>(blk);
-        }
-      philox_many(nb, ns.blk_a.data(), ns.blk_b.data(), S_PULSE_NOISE, static_cast<uint32_t>(b), u.seed, u.offset,
-                  ns.r0.data(), ns.r1.data(), ns.r2.data(), ns.r3.data());
-      int np = 0;
-      bool want_sin = false;
-      q = 0;
-      for (int t = 0; t < nj; ++t) {
-        const int n = ns.job_n[t], z0 = ns.job_z[t];
-        for (int blk = 0; blk < (n + 3) >> 2; ++blk, ++q) {
-          const int k0 = blk << 2;  // draws k0, k0+1 from (r0, r1); k0+2, k0+3 from (r2, r3)
-          ns.pw0[np] = ns.r0[q], ns.pw1[np] = ns.r1[q], ns.pdst[np] = z0 + k0, ns.pnext[np] = z0 + n;
-          want_sin = want_sin || k0 + 1 < n;
-          ++np;
-          if (k0 + 2 < n) {
-            ns.pw0[np] = ns.r2[q], ns.pw1[np] = ns.r3[q], ns.pdst[np] = z0 + k0 + 2, ns.pnext[np] = z0 + n;
-            ++np;
+      if (cost < na) {
+        JobScratch::fit(ns.cnt, I);
+        JobScratch::fit(ns.touched, na);
+        int* cnt = ns.cnt.data();  // all zero between uses
+        int nt = 0;
+        const int32_t* cols = T.slot_cols[b].data();
+        for (uint32_t m = d0; m; m &= m - 1) {
+          const int k = __builtin_ctz(m);
+          for (int q = so[k]; q < so[k + 1]; ++q) {
+            const int j = cols[q];
+            if (cnt[j]++ == 0) ns.touched[nt++] = j;
           }
         }
-      }
-      box_muller_many(np, ns.pw0.data(), ns.pw1.data(), want_sin, ns.zc.data(), ns.zs.data());
-      float* z = ns.z.data();
-      for (int p = 0; p < np; ++p) {
-        z[ns.pdst[p]] = ns.zc[p];
-        if (ns.pdst[p] + 1 < ns.pnext[p]) z[ns.pdst[p] + 1] = ns.zs[p];
-      }
-      zall = z;
-    }
-    // 3. the pulses, element by element, in draw order
-    for (int t = 0; t < nj; ++t) {
-      const int j = ns.job_j[t], n = ns.job_n[t];
-      const bool up = ns.job_up[t] != 0;
-      const int64_t e = row + j;
-      const ElemParams p = load_params(params, plane, e);
-      float wd = state[e] + p.ref;
-      if (NOISE) {
-        const float* z = zall + ns.job_z[t];
-        for (int k = 0; k < n; ++k) wd = device_step_t<KIND, MULT, true>(wd, up, p, g, z[k]);
+        for (int t = 0; t < nt; ++t) {
+          const int j = ns.touched[t];
+          ns.job_j[nj] = j;
+          ns.job_n[nj] = cnt[j];
+          ns.job_up[nj] = sdi * sxb[j] < 0.0f;
+          cnt[j] = 0;
+          ++nj;
+        }
       } else {
-        for (int k = 0; k < n; ++k) wd = device_step_t<KIND, MULT, false>(wd, up, p, g, 0.0f);
-      }
-      const float st = wd - p.ref;
-      state[e] = st;
-      if (w_p) {
-        if (g.write_noise > 0.0f) {
-          const float xi = normal_draw(u.seed, u.offset, S_WRITE_NOISE, static_cast<uint32_t>(e), b, 0);
-          w[e] = st + g.write_noise * xi;
-        } else {
-          w[e] = st;
+        for (int t = 0; t < na; ++t) {
+          const int j = act[t];
+          const int n = __builtin_popcount(xw[j] & d0);
+          if (n <= 0) continue;
+          ns.job_j[nj] = j;
+          ns.job_n[nj] = n;
+          ns.job_up[nj] = sdi * sxb[j] < 0.0f;
+          ++nj;
         }
       }
-      prow[j] += static_cast<float>(n);
+    } else {
+      const double cd_bl = u.mode == MODE_MEAN_COUNT ? mean_count(T.pd[qd], s.bl) / s.bl : 0.0;
+      for (int t = 0; t < na; ++t) {
+        const int j = act[t];
+        int n;
+        if (u.mode == MODE_PULSED) {
+          n = 0;
+          for (int k = 0; k < nw; ++k) n += __builtin_popcount(xw[static_cast<int64_t>(j) * nw + k] & dwd[k]);
+        } else {
+          n = static_cast<int>(round_half_even(cd_bl * mean_count(pxb[j], s.bl)));
+        }
+        if (n <= 0) continue;
+        const float sgn = sdi * sxb[j];
+        if (sgn == 0.0f) continue;
+        ns.job_j[nj] = j;
+        ns.job_n[nj] = n;
+        ns.job_up[nj] = sgn < 0.0f;
+        ++nj;
+      }
     }
+    if (nj == 0) continue;
+    apply_jobs<KIND, MULT, NOISE>(ns, nj, row, static_cast<uint32_t>(b), w, w_p, params, plane, g, u, prow);
   }
 }
 
 using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t, const DeviceGlobals&,
-                       const UpdateArgs&, float*, NoiseScratch*);
+                       const UpdateArgs&, float*, JobScratch*);
 
 RowFn pick_row_fn(const DeviceGlobals& g) {
   if (g.kind == KIND_LINEAR) {
@@ -420,6 +515,10 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
   T.act.resize(BI);
   T.nact.assign(B, 0);
   T.dact.assign(BO, 0);
+  if (T.nw == 1) {
+    T.slot_off.assign(static_cast<size_t>(B) * 33, 0);
+    T.slot_cols.resize(B);
+  }
   const int64_t plane = static_cast<int64_t>(O) * I;
 
   const int nt1 = std::max(1, std::min(nthreads, B));
@@ -440,7 +539,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
   const int nt2 = work < (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
 #pragma omp parallel num_threads(nt2)
   {
-    thread_local NoiseScratch scratch;
+    thread_local JobScratch scratch;
 #pragma omp for schedule(dynamic, 4)
     for (int i = 0; i < O; ++i) row_fn(T, i, w, w_p, params, plane, g, u, pulses, &scratch);
   }

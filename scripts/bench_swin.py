@@ -12,6 +12,14 @@ For every (threads, batch) it times ``digital`` first and reports each algorithm
 ``--repeats`` timed steps (after ``--warmup`` steps), steps/s, samples/s and the ratio to the digital
 step of the same run.
 
+Transfers of the Tiki-Taka family (``--tt-transfer``). A Swin Linear layer sees every *token* as one
+vector update: a batch of B 32x32 images is B·256 tile samples in stage 0 (16x16 tokens), B·64 in stage 1
+and B at the head. ``conf/algo/cttv2.yaml`` and ``agad.yaml`` transfer one column per vector update
+(``units_in_mbatch: false, transfer_every: 1``): 8192 transfers per tile and step at B = 32, which is
+what aihwkit does too but takes about a minute per step here. ``image`` (default) sets every TT-family
+algorithm to one transfer per image (``units_in_mbatch=true, transfer_every=1/B``: B transfers per tile
+and step; what ``experiment=swin_transfer_finetune`` uses); ``conf`` keeps each algorithm's config.
+
     .venv/bin/python scripts/bench_swin.py --quick          # batch 32, 1 thread, 3 repeats
     .venv/bin/python scripts/bench_swin.py                  # batches 32 and 128, 1 and 2 threads
     .venv/bin/python scripts/bench_swin.py --algos digital sgd cttv2 --batches 32 --threads 1 \\
@@ -29,6 +37,14 @@ import time
 import torch
 
 ALGOS = ("digital", "sgd", "tt", "ttv2", "cttv2", "agad")
+TT_FAMILY = ("tt", "ttv2", "cttv2", "agad")
+
+
+def transfer_overrides(algo: str, mode: str, batch: int) -> list[str]:
+    """Hydra overrides of ``--tt-transfer`` for ``algo`` (see the module docstring)."""
+    if mode == "image" and algo in TT_FAMILY:
+        return ["algo.units_in_mbatch=true", f"algo.transfer_every={1.0 / batch!r}"]
+    return []
 
 
 def compose(overrides: list[str]):
@@ -50,6 +66,8 @@ def make_step(algo: str, model_opt: str, device: str, batch: int, lr: float, ext
     from analogtrain.models import build_model
     from analogtrain.utils.seeding import derive_seeds
 
+    if algo == "digital":  # algorithm- and tile-specific overrides do not apply to the digital baseline
+        extra = [o for o in extra if not o.lstrip("+~").startswith(("algo.", "tile."))]
     cfg = compose([f"model={model_opt}", f"algo={algo}", f"device={device}", f"trainer.lr={lr}", *extra])
     seeds = derive_seeds(seed)
     torch.manual_seed(seeds["init"])
@@ -73,14 +91,14 @@ def make_step(algo: str, model_opt: str, device: str, batch: int, lr: float, ext
     return step
 
 
-def bench(algos, batches, threads, model_opt, device, lr, repeats, warmup, extra) -> list[dict]:
+def bench(algos, batches, threads, model_opt, device, lr, repeats, warmup, extra, tt_transfer="image") -> list[dict]:
     rows = []
     for nt in threads:
         torch.set_num_threads(nt)
         for b in batches:
             digital_s = None
             for a in ["digital"] + [x for x in algos if x != "digital"]:
-                step = make_step(a, model_opt, device, b, lr, extra)
+                step = make_step(a, model_opt, device, b, lr, [*transfer_overrides(a, tt_transfer, b), *extra])
                 for _ in range(warmup):
                     step()
                 times = [step() for _ in range(repeats)]
@@ -89,7 +107,8 @@ def bench(algos, batches, threads, model_opt, device, lr, repeats, warmup, extra
                     digital_s = med
                     if "digital" not in algos:
                         continue
-                row = {"threads": nt, "batch": b, "algo": a, "step_ms": med * 1e3, "steps_per_s": 1.0 / med,
+                row = {"threads": nt, "batch": b, "algo": a,
+                       "transfer": tt_transfer if a in TT_FAMILY else "-", "step_ms": med * 1e3, "steps_per_s": 1.0 / med,
                        "samples_per_s": b / med, "ratio_vs_digital": med / digital_s,
                        "min_ms": min(times) * 1e3, "max_ms": max(times) * 1e3}
                 rows.append(row)
@@ -99,10 +118,11 @@ def bench(algos, batches, threads, model_opt, device, lr, repeats, warmup, extra
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| threads | batch | algo | step (ms, median) | steps/s | samples/s | × digital |",
-             "|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| threads | batch | algo | TT transfers | step (ms, median) | steps/s | samples/s | × digital |",
+             "|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['threads']} | {r['batch']} | {r['algo']} | {r['step_ms']:.1f} | {r['steps_per_s']:.2f} | "
+        lines.append(f"| {r['threads']} | {r['batch']} | {r['algo']} | {r['transfer']} | {r['step_ms']:.1f} | "
+                     f"{r['steps_per_s']:.2f} | "
                      f"{r['samples_per_s']:.0f} | {r['ratio_vs_digital']:.2f} |")
     return "\n".join(lines)
 
@@ -117,19 +137,24 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (sets the pulse density)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--tt-transfer", choices=("image", "conf"), default="image",
+                    help="TT-family transfer period: one per image (default) or each algorithm's conf")
     ap.add_argument("--quick", action="store_true", help="batch 32, 1 thread, 3 repeats, 1 warm-up step")
     ap.add_argument("--json", help="also write the rows as JSON here")
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. tile.backend=reference")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every algorithm, e.g. "
+                    "tile.backend=reference (digital runs get only the non-tile, non-algo ones)")
     a = ap.parse_args(argv)
     if a.quick:
         a.batches, a.threads, a.repeats, a.warmup = [32], [1], 3, 1
-    print(f"model={a.model} device={a.device} lr={a.lr} torch {torch.__version__}, "
+    print(f"model={a.model} device={a.device} lr={a.lr} tt-transfer={a.tt_transfer} torch {torch.__version__}, "
           f"{a.repeats} repeats after {a.warmup} warm-up steps", file=sys.stderr)
-    rows = bench(a.algos, a.batches, a.threads, a.model, a.device, a.lr, a.repeats, a.warmup, a.overrides)
+    rows = bench(a.algos, a.batches, a.threads, a.model, a.device, a.lr, a.repeats, a.warmup, a.overrides,
+                 a.tt_transfer)
     print(table(rows))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "device": a.device, "lr": a.lr, "rows": rows}, f, indent=2)
+            json.dump({"model": a.model, "device": a.device, "lr": a.lr, "tt_transfer": a.tt_transfer,
+                       "overrides": a.overrides, "rows": rows}, f, indent=2)
     return 0
 
 

@@ -392,3 +392,17 @@ def test_build_sources_found_and_cache_name_hashes_sources(tmp_path, monkeypatch
     assert build.build_name("cpu", build.CPU_SOURCES, flags) != n1  # a changed header rebuilds
     assert build.build_name("cpu", build.CPU_SOURCES, flags + ["-O2"]) != build.build_name(
         "cpu", build.CPU_SOURCES, flags)
+
+
+def test_uniform_scalar_matches_rng():
+    """``ops.uniform_scalar`` (Python-int Philox for one draw, used by per-event chopper flips) returns
+    exactly ``rng.uniform``'s float32 for arbitrary 64-bit seeds, offsets, streams and indices."""
+    import random
+
+    from analogtrain.ops import rng
+
+    r = random.Random(7)
+    for _ in range(300):
+        s, o, st = r.getrandbits(63), r.getrandbits(40), r.randrange(256)
+        a, b, k = r.getrandbits(32), r.getrandbits(32), r.randrange(64)
+        assert ops.uniform_scalar(s, o, st, a, b, k) == float(rng.uniform(s, o, st, a, b, k))

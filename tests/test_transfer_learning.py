@@ -104,8 +104,8 @@ def test_pretrain_then_finetune_round_trip_through_run_train(compose, fashion, t
 
     # fine-tune; tiles frozen (pulse_type none) so the end state shows the programmed weights; narrow
     # device bounds so that clipping matters
-    ft_over = ["experiment=swin_transfer_finetune", *common, "init.programming_noise=0", "device.w_max=0.05",
-               "device.w_min=-0.05", "tile.update.pulse_type=none"]
+    ft_over = ["experiment=swin_transfer_finetune", *common, "init.programming_noise=0", "device.w_max=0.02",
+               "device.w_min=-0.02", "tile.update.pulse_type=none"]
     ft_cfg = compose(ft_over)
     assert ft_cfg.stage == "finetune" and ft_cfg.algo.name == "cttv2" and list(ft_cfg.data.classes) == [5, 6, 7, 8, 9]
     ft = train(ft_cfg, run_dir=tmp_path / "ft")
@@ -336,3 +336,13 @@ def test_missing_checkpoint_fails_run_train_before_any_work(compose, tmp_path):
         train(cfg, run_dir=tmp_path / "run")
     assert ei.value.key == "init.checkpoint"
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_model_pretrained_path_loads_at_build_time(compose, tmp_path):
+    _, pre = tiny_model(compose, n_out=5, seed=1)
+    torch.save({"state_dict": pre.state_dict()}, tmp_path / "w.pth")
+    _, model = tiny_model(compose, [f"model.pretrained_path={tmp_path / 'w.pth'}"], n_out=5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), pre.state_dict().values()))
+    with pytest.raises(ConfigError) as ei:
+        tiny_model(compose, [f"model.pretrained_path={tmp_path / 'nope.pth'}"])
+    assert ei.value.key == "model.pretrained_path" and "no such file" in str(ei.value)

@@ -31,6 +31,7 @@ from analogtrain.algorithms.base import register_algorithm
 from analogtrain.algorithms.schema import ChoppedTTv2Config
 from analogtrain.algorithms.transfer import TransferAlgorithm, TransferRule, _range
 from analogtrain.config.errors import ConfigError
+from analogtrain import ops
 from analogtrain.ops import rng
 from analogtrain.ops.rng import Stream
 
@@ -177,7 +178,8 @@ class ChoppedRule(TransferRule):
             return False
         if self.cfg.in_chop_random:
             ev = int(self.reads)
-            flip = float(rng.uniform(int(self.seed_misc), ev >> 32, Stream.CHOPPER, j, ev & _MASK32, 0)) < p
+            # one scalar draw per read: Python-int Philox (ops.uniform_scalar), same number as rng.uniform
+            flip = ops.uniform_scalar(int(self.seed_misc), ev >> 32, Stream.CHOPPER, j, ev & _MASK32, 0) < p
         else:
             n = chopper_period(p)
             flip = (int(self.sweeps) % n) + 1 == n

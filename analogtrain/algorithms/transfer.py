@@ -304,9 +304,9 @@ class TransferRule(TileRule):
         advances ``slice_idx`` past them."""
         start = int(self.slice_idx)
         if random_start:
-            u = rng.uniform(int(self.seed_misc), int(self.transfers) >> 32, Stream.MISC, 0,
-                            int(self.transfers) & _MASK32, 0)
-            start = min(int(float(u) * self.n_slices), self.n_slices - 1)
+            u = ops.uniform_scalar(int(self.seed_misc), int(self.transfers) >> 32, Stream.MISC, 0,
+                                   int(self.transfers) & _MASK32, 0)  # = rng.uniform, Python ints
+            start = min(int(u * self.n_slices), self.n_slices - 1)
         k = (torch.arange(n, dtype=torch.int64) + start) % self.n_slices
         self.slice_idx.fill_((start + n) % self.n_slices)
         return k

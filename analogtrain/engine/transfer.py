@@ -183,6 +183,8 @@ def read_state_dict(path: str | Path, key: str = "init.checkpoint") -> dict[str,
     wrapped (``state_dict``/``model``/``state_dict_ema``/``module``); a ``module.`` (DDP) prefix is
     dropped. Only tensors are read (``torch.load(weights_only=True)``)."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(key, f"{path} does not exist (no such file)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from analogtrain.ops import rng
+from analogtrain import ops
 from analogtrain.ops.rng import Stream
 from analogtrain.tiles.config import IOConfig
 
@@ -76,30 +76,24 @@ def io_bins(io: IOConfig) -> tuple[float, float]:
 
 
 class _Draws:
-    """Philox draws for one IO call: fixed seed, offset and stream; ``b`` = global sample indices."""
+    """Philox draws for one IO call: fixed seed, offset and stream; ``b`` = global sample indices.
+
+    The grids come from ``analogtrain.ops.random_grid``: the compiled CPU kernel when it is active
+    (same numbers as ``analogtrain.ops.rng``: uniforms exactly, normals up to a float ulp with
+    probability ~1e-8), else the torch emulation of ``rng`` (reference backend, CUDA tensors)."""
 
     def __init__(self, seed: int, offset: int, stream: int, device):
         self.seed, self.offset, self.stream, self.device = int(seed), int(offset), int(stream), device
 
-    def _words(self, n_a: int, b_idx: torch.Tensor, draw: int):
-        a = torch.arange(n_a, dtype=torch.int64, device=self.device)[None, :]
-        b = (b_idx.to(torch.int64) & 0xFFFFFFFF)[:, None]
-        c1 = ((self.stream & 0xFF) << 24) | ((draw >> 2) & 0xFFFFFF)
-        c1 = torch.full((), c1, dtype=torch.int64, device=self.device)
-        c3 = torch.full((), self.offset & 0xFFFFFFFF, dtype=torch.int64, device=self.device)
-        c0, c1, b, c3 = torch.broadcast_tensors(a, c1, b, c3)
-        return rng.philox4x32(c0, c1, b, c3, self.seed)
-
     def normal(self, n_a: int, b_idx: torch.Tensor, draw: int) -> torch.Tensor:
         """(len(b_idx), n_a) standard normals (Box–Muller of words (r0,r1) or (r2,r3))."""
-        r = self._words(n_a, b_idx, draw)
-        k = draw & 3
-        first, second = (r[0], r[1]) if k < 2 else (r[2], r[3])
-        return rng.normal_words(first, second, use_sin=bool(k & 1))
+        return ops.random_grid(self.seed, self.offset, self.stream, n_a, b_idx & 0xFFFFFFFF, draw, normal=True,
+                               device=self.device)
 
     def uniform(self, n_a: int, b_idx: torch.Tensor, draw: int) -> torch.Tensor:
         """(len(b_idx), n_a) uniforms in (0, 1)."""
-        return rng.uniform_words(self._words(n_a, b_idx, draw)[draw & 3])
+        return ops.random_grid(self.seed, self.offset, self.stream, n_a, b_idx & 0xFFFFFFFF, draw, normal=False,
+                               device=self.device)
 
 
 def _quantise(v: torch.Tensor, bin_: float, sto: bool, draws: _Draws | None, b_idx, draw: int):
