@@ -122,6 +122,25 @@ def test_fashion_mnist_from_torchvision_layout_with_padding_and_classes(tmp_path
     assert (sub.test.y == 0).sum() == (torch.from_numpy(arrays["test_y"]) == 8).sum()
 
 
+def test_fashion_mnist_falls_back_to_the_debian_copy(tmp_path, monkeypatch):
+    """No files under data.root: the Debian package's folder is used (here a fake one in its layout)."""
+    import gzip
+
+    import analogtrain.data.images as images
+
+    src = tmp_path / "src"
+    arrays = _fake_mnist(src)
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for f in src.iterdir():  # Debian ships the IDX files gzipped
+        data = f.read_bytes() if f.suffix != ".gz" else gzip.decompress(f.read_bytes())
+        (debian / (f.name if f.suffix == ".gz" else f.name + ".gz")).write_bytes(gzip.compress(data))
+    monkeypatch.setattr(images, "DEBIAN_FASHION_MNIST", debian)
+    b = build_data(dcfg(name="fashion_mnist", root=str(tmp_path / "empty"), val_fraction=0.0, normalize=False),
+                   seed=0)
+    assert len(b.train) == 60 and torch.equal(b.test.y, torch.from_numpy(arrays["test_y"]).long())
+
+
 def test_mnist_uncompressed_files(tmp_path):
     _fake_mnist(tmp_path / "MNIST" / "raw", gz=False)
     assert len(build_data(dcfg(name="mnist", root=str(tmp_path), val_fraction=0.5), seed=0).val) == 30

@@ -72,7 +72,8 @@ def _missing(name: str, places: list[Path], files: list[str], how: str) -> DataN
 def _load_idx_dataset(name: str, cfg, seed: int, tv_folder: str, tv_class: str, class_names,
                       extra_places=()) -> DataBundle:
     root = _root(cfg)
-    places = [*extra_places, root / tv_folder / "raw"]
+    # files the user put under data.root win; system-wide copies (Debian's package) are the fallback
+    places = [root / tv_folder / "raw", *extra_places]
     files = None
     for p in places:
         files = _find_idx(p)
