@@ -4,6 +4,11 @@
 //   analogtrain::buffered_transfer  TT-family transfer of one slice: buffer accumulate, threshold,
 //                                   forget/momentum, then the C write as a one-sample pulsed update
 //                                   (reference_transfer.py)
+//   analogtrain::chopped_update_snapshots  the c-TTv2/AGAD per-batch A work: the rule's sequence of
+//                                   pulsed-update calls (own offsets, lrs, choppers) with a snapshot of
+//                                   the slice read after each call (reference_chopped.py)
+//   analogtrain::buffered_transfer_seq    the R transfers of a batch, each exactly one buffered_transfer
+//   analogtrain::philox_*_grid_offsets     IO-noise grids with one op-call counter per row (batched reads)
 //
 // Work split of pulsed_update (semantics: every sample is its own update, applied in batch order):
 //   phase 1 (parallel over samples): per-sample scales, probabilities, bit-packed x and d pulse trains
@@ -367,7 +372,7 @@ void apply_jobs(JobScratch& ns, int nj, int64_t row, uint32_t b, float* w, float
 // the per-pulse loop has no run-time branches on tile-wide flags.
 template <int KIND, bool MULT, bool NOISE>
 void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane, const DeviceGlobals& g,
-             const UpdateArgs& u, float* pulses, JobScratch* scratch) {
+             const UpdateArgs& u, float* pulses, JobScratch* scratch, int64_t* rtot) {
   const int I = T.I, O = T.O, nw = T.nw;
   const int64_t row = static_cast<int64_t>(i) * I;
   float* prow = pulses + row;
@@ -465,12 +470,17 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
       }
     }
     if (nj == 0) continue;
+    if (rtot) {  // exact per-row pulse total (integer counts) for the batched op's per-call statistics
+      int64_t tot = 0;
+      for (int t = 0; t < nj; ++t) tot += ns.job_n[t];
+      rtot[i] += tot;
+    }
     apply_jobs<KIND, MULT, NOISE>(ns, nj, row, static_cast<uint32_t>(b), w, w_p, params, plane, g, u, prow);
   }
 }
 
 using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t, const DeviceGlobals&,
-                       const UpdateArgs&, float*, JobScratch*);
+                       const UpdateArgs&, float*, JobScratch*, int64_t*);
 
 RowFn pick_row_fn(const DeviceGlobals& g) {
   if (g.kind == KIND_LINEAR) {
@@ -484,7 +494,7 @@ RowFn pick_row_fn(const DeviceGlobals& g) {
 // The whole update on raw CPU buffers. x (B, I), d (B, O) row-major; pulses (O, I) accumulated.
 void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGlobals& g, const float* x,
                        const float* d, int B, int O, int I, const UpdateArgs& u, const float* cin, const float* cout,
-                       float* pulses, int nthreads) {
+                       float* pulses, int nthreads, int64_t* row_tot = nullptr) {
   if (u.lr_abs == 0.0 || B == 0 || O == 0 || I == 0) return;
   Trains T;
   T.B = B;
@@ -541,7 +551,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
   {
     thread_local JobScratch scratch;
 #pragma omp for schedule(dynamic, 4)
-    for (int i = 0; i < O; ++i) row_fn(T, i, w, w_p, params, plane, g, u, pulses, &scratch);
+    for (int i = 0; i < O; ++i) row_fn(T, i, w, w_p, params, plane, g, u, pulses, &scratch, row_tot);
   }
 }
 
@@ -703,6 +713,191 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at:
   return std::make_tuple(n, slice_pulses);
 }
 
+// The chopped-transfer family's per-batch A work in ONE call (twin: reference_chopped.py). The batch is
+// cut into C pulsed-update calls; call c covers samples starts[c] .. starts[c+1]-1 and is EXACTLY the
+// call the per-sample rule would make: pulsed_update with offset offsets[c], lr lrs[c], the samples
+// numbered b = 0.. inside the call, choppers chop_in[c] (I,) / chop_out[c] (O,). Right after call c,
+// if snap[c] >= 0, slice snap[c] of the visible weight w (column with `columns`, else row) is copied to
+// snaps[c] (L,) — the value the transfer read after that call sees. Returns (snaps (C, L) float32,
+// call_pulses (C,) float64: the pulse total of each call, i.e. the value of `pulses.sum()` of the
+// separate call: exact integer counts in the pulsed / mean_count modes, a float32 torch sum of the
+// call's (O, I) pulse map in the expected mode).
+std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
+    at::Tensor w, const std::optional<at::Tensor>& w_p, const at::Tensor& params, const at::Tensor& gparams,
+    const at::Tensor& x, const at::Tensor& d, const at::Tensor& starts, const at::Tensor& offsets,
+    const at::Tensor& lrs, const std::optional<at::Tensor>& chop_in, const std::optional<at::Tensor>& chop_out,
+    const at::Tensor& snap, bool columns, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um,
+    double um_grad_scale, double res, bool sto_round, int64_t mode, int64_t seed) {
+  check_f32_cpu(w, "w");
+  check_f32_cpu(params, "params");
+  check_f32_cpu(x, "x");
+  check_f32_cpu(d, "d");
+  TORCH_CHECK(w.dim() == 2 && x.dim() == 2 && d.dim() == 2, "analogtrain::chopped_update_snapshots: w, x, d 2-D");
+  const int O = static_cast<int>(w.size(0)), I = static_cast<int>(w.size(1));
+  TORCH_CHECK(x.size(1) == I && d.size(1) == O && d.size(0) == x.size(0),
+              "analogtrain::chopped_update_snapshots: shape mismatch");
+  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
+              "analogtrain::chopped_update_snapshots: params must be (NP, O, I)");
+  TORCH_CHECK(mode >= 0 && mode <= 2, "analogtrain::chopped_update_snapshots: unknown mode ", mode);
+  TORCH_CHECK(dw > 0, "analogtrain::chopped_update_snapshots: dw must be > 0");
+  at::Tensor st = starts.to(at::kLong).contiguous(), of = offsets.to(at::kLong).contiguous();
+  at::Tensor lr = lrs.to(at::kDouble).contiguous(), sn = snap.to(at::kLong).contiguous();
+  const int64_t C = of.numel();
+  TORCH_CHECK(st.numel() == C + 1 && lr.numel() == C && sn.numel() == C,
+              "analogtrain::chopped_update_snapshots: starts (C+1,), offsets, lrs, snap (C,)");
+  const int64_t* stp = st.data_ptr<int64_t>();
+  TORCH_CHECK(stp[0] >= 0 && stp[C] <= x.size(0), "analogtrain::chopped_update_snapshots: starts out of range");
+  for (int64_t c = 0; c < C; ++c) TORCH_CHECK(stp[c + 1] >= stp[c], "chopped_update_snapshots: starts must grow");
+  float* wp = nullptr;
+  if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
+    check_f32_cpu(*w_p, "w_p");
+    wp = w_p->data_ptr<float>();
+  }
+  const float* ci = nullptr;
+  const float* co = nullptr;
+  if (chop_in.has_value() && chop_in->defined()) {
+    check_f32_cpu(*chop_in, "chop_in");
+    TORCH_CHECK(chop_in->numel() == C * I, "chop_in must be (C, I)");
+    ci = chop_in->data_ptr<float>();
+  }
+  if (chop_out.has_value() && chop_out->defined()) {
+    check_f32_cpu(*chop_out, "chop_out");
+    TORCH_CHECK(chop_out->numel() == C * O, "chop_out must be (C, O)");
+    co = chop_out->data_ptr<float>();
+  }
+  const int64_t L = columns ? O : I, S = columns ? I : O;
+  at::Tensor snaps = at::zeros({C, L}, w.options());
+  at::Tensor call_pulses = at::zeros({C}, at::TensorOptions().dtype(at::kDouble));
+  double* cp = call_pulses.data_ptr<double>();
+  float* sp = snaps.data_ptr<float>();
+  const int64_t* snp = sn.data_ptr<int64_t>();
+  const double* lrp = lr.data_ptr<double>();
+  const int64_t* ofp = of.data_ptr<int64_t>();
+  const DeviceGlobals g = globals_of(gparams);
+  const bool expected = mode == MODE_EXPECTED;
+  // pulse maps: the integer modes count per row (exact); the expected mode sums a per-call map like torch
+  at::Tensor ws = at::zeros({O, I}, w.options());
+  std::vector<int64_t> rtot(static_cast<size_t>(O));
+  float* wv = w.data_ptr<float>();
+  const int nthreads = at::get_num_threads();
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t s0 = stp[c];
+    const int n = static_cast<int>(stp[c + 1] - s0);
+    const UpdateArgs u = make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode,
+                                   seed, ofp[c]);
+    if (n > 0) {
+      std::fill(rtot.begin(), rtot.end(), 0);
+      if (expected) ws.zero_();
+      pulsed_update_raw(wv, wp, params.data_ptr<float>(), g, x.data_ptr<float>() + s0 * I,
+                        d.data_ptr<float>() + s0 * O, n, O, I, u, ci ? ci + c * I : nullptr,
+                        co ? co + c * O : nullptr, ws.data_ptr<float>(), nthreads, expected ? nullptr : rtot.data());
+      if (expected) {
+        cp[c] = static_cast<double>(ws.sum().item<float>());
+      } else {
+        int64_t tot = 0;
+        for (int i = 0; i < O; ++i) tot += rtot[static_cast<size_t>(i)];
+        cp[c] = static_cast<double>(static_cast<float>(tot));  // as the float32 torch sum of integer counts
+      }
+    }
+    const int64_t k = snp[c];
+    if (k >= 0) {
+      TORCH_CHECK(k < S, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
+      float* dst = sp + c * L;
+      if (columns) {
+        for (int64_t r = 0; r < L; ++r) dst[r] = wv[r * I + k];
+      } else {
+        std::memcpy(dst, wv + k * I, sizeof(float) * static_cast<size_t>(L));
+      }
+    }
+  }
+  return std::make_tuple(snaps, call_pulses);
+}
+
+// out[q, a] = draw `draw` of the sequence (seed, offsets[q], stream, a, b_idx[q]), a < n_a: the grid of
+// philox_grid_cpu with one op-call counter per row (the per-read offsets of a batch of transfer reads).
+at::Tensor philox_grid_offsets_cpu(int64_t seed, const at::Tensor& offsets, int64_t stream, int64_t n_a,
+                                   const at::Tensor& b_idx, int64_t draw, bool normal) {
+  at::Tensor bc = b_idx.to(at::kLong).contiguous(), oc = offsets.to(at::kLong).contiguous();
+  const int64_t B = bc.numel();
+  TORCH_CHECK(oc.numel() == B, "philox_grid_offsets: offsets and b_idx must have the same length");
+  at::Tensor out = at::empty({B, n_a}, at::kFloat);
+  const int64_t* bp = bc.data_ptr<int64_t>();
+  const int64_t* opf = oc.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  const uint32_t k = static_cast<uint32_t>(draw) & 3u;
+  const uint32_t blk0 = static_cast<uint32_t>(draw) >> 2;
+  std::vector<uint32_t> a(static_cast<size_t>(n_a)), blk(static_cast<size_t>(n_a), blk0);
+  std::vector<uint32_t> r0(n_a), r1(n_a), r2(n_a), r3(n_a);
+  std::vector<float> zc(n_a), zs(n_a);
+  for (int64_t j = 0; j < n_a; ++j) a[j] = static_cast<uint32_t>(j);
+  for (int64_t q = 0; q < B; ++q) {
+    philox_many(static_cast<int>(n_a), a.data(), blk.data(), static_cast<uint32_t>(stream),
+                static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed), static_cast<uint64_t>(opf[q]), r0.data(),
+                r1.data(), r2.data(), r3.data());
+    float* row = op + q * n_a;
+    if (!normal) {
+      const uint32_t* rw = k == 0 ? r0.data() : k == 1 ? r1.data() : k == 2 ? r2.data() : r3.data();
+      for (int64_t j = 0; j < n_a; ++j) row[j] = word_to_uniform(rw[j]);
+      continue;
+    }
+    const bool second = k >= 2, use_sin = (k & 1u) != 0;
+    box_muller_many(static_cast<int>(n_a), second ? r2.data() : r0.data(), second ? r3.data() : r1.data(), use_sin,
+                    zc.data(), zs.data());
+    std::memcpy(row, use_sin ? zs.data() : zc.data(), sizeof(float) * static_cast<size_t>(n_a));
+  }
+  return out;
+}
+
+at::Tensor philox_normal_grid_offsets_cpu(int64_t seed, const at::Tensor& offsets, int64_t stream, int64_t n_a,
+                                          const at::Tensor& b_idx, int64_t draw) {
+  return philox_grid_offsets_cpu(seed, offsets, stream, n_a, b_idx, draw, true);
+}
+
+at::Tensor philox_uniform_grid_offsets_cpu(int64_t seed, const at::Tensor& offsets, int64_t stream, int64_t n_a,
+                                           const at::Tensor& b_idx, int64_t draw) {
+  return philox_grid_offsets_cpu(seed, offsets, stream, n_a, b_idx, draw, false);
+}
+
+// R transfers of one batch in order (twin: reference_chopped.buffered_transfer_seq_ref): read r is
+// exactly the buffered_transfer call of the per-read path — slice ks[r], signal v[r] (L,), chop[r],
+// lr_scales[r], writes[r], C's counter offsets[r] — so every C write draws the same numbers.
+// Returns (n (R, L), pulses (R, L)).
+std::tuple<at::Tensor, at::Tensor> buffered_transfer_seq_cpu(
+    at::Tensor h, const at::Tensor& v, const at::Tensor& ks, const std::optional<at::Tensor>& chop,
+    const at::Tensor& lr_scales, const at::Tensor& writes, double thr, int64_t bl_t, double momentum, bool forget,
+    bool no_buffer, double cap, bool columns, at::Tensor w, const std::optional<at::Tensor>& w_p,
+    const at::Tensor& params, const at::Tensor& gparams, double lr, double dw, int64_t desired_bl, bool fixed_bl,
+    bool ublm, bool um, double um_grad_scale, double res, bool sto_round, int64_t mode, int64_t seed,
+    const at::Tensor& offsets) {
+  check_f32_cpu(v, "v");
+  TORCH_CHECK(v.dim() == 2, "analogtrain::buffered_transfer_seq: v must be (R, L)");
+  const int64_t R = v.size(0);
+  at::Tensor kc = ks.to(at::kLong).contiguous(), oc = offsets.to(at::kLong).contiguous();
+  at::Tensor lc = lr_scales.to(at::kDouble).contiguous(), wc = writes.to(at::kBool).contiguous();
+  TORCH_CHECK(kc.numel() == R && oc.numel() == R && lc.numel() == R && wc.numel() == R,
+              "analogtrain::buffered_transfer_seq: ks, lr_scales, writes, offsets must have R entries");
+  std::optional<at::Tensor> none;
+  if (chop.has_value() && chop->defined()) {
+    check_f32_cpu(*chop, "chop");
+    TORCH_CHECK(chop->dim() == 2 && chop->size(0) == R, "analogtrain::buffered_transfer_seq: chop must be (R, L)");
+  }
+  at::Tensor n_all = at::zeros_like(v), p_all = at::zeros_like(v);
+  const int64_t* kp = kc.data_ptr<int64_t>();
+  const int64_t* op = oc.data_ptr<int64_t>();
+  const double* lp = lc.data_ptr<double>();
+  const bool* wr = wc.data_ptr<bool>();
+  for (int64_t r = 0; r < R; ++r) {
+    std::optional<at::Tensor> ch;
+    if (chop.has_value() && chop->defined()) ch = chop->select(0, r);
+    auto out = buffered_transfer_cpu(h, v.select(0, r), kp[r], ch, lp[r], thr, bl_t, momentum, forget, no_buffer, cap,
+                                     columns, wr[r], w, w_p, params, gparams, lr, dw, desired_bl, fixed_bl, ublm, um,
+                                     um_grad_scale, res, sto_round, mode, seed, op[r]);
+    n_all.select(0, r).copy_(std::get<0>(out));
+    p_all.select(0, r).copy_(std::get<1>(out));
+  }
+  return std::make_tuple(n_all, p_all);
+}
+
 // Grids of Philox draws for the torch-side ops (IO noise, reads): out[q, a] = draw `draw` of the sequence
 // (seed, offset, stream, a, b = b_idx[q]), a < n_a. normal: same numbers as rng.normal (vector libm:
 // equal up to a float ulp with probability ~1e-8); uniform: identical to rng.uniform.
@@ -812,6 +1007,18 @@ TORCH_LIBRARY(analogtrain, m) {
   m.def("philox_normal(int seed, int offset, int stream, Tensor a, int b, int draw) -> Tensor");
   m.def("philox_normal_grid(int seed, int offset, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("philox_uniform_grid(int seed, int offset, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
+  m.def(
+      "chopped_update_snapshots(Tensor(a!) w, Tensor(b!)? w_p, Tensor params, Tensor gparams, Tensor x, Tensor d, "
+      "Tensor starts, Tensor offsets, Tensor lrs, Tensor? chop_in, Tensor? chop_out, Tensor snap, bool columns, "
+      "float dw, int desired_bl, bool fixed_bl, bool ublm, bool um, float um_grad_scale, float res, bool sto_round, "
+      "int mode, int seed) -> (Tensor, Tensor)");
+  m.def(
+      "buffered_transfer_seq(Tensor(a!) h, Tensor v, Tensor ks, Tensor? chop, Tensor lr_scales, Tensor writes, "
+      "float thr, int bl_t, float momentum, bool forget, bool no_buffer, float cap, bool columns, Tensor(b!) w, "
+      "Tensor(c!)? w_p, Tensor params, Tensor gparams, float lr, float dw, int desired_bl, bool fixed_bl, bool ublm, "
+      "bool um, float um_grad_scale, float res, bool sto_round, int mode, int seed, Tensor offsets) -> (Tensor, Tensor)");
+  m.def("philox_normal_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
+  m.def("philox_uniform_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("device_step(Tensor w_dev, Tensor up, Tensor params, Tensor gparams, Tensor xi) -> Tensor");
 }
 
@@ -821,6 +1028,10 @@ TORCH_LIBRARY_IMPL(analogtrain, CPU, m) {
   m.impl("philox_uniform", &analogtrain::philox_uniform_cpu);
   m.impl("philox_normal", &analogtrain::philox_normal_cpu);
   m.impl("device_step", &analogtrain::device_step_cpu);
+  m.impl("chopped_update_snapshots", &analogtrain::chopped_update_snapshots_cpu);
+  m.impl("buffered_transfer_seq", &analogtrain::buffered_transfer_seq_cpu);
+  m.impl("philox_normal_grid_offsets", &analogtrain::philox_normal_grid_offsets_cpu);
+  m.impl("philox_uniform_grid_offsets", &analogtrain::philox_uniform_grid_offsets_cpu);
   m.impl("philox_normal_grid", &analogtrain::philox_normal_grid_cpu);
   m.impl("philox_uniform_grid", &analogtrain::philox_uniform_grid_cpu);
 }

@@ -50,10 +50,10 @@ class AGADRule(ChoppedRule):
             self.switched[j] = False
         return v - self._slice(self.P, k)
 
-    def accumulation_scale(self, lr: float) -> float:
+    def accumulation_scale(self, lr: float, sweeps: int | None = None) -> float:
         scale = self.buffer_scale(lr)
         if self.cfg.experimental_correct_accumulation:
-            s = int(self.sweeps) % self.period + 1
+            s = (int(self.sweeps) if sweeps is None else sweeps) % self.period + 1
             scale /= min(s, 1.0 / self.A.dw)
         return scale
 
@@ -63,8 +63,26 @@ class AGADRule(ChoppedRule):
     def after_read(self, k, v):
         self._set_slice(self.M, k, (1.0 - self.beta) * self._slice(self.M, k) + self.beta * v)
 
-    def write_allowed(self) -> bool:
-        return int(self.sweeps) > self.period  # warm-up of N sweeps
+    def write_allowed(self, sweeps: int | None = None) -> bool:
+        return (int(self.sweeps) if sweeps is None else sweeps) > self.period  # warm-up of N sweeps
+
+    def batch_signals(self, k, v):
+        """Vectorised ``reference_corrected`` of R reads of DISTINCT slices (R <= n_slices): a column
+        switched at its previous read takes P ← M first; its flag clears. A slice read twice in one batch
+        would see its own earlier read in M, so that case goes one by one (None)."""
+        if v.shape[0] > self.n_slices:
+            return None
+        kd = k.to(self.switched.device)
+        sw = self.switched[kd]
+        if bool(sw.any()):
+            ks = kd[sw]
+            self._sm(self.P)[ks] = self._sm(self.M)[ks]
+        self.switched[kd] = False
+        return v - self._sm(self.P)[kd]
+
+    def after_reads(self, k, v):
+        kd = k.to(self.M.device)
+        self._sm(self.M)[kd] = (1.0 - self.beta) * self._sm(self.M)[kd] + self.beta * v
 
     def on_flip(self, j: int) -> None:
         self.switched[j] = True

@@ -55,6 +55,15 @@ def buffer_granularity(buffer_gran: float, auto_gran: float, dw_a: float, n_slic
     return bg
 
 
+def _ema_f(m: float, new: float, tau: float) -> float:
+    """``ChoppedRule._ema`` on Python floats (float64, the same two roundings as mul_/add_)."""
+    if m <= 0:
+        return new
+    if new > 0:
+        return m * (1.0 - tau) + tau * new
+    return m
+
+
 class ChoppedRule(TransferRule):
     """Tile rule of c-TTv2 (module docstring). Extra buffers: ``H`` (O, I) dimensionless buffer,
     ``c_in`` (n_slices,) and ``c_out`` (L,) chopper signs ±1, ``m_x``/``m_d`` auto-scale EMAs,
@@ -80,13 +89,16 @@ class ChoppedRule(TransferRule):
             return max(int(round(n_states / self.n_slices * abs(te))), 1)
         return super().every(batch)
 
-    def fast_lr(self, lr: float) -> float:
+    def fast_lr(self, lr: float, m_x: float | None = None, m_d: float | None = None) -> float:
+        """Pulse-count lr of A (§3.4); ``m_x``/``m_d``: the auto-scale EMAs (default: the buffers)."""
         a = self.cfg
         if a.fast_lr <= 0:
             return lr
+        m_x = float(self.m_x) if m_x is None else m_x
+        m_d = float(self.m_d) if m_d is None else m_d
         base = float(a.fast_lr)
-        if a.auto_scale and float(self.m_x) > 0 and float(self.m_d) > 0:
-            base = base * self.spec.desired_bl * self.A.dw / (float(self.m_x) * float(self.m_d))
+        if a.auto_scale and m_x > 0 and m_d > 0:
+            base = base * self.spec.desired_bl * self.A.dw / (m_x * m_d)
         return base * lr if a.scale_fast_lr else base
 
     def buffer_scale(self, lr: float) -> float:
@@ -115,6 +127,7 @@ class ChoppedRule(TransferRule):
 
     @staticmethod
     def _ema(m: torch.Tensor, new: float, tau: float) -> None:
+        """EMA of max|x| / max|d| (m float64 buffer); ``_ema_f`` is the same in Python floats."""
         if float(m) <= 0:
             m.fill_(new)
         elif new > 0:
@@ -149,10 +162,12 @@ class ChoppedRule(TransferRule):
     def after_read(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Hook after the buffer update of slice k (AGAD: running mean)."""
 
-    def write_allowed(self) -> bool:
+    def write_allowed(self, sweeps: int | None = None) -> bool:
+        """Whether this read may write C (``sweeps``: the sweep of the read, default the buffer)."""
         return True
 
-    def accumulation_scale(self, lr: float) -> float:
+    def accumulation_scale(self, lr: float, sweeps: int | None = None) -> float:
+        """H increment per unit of signal of a read during sweep ``sweeps`` (default: the buffer)."""
         return self.buffer_scale(lr)
 
     def buffer_cap(self) -> float:
@@ -161,28 +176,136 @@ class ChoppedRule(TransferRule):
     @torch.no_grad()
     def _transfer(self, lr: float) -> None:
         k = self.next_slices(1)
-        j = int(k[0])
         v = self.read_slices(k)  # (1, L), read *before* the column's chopper may flip
+        self._transfer_slice(lr, k, v)
+
+    def _transfer_slice(self, lr: float, k: torch.Tensor, v: torch.Tensor, plan=None) -> None:
+        """Steps b–f of one read: buffer, threshold, C write, chopper flips. k (1,), v (1, L) the read;
+        ``plan`` = (in-flip, out-flip mask) decided in advance by ``_plan_choppers`` (batched path)."""
+        j = int(k[0])
         signal = self.reference_corrected(k, v)
         self.buffered_transfer(j, signal[0], chop=self.read_sign(j), lr_scale=self.accumulation_scale(lr),
                                thr=1.0, write=self.write_allowed(), cap=self.buffer_cap())
         self.after_read(k, v)
-        self._flip_in(j)
+        self._flip_in(j, None if plan is None else plan[0])
         if j == self.n_slices - 1:
-            self._flip_out()
+            self._flip_out(None if plan is None else plan[1])
             self.sweeps += 1
 
-    def _flip_in(self, j: int) -> bool:
+    # --- batched schedule (TransferRule._update_batched): same numbers as the loop -------------------
+    def batched_ok(self) -> bool:
+        from analogtrain.ops.reference_chopped import snapshot_reads_supported
+
+        return snapshot_reads_supported(self.cfg.transfer_forward)
+
+    def _plan_calls(self, x, d, lr, chunks):
+        """One call per chunk, or with auto_scale one call per sample with the EMAs moved before it (as
+        ``_update_fast``); the EMA buffers and ``lr_a`` end where the per-sample path leaves them."""
+        a = self.cfg
+        if not (a.auto_scale and a.fast_lr > 0):
+            lr_a = self.fast_lr(lr)
+            self.lr_a.fill_(lr_a)
+            return [c[0] for c in chunks], [lr_a] * len(chunks), [c[2] for c in chunks]
+        tau = (1.0 - float(a.auto_momentum)) / x.shape[0]
+        xm, dm = x.abs().amax(dim=1).tolist(), d.abs().amax(dim=1).tolist()
+        mx, md = float(self.m_x), float(self.m_d)
+        starts, lrs, xfer = [], [], []
+        for s, n, t in chunks:
+            for b in range(s, s + n):
+                mx, md = _ema_f(mx, xm[b], tau), _ema_f(md, dm[b], tau)
+                starts.append(b)
+                lrs.append(self.fast_lr(lr, mx, md))
+                xfer.append(t and b == s + n - 1)
+        self.m_x.fill_(mx)
+        self.m_d.fill_(md)
+        self.lr_a.fill_(lrs[-1])
+        return starts, lrs, xfer
+
+    def _plan_choppers(self, xfer, slices):
+        """Chopper signs of every planned call and the flip decisions of every read: the flips are draws
+        indexed by read event / sweep (or the regular pattern), never by A's values, so the whole
+        sequence of the batch is known before the updates."""
+        ci, co = self.c_in.clone(), self.c_out.clone()
+        rows_in, rows_out, plan = [], [], []
+        ev, sweeps, r = int(self.reads), int(self.sweeps), 0
+        for t in xfer:
+            a_, b_ = (ci, co) if self.columns else (co, ci)
+            rows_in.append(a_)
+            rows_out.append(b_)
+            if not t:
+                continue
+            j = slices[r]
+            r += 1
+            ev += 1  # the read increments ``reads`` before the flip decision
+            sign = ci[j] * co  # read_sign(j) at this read
+            flip = self._flip_in_decision(j, ev, sweeps)
+            if flip:
+                ci = ci.clone()
+                ci[j] = -ci[j]
+            hit = None
+            if j == self.n_slices - 1:
+                hit = self._flip_out_decision(sweeps)
+                if hit is not None and bool(hit.any()):
+                    co = co.clone()
+                    co[hit] = -co[hit]
+                sweeps += 1
+            plan.append((flip, hit, sweeps if j != self.n_slices - 1 else sweeps - 1, sign))
+        return torch.stack(rows_in), torch.stack(rows_out), plan
+
+    def _transfer_read(self, lr, v, plan):
+        self._transfer_slice(lr, self.next_slices(1), v, plan)
+
+    def batch_signals(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+        """(R, L) what the R reads v (R, L) of slices k accumulate (``reference_corrected`` of each, in
+        order), or None when that needs the one-by-one path. c-TTv2: the reads themselves."""
+        return v
+
+    def after_reads(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """``after_read`` of R reads at once (only called when ``batch_signals`` accepted them)."""
+
+    def _transfers_batched(self, lr, v, k, plan):
+        """Steps b–f of the R reads: buffers and C writes in ONE ``buffered_transfer_seq`` (chopper signs,
+        lr scales and write permissions per read from the plan), then the planned chopper flips."""
+        if self.transfer_spec.mode == ops.MODE_EXPECTED:
+            return super()._transfers_batched(lr, v, k, plan)
+        if "read_sign" in self.__dict__ or type(self).read_sign is not ChoppedRule.read_sign:
+            # the planned signs are c_in[j]·c_out; an overridden read_sign hook needs the one-by-one path
+            return super()._transfers_batched(lr, v, k, plan)
+        signal = self.batch_signals(k, v)
+        if signal is None:
+            return super()._transfers_batched(lr, v, k, plan)
+        self._seq_transfer(k, signal, chop=torch.stack([p[3] for p in plan]),
+                           lr_scales=[self.accumulation_scale(lr, p[2]) for p in plan],
+                           writes=[self.write_allowed(p[2]) for p in plan], thr=1.0, cap=self.buffer_cap())
+        self.after_reads(k, v)
+        last = self.n_slices - 1
+        for j, p in zip(k.tolist(), plan):
+            self._flip_in(j, p[0])
+            if j == last:
+                self._flip_out(p[1])
+                self.sweeps += 1
+        self.slice_idx.fill_((int(k[-1]) + 1) % self.n_slices)
+
+    # --- choppers -----------------------------------------------------------------------------------
+    def _flip_in_decision(self, j: int, ev: int, sweeps: int) -> bool:
+        """Whether the in-chopper of slice j flips at read event ``ev`` (the ``reads`` count after the
+        read) during sweep ``sweeps``: random ``U(seed_misc, CHOPPER, a=j, b=ev) < p``, or regular."""
         p = float(self.cfg.in_chop_prob)
         if p <= 0:
             return False
         if self.cfg.in_chop_random:
-            ev = int(self.reads)
             # one scalar draw per read: Python-int Philox (ops.uniform_scalar), same number as rng.uniform
-            flip = ops.uniform_scalar(int(self.seed_misc), ev >> 32, Stream.CHOPPER, j, ev & _MASK32, 0) < p
-        else:
-            n = chopper_period(p)
-            flip = (int(self.sweeps) % n) + 1 == n
+            return ops.uniform_scalar(int(self.seed_misc), ev >> 32, Stream.CHOPPER, j, ev & _MASK32, 0) < p
+        n = chopper_period(p)
+        return (sweeps % n) + 1 == n
+
+    def _flip_in(self, j: int, flip: bool | None = None) -> bool:
+        """Flip the in-chopper of slice j if due (``flip``: decided in advance)."""
+        p = float(self.cfg.in_chop_prob)
+        if p <= 0:
+            return False
+        if flip is None:
+            flip = self._flip_in_decision(j, int(self.reads), int(self.sweeps))
         if flip:
             self.c_in[j] = -self.c_in[j]
             self.flips += 1
@@ -192,14 +315,21 @@ class ChoppedRule(TransferRule):
     def on_flip(self, j: int) -> None:
         """Hook: the in-chopper of slice j just flipped (AGAD marks it)."""
 
-    def _flip_out(self) -> None:
+    def _flip_out_decision(self, sw: int) -> torch.Tensor | None:
+        """(L,) bool: out-choppers flipping at the end of sweep ``sw`` (None when out_chop_prob = 0)."""
+        p = float(self.cfg.out_chop_prob)
+        if p <= 0:
+            return None
+        rows = torch.arange(self.vec_len)
+        u = rng.uniform(int(self.seed_misc), sw >> 32, Stream.CHOPPER, rows, sw & _MASK32, 1)
+        return (u < p).to(self.c_out.device)
+
+    def _flip_out(self, hit: torch.Tensor | None = None) -> None:
         p = float(self.cfg.out_chop_prob)
         if p <= 0:
             return
-        sw = int(self.sweeps)
-        rows = torch.arange(self.vec_len)
-        u = rng.uniform(int(self.seed_misc), sw >> 32, Stream.CHOPPER, rows, sw & _MASK32, 1)
-        hit = u < p
+        if hit is None:
+            hit = self._flip_out_decision(int(self.sweeps))
         self.c_out[hit] = -self.c_out[hit]
         self.flips += int(hit.sum())
 

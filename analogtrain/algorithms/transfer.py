@@ -13,6 +13,22 @@ Per mini-batch (x (B, I), d (B, O), optimizer lr)::
         counter += chunk size
         if counter % every == 0: transfer (subclass: read slices of A, write C)
 
+Batched schedule (``BATCHED_TRANSFERS``, on by default; rules with one slice per read: ttv2 with
+``n_reads_per_transfer = 1``, cttv2, agad — not for transfer IO with input noise): the same loop, with
+the same numbers, in a handful of calls per batch (``_update_batched``, ``ops.reference_chopped``).
+Counter assignment (identical in both paths, the per-sample path defines it)::
+
+    A update call c of the batch      pulsed_update at offset A.offset + c, samples b = 0.. inside the call
+                                      (one call per chunk; per sample with auto_scale)
+    read r of the batch               READ_NOISE at read_offset + r, sample index b = 0
+    C write of read r                 buffered_transfer at C.offset + r (advanced whether or not it writes)
+    in-chopper flip of read r         CHOPPER draw a = slice, b = reads count after the read (random mode)
+    out-chopper flips after a sweep   CHOPPER draws a = row, b = sweeps before the increment, draw 1
+
+None of them depends on A's values, so the batch is planned first, all A updates run in ONE op
+(``ops.chopped_update_snapshots``, which copies the read slice after each transferring call), all reads
+in ONE batched periphery pass and all buffer steps / C writes in ONE ``ops.buffered_transfer_seq``.
+
 "Slices" are columns of A (``transfer_columns``, read with a one-hot forward read ``A e_j``) or rows
 (read through the transpose). All per-slice bookkeeping below is written for a slice-major view:
 ``_slice(M, k)`` returns the (len(k), L) rows of the slice-major matrix (L = vector length of one slice).
@@ -40,6 +56,10 @@ __all__ = ["TransferRule", "TransferAlgorithm", "to_config", "merge_device", "re
            "validate_transfer_common", "lr_fast_tt", "lr_transfer"]
 
 _MASK32 = 0xFFFFFFFF
+
+# Run one-slice transfers through the batched schedule (``TransferRule._update_batched``): same numbers
+# as the per-sample loop (tests/test_chopped_op.py), one op per batch instead of one per sample.
+BATCHED_TRANSFERS = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,11 +279,18 @@ class TransferRule(TileRule):
     @torch.no_grad()
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         """One mini-batch: x (B, I), d (B, O), optimizer lr. Pulsed updates of A in chunks that end where
-        the sample counter hits a multiple of ``every``, each followed by a transfer (CPU semantics)."""
+        the sample counter hits a multiple of ``every``, each followed by a transfer (CPU semantics).
+
+        Rules whose transfer reads one slice (``batched_ok``) run the same schedule through
+        ``_update_batched`` (one op for all A updates, one batched read, then the digital part in order):
+        bit-identical results, far fewer Python round trips."""
         m = x.shape[0]
         if self.spec is None or m == 0:  # pulse_type none: an inference tile
             return
         every = self.every(m)
+        if every > 0 and BATCHED_TRANSFERS and self.batched_ok():
+            self._update_batched(x, d, lr, every)
+            return
         s = 0
         while s < m:
             n = m - s
@@ -275,6 +302,127 @@ class TransferRule(TileRule):
             if every > 0 and int(self.samples) % every == 0:
                 self._transfer(lr)
                 self.transfers += 1
+
+    # --- the batched schedule (same numbers as the loop above) --------------------------------------
+    def batched_ok(self) -> bool:
+        """Whether this rule's transfers can run through ``_update_batched``: subclasses that read ONE slice
+        per transfer and implement ``_transfer_read`` say yes; the read IO must allow snapshot reads."""
+        return False
+
+    def _plan_calls(self, x: torch.Tensor, d: torch.Tensor, lr: float, chunks: list) -> tuple[list, list, list]:
+        """The pulsed-update calls of A the per-sample path makes for ``chunks`` [(start, n, transfer_after)]:
+        returns (starts, lrs, transfer_after) per call; here one call per chunk with ``fast_lr(lr)``."""
+        lr_a = self.fast_lr(lr)
+        return [c[0] for c in chunks], [lr_a] * len(chunks), [c[2] for c in chunks]
+
+    def _plan_choppers(self, xfer: list, slices: list) -> tuple:
+        """(chop_in (C, I) or None, chop_out (C, O) or None, per-transfer plan) of the planned calls."""
+        return None, None, [None] * len(slices)
+
+    def _transfer_read(self, lr: float, v: torch.Tensor, plan) -> None:
+        """Transfer the next slice whose read ``v`` (1, L) was already made (batched path)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _update_batched(self, x: torch.Tensor, d: torch.Tensor, lr: float, every: int) -> None:
+        """``update`` for one-slice transfers, bit for bit (``ops.reference_chopped`` explains why it can).
+
+        1. plan: cut the batch where the sample counter hits a multiple of ``every`` (as ``update``), the
+           pulsed-update calls (``_plan_calls``), the slices read (sequential from ``slice_idx``) and the
+           chopper state of every call (``_plan_choppers``: chopper flips are schedule-indexed draws);
+        2. ONE ``ops.chopped_update_snapshots``: all A updates with the per-sample path's counters (call c
+           at ``A.offset + c``) and a snapshot of the slice read after each transferring call;
+        3. ONE batched read of the snapshots (``snapshot_reads``: read r at ``read_offset + r``);
+        4. the transfers in order (``_transfer_read``: buffer, threshold, C write, choppers)."""
+        from analogtrain.ops.reference_chopped import snapshot_reads
+
+        m = x.shape[0]
+        x_in, d_in = x, d  # the planning sees what the per-sample path sees (auto-scale EMAs)
+        x = x.detach().to(self.A.w.device, torch.float32).contiguous()
+        d = d.detach().to(self.A.w.device, torch.float32).contiguous()
+        chunks, s, samples = [], 0, int(self.samples)
+        while s < m:
+            n = min(every - samples % every, m - s)
+            samples += n
+            chunks.append((s, n, samples % every == 0))
+            s += n
+        starts, lrs, xfer = self._plan_calls(x_in, d_in, lr, chunks)
+        C = len(starts)
+        n_read = sum(1 for t in xfer if t)
+        slice0 = int(self.slice_idx)
+        slices = [(slice0 + r) % self.n_slices for r in range(n_read)]
+        snap, r = [], 0
+        for t in xfer:
+            snap.append(slices[r] if t else -1)
+            r += int(t)
+        chop_in, chop_out, plan = self._plan_choppers(xfer, slices)
+        A = self.A
+        snaps, sums = ops.chopped_update_snapshots(
+            A.w, A.w_p if A.has_write_noise else None, A.params, A.gparams, x, d, starts + [m],
+            [int(A.offset) + c for c in range(C)], lrs, chop_in, chop_out, snap, self.columns, A.dw, self.spec,
+            int(A.seed))
+        A.offset += C
+        # pulse statistics exactly as C separate record_a calls (float64 sums in call order)
+        acc_a, acc_m = float(self.pulses_a), float(self.meter_a.pulses)
+        for v in sums.tolist():
+            acc_a += v
+            acc_m += v
+        self.pulses_a.fill_(acc_a)
+        self.meter_a.pulses.fill_(acc_m)
+        self.meter_a.calls += C
+        self.meter_a.samples += m
+        self.meter_a.elements.fill_(A.w.numel())
+        self.samples += m
+        if n_read == 0:
+            return
+        k = torch.tensor(slices, dtype=torch.int64)
+        idx = torch.tensor([c for c in range(C) if xfer[c]], dtype=torch.int64)
+        offs = torch.arange(n_read, dtype=torch.int64) + int(A.read_offset)
+        v = snapshot_reads(snaps[idx.to(snaps.device)], k, self.n_slices, self.cfg.transfer_forward,
+                           seed=int(A.seed), offsets=offs)
+        A.read_offset += n_read
+        self.reads += n_read
+        if self.ref.numel():
+            v = v - self._sm(self.ref)[k.to(self.ref.device)]
+        self._transfers_batched(lr, v, k, plan)
+        self.transfers += n_read
+
+    def _transfers_batched(self, lr: float, v: torch.Tensor, k: torch.Tensor, plan: list) -> None:
+        """The transfers of a batch whose reads v (R, L) of slices k (R,) are done: one by one through
+        ``_transfer_read`` here; subclasses hand them to ``ops.buffered_transfer_seq`` in one call."""
+        for r in range(v.shape[0]):
+            self._transfer_read(lr, v[r:r + 1], plan[r])
+
+    def _seq_transfer(self, k: torch.Tensor, signal: torch.Tensor, *, chop, lr_scales: list, writes: list,
+                      thr: float, cap: float = 0.0) -> torch.Tensor:
+        """R consecutive ``buffered_transfer`` calls (slices k (R,), signals (R, L), chop (R, L) or None)
+        as ONE ``ops.buffered_transfer_seq``: C's counter advances by R, the pulse statistics as R calls.
+        Integer update modes only (the statistics use slice sums). Returns n (R, L)."""
+        a = self.cfg
+        C = self.C
+        R_ = signal.shape[0]
+        off0 = int(C.offset)
+        n, pulses = ops.buffered_transfer_seq(
+            self.H, signal, k, chop=chop, lr_scales=lr_scales, writes=writes, thr=thr,
+            bl=int(a.transfer_update.desired_bl), momentum=float(a.momentum), forget=bool(a.forget_buffer), w=C.w,
+            w_p=C.w_p if C.has_write_noise else None, params=C.params, gparams=C.gparams, lr=float(a.step) * C.dw,
+            dw=C.dw, spec=self.transfer_spec, seed=int(C.seed), offsets=[off0 + r for r in range(R_)],
+            columns=self.columns, no_buffer=bool(getattr(a, "no_buffer", False)), cap=cap)
+        C.offset += R_
+        wrote = (n != 0).any(dim=1) & torch.as_tensor(writes, dtype=torch.bool, device=n.device)
+        if bool(wrote.any()):
+            tots = pulses.sum(dim=1)[wrote].tolist()  # integer counts: exact, as R separate slice sums
+            acc_c, acc_m = float(self.pulses_c), float(self.meter_c.pulses)
+            for t in tots:
+                acc_c += t
+                acc_m += t
+            self.pulses_c.fill_(acc_c)
+            mc = self.meter_c
+            mc.pulses.fill_(acc_m)
+            mc.calls += len(tots)
+            mc.samples += len(tots)
+            mc.elements.fill_(C.w.numel())
+        return n
 
     # --- pieces for subclasses --------------------------------------------------------------------
     def fast_lr(self, lr: float) -> float:
@@ -351,10 +499,18 @@ class TransferRule(TileRule):
             cap=cap)
         C.offset += 1
         if write and bool((n != 0).any()):
-            full = torch.zeros_like(C.w)
-            self._set_slice(full, torch.tensor([int(k)]), pulses.reshape(1, -1))
-            self.pulses_c += float(pulses.sum())
-            self.meter_c.add(full, 1)
+            tot = pulses.sum()
+            self.pulses_c += float(tot)
+            if self.transfer_spec.mode == ops.MODE_EXPECTED:  # fractional counts: sum the (O, I) map as before
+                full = torch.zeros_like(C.w)
+                self._set_slice(full, torch.tensor([int(k)]), pulses.reshape(1, -1))
+                self.meter_c.add(full, 1)
+            else:  # integer counts: the slice's sum IS the map's sum (exact), no (O, I) map per read
+                mc = self.meter_c
+                mc.pulses += tot.to(torch.float64)
+                mc.calls += 1
+                mc.samples += 1
+                mc.elements.fill_(C.w.numel())
         return n
 
     # --- metrics ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 
 from analogtrain.algorithms.base import register_algorithm
 from analogtrain.algorithms.schema import TTv2Config
+from analogtrain import ops
 from analogtrain.algorithms.transfer import TransferAlgorithm, TransferRule, _range
 
 __all__ = ["TTv2Rule", "TTv2", "buffer_step"]
@@ -63,6 +64,24 @@ class TTv2Rule(TransferRule):
         self._set_slice(self.H, k, h)
         if bool((n != 0).any()):
             self.write_slices(k, -n, float(self.cfg.step) * self.C.dw)
+
+    # --- batched schedule (TransferRule._update_batched) for one read per transfer ------------------
+    def batched_ok(self) -> bool:
+        from analogtrain.ops.reference_chopped import snapshot_reads_supported
+
+        return int(self.cfg.n_reads_per_transfer) == 1 and snapshot_reads_supported(self.cfg.transfer_forward)
+
+    def _transfers_batched(self, lr, v, k, plan):
+        if self.transfer_spec.mode == ops.MODE_EXPECTED:
+            return super()._transfers_batched(lr, v, k, plan)
+        R_ = v.shape[0]
+        self._seq_transfer(k, v, chop=None, lr_scales=[abs(self.transfer_lr(lr))] * R_, writes=[True] * R_,
+                           thr=self.threshold())
+        self.slice_idx.fill_((int(k[-1]) + 1) % self.n_slices)
+
+    def _transfer_read(self, lr: float, v: torch.Tensor, plan) -> None:
+        k = self.next_slices(1)
+        self.buffered_transfer(int(k[0]), v[0], chop=None, lr_scale=abs(self.transfer_lr(lr)), thr=self.threshold())
 
     def metrics(self) -> dict[str, float]:
         out = super().metrics()

@@ -252,3 +252,87 @@ def uniform_scalar(seed: int, offset: int, stream: int, a: int, b: int, draw: in
     r = (c0, c1, c2, c3)[int(draw) & 3]
     # ((r >> 8) + 0.5)·2^-24 in float64, rounded to float32 (round-half-even, as torch's .to(float32))
     return struct.unpack("f", struct.pack("f", ((r >> 8) + 0.5) * 2.0**-24))[0]
+
+
+# --- the chopped-transfer family's per-batch A work (twin: reference_chopped.chopped_update_snapshots_ref) ---
+
+
+def chopped_update_snapshots(w, w_p, params, gparams, x, d, starts, offsets, lrs, chop_in, chop_out, snap,
+                             columns, dw, spec, seed, backend: str | None = None):
+    """The A side of one mini-batch of a TT-family rule as ONE op: a sequence of C pulsed updates, each
+    exactly the ``pulsed_update`` call the per-sample rule makes, plus a snapshot of the slice of ``w``
+    that the transfer read after that call sees.
+
+    w, w_p, params, gparams, dw, spec, seed   as ``pulsed_update`` (A's state and its pulse seed)
+    x (B, I), d (B, O)                        the whole mini-batch
+    starts   (C+1,) int64   call c updates samples starts[c] .. starts[c+1]−1 (numbered b = 0.. inside it)
+    offsets  (C,) int64     call c's op-call counter (A.offset + c for consecutive calls)
+    lrs      (C,) float64   call c's pulse-count lr
+    chop_in  (C, I) / chop_out (C, O) float32 ±1 or None   the choppers of each call
+    snap     (C,) int64     slice (column with ``columns``, else row) copied after call c; −1: none
+    returns  (snaps (C, L) float32 — zero rows where snap < 0 —, call_pulses (C,) float64 — the value
+             ``float(pulses.sum())`` of each separate call)
+
+    No CUDA kernel for this op yet: CUDA tensors run the same loop of calls in Python, each call through
+    ``pulsed_update`` (the compiled CUDA kernel when available, so the numbers are those of the per-sample
+    path on the same backend); the ``reference`` backend runs the torch twin."""
+    dev = w.device
+    if dev.type == "cpu" and _compiled("cpu", backend or _BACKEND):
+        if not dw > 0:
+            raise ValueError(f"dw must be > 0, got {dw}")
+        snaps, sums = torch.ops.analogtrain.chopped_update_snapshots(
+            w, w_p, params.to(dev, torch.float32).contiguous(), gparams, _f32(x, dev), _f32(d, dev),
+            torch.as_tensor(starts, dtype=torch.int64), torch.as_tensor(offsets, dtype=torch.int64),
+            torch.as_tensor(lrs, dtype=torch.float64), _f32(chop_in, dev), _f32(chop_out, dev),
+            torch.as_tensor(snap, dtype=torch.int64), bool(columns), float(dw), *_spec_args(spec), _i64(seed))
+        return snaps, sums
+    from analogtrain.ops.reference_chopped import chopped_update_snapshots_ref
+
+    update_fn = None
+    if dev.type != "cpu":
+        def update_fn(*args, **kw):
+            return pulsed_update(*args, **kw, backend=backend)
+    return chopped_update_snapshots_ref(w, w_p, params, gparams, x, d, starts, offsets, lrs, chop_in, chop_out, snap,
+                                        columns, dw, spec, seed, update_fn=update_fn)
+
+
+def random_grid_offsets(seed: int, offsets, stream: int, n_a: int, b_idx, draw: int, normal: bool = True,
+                        device=None, backend: str | None = None) -> torch.Tensor:
+    """``random_grid`` with one op-call counter per row: (len(b_idx), n_a) float32 whose row q is draw
+    ``draw`` of the sequences ``(seed, offsets[q], stream, a, b_idx[q])``, a < n_a — the IO noise of
+    several separate one-sample reads (each with its own ``read_offset``) in one call. Same numbers as
+    ``random_grid(seed, offsets[q], stream, n_a, [b_idx[q]], draw)`` row by row, on either backend."""
+    b_idx = torch.as_tensor(b_idx, dtype=torch.int64)
+    offsets = torch.as_tensor(offsets, dtype=torch.int64)
+    dev = torch.device(device) if device is not None else b_idx.device
+    if dev.type == "cpu" and _compiled("cpu", backend or _BACKEND):
+        fn = (torch.ops.analogtrain.philox_normal_grid_offsets if normal
+              else torch.ops.analogtrain.philox_uniform_grid_offsets)
+        return fn(_i64(seed), offsets.cpu() & 0xFFFFFFFF, int(stream), int(n_a), b_idx.cpu(), int(draw))
+    from analogtrain.ops.reference_chopped import grid_offsets_ref
+
+    return grid_offsets_ref(int(seed), offsets.to(dev), int(stream), int(n_a), b_idx.to(dev), int(draw), normal)
+
+
+def buffered_transfer_seq(h, v, ks, *, chop, lr_scales, writes, thr, bl, momentum, forget, w, w_p, params, gparams,
+                          lr, dw, spec, seed, offsets, columns=True, no_buffer=False, cap=0.0,
+                          backend: str | None = None):
+    """R ``buffered_transfer`` calls in order, as one op: read r transfers slice ``ks[r]`` with signal
+    ``v[r]`` (L,), chopper ``chop[r]`` (chop (R, L) or None), ``lr_scales[r]``, ``writes[r]`` and C's
+    counter ``offsets[r]`` (C.offset + r for consecutive reads); the other arguments as
+    ``buffered_transfer``. Returns (n (R, L), pulses (R, L)) float32. CUDA tensors and the reference
+    backend loop over ``buffered_transfer`` (twin: ``reference_chopped.buffered_transfer_seq_ref``)."""
+    kw = dict(thr=thr, bl=bl, momentum=momentum, forget=forget, w=w, w_p=w_p, params=params, gparams=gparams, lr=lr,
+              dw=dw, spec=spec, seed=seed, columns=columns, no_buffer=no_buffer, cap=cap)
+    if h.device.type == "cpu" and _compiled("cpu", backend or _BACKEND):
+        dev = h.device
+        return torch.ops.analogtrain.buffered_transfer_seq(
+            h, _f32(v, dev), torch.as_tensor(ks, dtype=torch.int64), _f32(chop, dev),
+            torch.as_tensor(lr_scales, dtype=torch.float64), torch.as_tensor(writes, dtype=torch.bool), float(thr),
+            int(bl), float(momentum), bool(forget), bool(no_buffer), float(cap), bool(columns), w, w_p,
+            params.to(dev, torch.float32).contiguous(), gparams, float(lr), float(dw), *_spec_args(spec),
+            _i64(seed), torch.as_tensor([_i64(o) for o in offsets], dtype=torch.int64))
+    from analogtrain.ops.reference_chopped import buffered_transfer_seq_ref
+
+    return buffered_transfer_seq_ref(h, v, ks, chop=chop, lr_scales=lr_scales, writes=writes, offsets=offsets,
+                                     backend=backend, **kw)
