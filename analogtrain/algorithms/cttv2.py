@@ -19,6 +19,14 @@ Per vector update (sample), CPU reference semantics:
        after the last column: each out-chopper flips with probability out_chop_prob; sweeps += 1
 
 3. W = C, or with gamma > 0: W = gamma·(c_out ⊗ c_in)⊙(A − R) + C (de-chopped A).
+
+Execution: this is the CPU *schedule* (C written right after each read), but it runs batched
+(``TransferRule._update_batched``): the chopper sequence of a batch is planned first (flips are draws
+indexed by read event / sweep, or the regular pattern — never by A), then one op applies all A updates
+with their per-call choppers and snapshots each read column, one pass reads the snapshots, and one op
+runs the buffer steps and C writes in read order. RNG counters (documented in ``algorithms/transfer.py``)
+are those of the one-by-one loop, so both give bit-identical A, C, H, choppers and counters
+(``tests/test_chopped_op.py``).
 """
 
 from __future__ import annotations
