@@ -813,6 +813,38 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   return std::make_tuple(snaps, call_pulses);
 }
 
+// Shared body of the two grids below: out[q, a] = draw `draw` of the sequence
+// (seed, offsets[q], stream, a, b = bp[q]) for q < B, a < n_a; rows in parallel.
+static at::Tensor philox_grid_rows(int64_t seed, const int64_t* offsets, int64_t stream, int64_t n_a, const int64_t* bp,
+                                   int64_t B, int64_t draw, bool normal) {
+  at::Tensor out = at::empty({B, n_a}, at::kFloat);
+  float* op = out.data_ptr<float>();
+  const uint32_t k = static_cast<uint32_t>(draw) & 3u;
+  const uint32_t blk0 = static_cast<uint32_t>(draw) >> 2;
+  at::parallel_for(0, B, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<uint32_t> a(static_cast<size_t>(n_a)), blk(static_cast<size_t>(n_a), blk0);
+    std::vector<uint32_t> r0(n_a), r1(n_a), r2(n_a), r3(n_a);
+    std::vector<float> zc(n_a), zs(n_a);
+    for (int64_t j = 0; j < n_a; ++j) a[j] = static_cast<uint32_t>(j);
+    for (int64_t q = q0; q < q1; ++q) {
+      philox_many(static_cast<int>(n_a), a.data(), blk.data(), static_cast<uint32_t>(stream),
+                  static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed), static_cast<uint64_t>(offsets[q]),
+                  r0.data(), r1.data(), r2.data(), r3.data());
+      float* row = op + q * n_a;
+      if (!normal) {
+        const uint32_t* rw = k == 0 ? r0.data() : k == 1 ? r1.data() : k == 2 ? r2.data() : r3.data();
+        for (int64_t j = 0; j < n_a; ++j) row[j] = word_to_uniform(rw[j]);
+        continue;
+      }
+      const bool second = k >= 2, use_sin = (k & 1u) != 0;
+      box_muller_many(static_cast<int>(n_a), second ? r2.data() : r0.data(), second ? r3.data() : r1.data(), use_sin,
+                      zc.data(), zs.data());
+      std::memcpy(row, use_sin ? zs.data() : zc.data(), sizeof(float) * static_cast<size_t>(n_a));
+    }
+  });
+  return out;
+}
+
 // out[q, a] = draw `draw` of the sequence (seed, offsets[q], stream, a, b_idx[q]), a < n_a: the grid of
 // philox_grid_cpu with one op-call counter per row (the per-read offsets of a batch of transfer reads).
 at::Tensor philox_grid_offsets_cpu(int64_t seed, const at::Tensor& offsets, int64_t stream, int64_t n_a,
@@ -820,32 +852,7 @@ at::Tensor philox_grid_offsets_cpu(int64_t seed, const at::Tensor& offsets, int6
   at::Tensor bc = b_idx.to(at::kLong).contiguous(), oc = offsets.to(at::kLong).contiguous();
   const int64_t B = bc.numel();
   TORCH_CHECK(oc.numel() == B, "philox_grid_offsets: offsets and b_idx must have the same length");
-  at::Tensor out = at::empty({B, n_a}, at::kFloat);
-  const int64_t* bp = bc.data_ptr<int64_t>();
-  const int64_t* opf = oc.data_ptr<int64_t>();
-  float* op = out.data_ptr<float>();
-  const uint32_t k = static_cast<uint32_t>(draw) & 3u;
-  const uint32_t blk0 = static_cast<uint32_t>(draw) >> 2;
-  std::vector<uint32_t> a(static_cast<size_t>(n_a)), blk(static_cast<size_t>(n_a), blk0);
-  std::vector<uint32_t> r0(n_a), r1(n_a), r2(n_a), r3(n_a);
-  std::vector<float> zc(n_a), zs(n_a);
-  for (int64_t j = 0; j < n_a; ++j) a[j] = static_cast<uint32_t>(j);
-  for (int64_t q = 0; q < B; ++q) {
-    philox_many(static_cast<int>(n_a), a.data(), blk.data(), static_cast<uint32_t>(stream),
-                static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed), static_cast<uint64_t>(opf[q]), r0.data(),
-                r1.data(), r2.data(), r3.data());
-    float* row = op + q * n_a;
-    if (!normal) {
-      const uint32_t* rw = k == 0 ? r0.data() : k == 1 ? r1.data() : k == 2 ? r2.data() : r3.data();
-      for (int64_t j = 0; j < n_a; ++j) row[j] = word_to_uniform(rw[j]);
-      continue;
-    }
-    const bool second = k >= 2, use_sin = (k & 1u) != 0;
-    box_muller_many(static_cast<int>(n_a), second ? r2.data() : r0.data(), second ? r3.data() : r1.data(), use_sin,
-                    zc.data(), zs.data());
-    std::memcpy(row, use_sin ? zs.data() : zc.data(), sizeof(float) * static_cast<size_t>(n_a));
-  }
-  return out;
+  return philox_grid_rows(seed, oc.data_ptr<int64_t>(), stream, n_a, bc.data_ptr<int64_t>(), B, draw, normal);
 }
 
 at::Tensor philox_normal_grid_offsets_cpu(int64_t seed, const at::Tensor& offsets, int64_t stream, int64_t n_a,
@@ -905,33 +912,8 @@ at::Tensor philox_grid_cpu(int64_t seed, int64_t offset, int64_t stream, int64_t
                            int64_t draw, bool normal) {
   at::Tensor bc = b_idx.to(at::kLong).contiguous();
   const int64_t B = bc.numel();
-  at::Tensor out = at::empty({B, n_a}, at::kFloat);
-  const int64_t* bp = bc.data_ptr<int64_t>();
-  float* op = out.data_ptr<float>();
-  const uint32_t k = static_cast<uint32_t>(draw) & 3u;
-  const uint32_t blk0 = static_cast<uint32_t>(draw) >> 2;
-  at::parallel_for(0, B, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<uint32_t> a(static_cast<size_t>(n_a)), blk(static_cast<size_t>(n_a), blk0);
-    std::vector<uint32_t> r0(n_a), r1(n_a), r2(n_a), r3(n_a);
-    std::vector<float> zc(n_a), zs(n_a);
-    for (int64_t j = 0; j < n_a; ++j) a[j] = static_cast<uint32_t>(j);
-    for (int64_t q = q0; q < q1; ++q) {
-      philox_many(static_cast<int>(n_a), a.data(), blk.data(), static_cast<uint32_t>(stream),
-                  static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), r0.data(),
-                  r1.data(), r2.data(), r3.data());
-      float* row = op + q * n_a;
-      if (!normal) {
-        const uint32_t* rw = k == 0 ? r0.data() : k == 1 ? r1.data() : k == 2 ? r2.data() : r3.data();
-        for (int64_t j = 0; j < n_a; ++j) row[j] = word_to_uniform(rw[j]);
-        continue;
-      }
-      const bool second = k >= 2, use_sin = (k & 1u) != 0;
-      box_muller_many(static_cast<int>(n_a), second ? r2.data() : r0.data(), second ? r3.data() : r1.data(), use_sin,
-                      zc.data(), zs.data());
-      std::memcpy(row, use_sin ? zs.data() : zc.data(), sizeof(float) * static_cast<size_t>(n_a));
-    }
-  });
-  return out;
+  std::vector<int64_t> offsets(static_cast<size_t>(B), offset);
+  return philox_grid_rows(seed, offsets.data(), stream, n_a, bc.data_ptr<int64_t>(), B, draw, normal);
 }
 
 at::Tensor philox_normal_grid_cpu(int64_t seed, int64_t offset, int64_t stream, int64_t n_a, const at::Tensor& b_idx,
