@@ -59,6 +59,12 @@ from typing import Any, ClassVar, Optional
 from analogtrain.config.errors import ConfigError
 from analogtrain.devices import params as P
 
+
+def bound_ratio(w: float, bound: float) -> float:
+    """``w / bound`` (0 for a zero bound): where a weight sits relative to a nominal bound, as used by the
+    linear-family shape functions ``1 − a·w/b``."""
+    return w / bound if bound != 0 else 0.0
+
 KNOBS = ("asymmetry", "skew", "skew_std", "n_states", "dtod", "c2c")
 
 

@@ -20,11 +20,7 @@ from typing import ClassVar
 
 from analogtrain.config.errors import ConfigError
 from analogtrain.devices import params as P
-from analogtrain.devices.base import PulsedDeviceConfig
-
-
-def _ratio(w: float, bound: float) -> float:
-    return w / bound if bound != 0 else 0.0
+from analogtrain.devices.base import PulsedDeviceConfig, bound_ratio
 
 
 @dataclass
@@ -42,7 +38,7 @@ class ConstantStepConfig(PulsedDeviceConfig):
 
     def nominal_shapes(self, w):
         a = self.slope_factor()
-        return 1.0 - a * _ratio(w, self.w_max), 1.0 - a * _ratio(w, self.w_min)
+        return 1.0 - a * bound_ratio(w, self.w_max), 1.0 - a * bound_ratio(w, self.w_min)
 
     def apply_asymmetry(self, a, prefix):
         if not 0.0 <= a <= 1.0:

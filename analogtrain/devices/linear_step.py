@@ -24,11 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from analogtrain.devices import params as P
-from analogtrain.devices.base import PulsedDeviceConfig
-
-
-def _ratio(w: float, bound: float) -> float:
-    return w / bound if bound != 0 else 0.0
+from analogtrain.devices.base import PulsedDeviceConfig, bound_ratio
 
 
 @dataclass
@@ -59,7 +55,7 @@ class LinearStepConfig(PulsedDeviceConfig):
             chk.closed_interval("gamma_down", -1.0, 1.0)
 
     def nominal_shapes(self, w):
-        return 1.0 - self.gamma_up * _ratio(w, self.w_max), 1.0 - self.gamma_down * _ratio(w, self.w_min)
+        return 1.0 - self.gamma_up * bound_ratio(w, self.w_max), 1.0 - self.gamma_down * bound_ratio(w, self.w_min)
 
     def apply_asymmetry(self, a, prefix):
         from analogtrain.config.errors import ConfigError
