@@ -150,3 +150,40 @@ def test_sgd_rule_metrics():
     assert m2["frac_at_bounds"] == 1.0
     assert m2["w_mean"] == pytest.approx(hi.mean().item()) and m2["w_std"] < 1e-6
     assert m2["pulses_per_update"] == m["pulses_per_update"]  # no new updates: last value repeated
+
+
+def test_set_weights_draws_write_noise_around_the_persistent_weight():
+    """aihwkit §2.3: with write noise, set_weights stores the clipped W as the persistent weight and the
+    visible weight is W + write_noise_std·dw_min·ξ (apply_write_noise_on_set); off: exactly W."""
+    W = torch.randn(40, 50, generator=torch.Generator().manual_seed(1)) * 0.1
+    arr = DeviceArray(softbounds(write_noise_std=5.0), 40, 50, seed_device=3, seed_pulse=4)  # std 0.05
+    arr.set_weights(W)
+    assert torch.equal(arr.w_p, W)
+    noise = arr.w - arr.w_p
+    assert noise.std().item() == pytest.approx(0.05, rel=0.06) and abs(noise.mean().item()) < 0.005
+    again = DeviceArray(softbounds(write_noise_std=5.0), 40, 50, seed_device=3, seed_pulse=4)
+    again.set_weights(W)
+    assert torch.equal(again.w, arr.w)  # Philox draws: reproducible per seed
+    quiet = DeviceArray(softbounds(write_noise_std=5.0, apply_write_noise_on_set=False), 40, 50, 3, 4)
+    quiet.set_weights(W)
+    assert torch.equal(quiet.w, W) and torch.equal(quiet.w_p, W)
+
+
+def test_lifetime_decay_is_applied_once_per_mini_batch():
+    """Devices with a lifetime L (e.g. the capacitor preset) decay w ← clip(w·(1 − 1/L)) once per
+    mini-batch update, after the pulses (aihwkit post_update_step)."""
+    dev = softbounds(lifetime=10.0)  # decay factor 0.9 per mini-batch
+    cfg = TileConfig(update_mode="expected")
+    rule = SGDRule(dev, 3, 4, cfg, seed_device=1, seed_pulse=2)
+    ref = SGDRule(dev, 3, 4, cfg, seed_device=1, seed_pulse=2)
+    W = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)) * 0.3
+    rule.set_weights(W)
+    ref.set_weights(W)
+    tile = AnalogTile(rule, cfg, io_seed=5)
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
+    tile(x).sum().backward()
+    tile.apply_update(0.05)
+    ref.update(x, torch.ones(2, 3), 0.05)  # the same pulses, without the decay
+    expected = ref.effective_weight() * 0.9
+    assert torch.allclose(tile.rule.effective_weight(), expected, atol=1e-7)
+    assert SGDRule(softbounds(), 3, 4, cfg, seed_device=1, seed_pulse=2).array.sampled.decay_scale is None

@@ -23,6 +23,7 @@ from analogtrain import ops
 from analogtrain.config.errors import ConfigError
 from analogtrain.devices import params as P
 from analogtrain.ops import MODE_EXPECTED, MODE_MEAN_COUNT, MODE_PULSED, UpdateSpec
+from analogtrain.ops import rng
 from analogtrain.tiles.config import IOConfig, UpdateConfig
 from analogtrain.tiles.periphery import read_io
 
@@ -111,13 +112,36 @@ class DeviceArray(torch.nn.Module):
 
     @torch.no_grad()
     def set_weights(self, W: torch.Tensor) -> None:
-        """Program ``W`` (O, I), clipped element-wise to the device bounds (no programming noise)."""
+        """Program ``W`` (O, I), clipped element-wise to the device bounds. With write noise and the
+        device's ``apply_write_noise_on_set`` (aihwkit default), the persistent weight is the clipped ``W``
+        and the visible weight gets a fresh write-noise draw around it (aihwkit semantics §2.3)."""
         lo, hi = self.bounds
         W = W.detach().to(self.w.device, torch.float32).reshape(self.out_size, self.in_size)
         W = torch.minimum(torch.maximum(W, lo), hi)
         self.w.copy_(W)
         if self.has_write_noise:
             self.w_p.copy_(W)
+            if getattr(self.sampled, "apply_write_noise_on_set", True):
+                self._redraw_write_noise(b=0)
+
+    def _redraw_write_noise(self, b: int) -> None:
+        """Visible weight = persistent weight + write_noise_std·dw_min·ξ for every element (Philox stream
+        SET_NOISE, a = flat element, b = 0 for set_weights / 1 after decay, offset = update counter)."""
+        idx = torch.arange(self.w.numel(), dtype=torch.int64, device=self.w.device)
+        z = rng.normal(int(self.seed), int(self.offset), rng.Stream.SET_NOISE, idx, b, 0, device=self.w.device)
+        self.w.copy_(self.w_p + float(self.sampled.write_noise_std) * z.reshape(self.w.shape))
+
+    @torch.no_grad()
+    def post_update_step(self) -> None:
+        """Once per mini-batch after the update (aihwkit ``post_update_step``): decay towards 0 with the
+        device lifetime (``w ← w·(1 − 1/L)``, clipped; only devices with ``lifetime > 0``, e.g. the
+        capacitor preset), acting on the persistent weight when there is write noise, whose visible
+        weight is then redrawn for all elements."""
+        if getattr(self.sampled, "decay_scale", None) is None:
+            return
+        self.sampled.apply_decay(self.device_state())
+        if self.has_write_noise:
+            self._redraw_write_noise(b=1)
 
     def frac_at_bounds(self, tol: float = 0.1) -> float:
         """Fraction of devices within ``tol·dw`` of b_min or b_max (saturated; soft bounds approach them

@@ -117,7 +117,15 @@ class AnalogTile(torch.nn.Module):
             x = xs[0] if len(xs) == 1 else torch.cat(xs, 0)
             d = ds[0] if len(ds) == 1 else torch.cat(ds, 0)
             self.rule.update(x, d, float(lr))
+            for arr in self._arrays:  # decay (device lifetime) once per mini-batch, as aihwkit
+                arr.post_update_step()
         self._cache.clear()
+
+    @property
+    def _arrays(self):
+        from analogtrain.tiles.array import DeviceArray
+
+        return [m for m in self.rule.modules() if isinstance(m, DeviceArray)]
 
     # --- weights ----------------------------------------------------------------------------------
     def get_weights(self) -> torch.Tensor:
