@@ -187,3 +187,109 @@ def test_lifetime_decay_is_applied_once_per_mini_batch():
     expected = ref.effective_weight() * 0.9
     assert torch.allclose(tile.rule.effective_weight(), expected, atol=1e-7)
     assert SGDRule(softbounds(), 3, 4, cfg, seed_device=1, seed_pulse=2).array.sampled.decay_scale is None
+
+
+# --- weight remapping (tile.weight_scaling_omega, aihwkit MappingParameter) ------------------------------
+PERFECT = IOConfig(is_perfect=True)
+
+
+def remap_tile(W, omega=0.0, columnwise=False, update_mode="pulsed", io=None, **dev_kw):
+    """A tile programmed with W through ``AnalogTile.set_weights`` (wide device, no write noise)."""
+    kw = {} if io is None else dict(forward=io, backward=io)
+    cfg = TileConfig(update_mode=update_mode, weight_scaling_omega=omega,
+                     weight_scaling_columnwise=columnwise, **kw)
+    dev = dict(w_max=1.0, w_min=-1.0)
+    dev.update(dev_kw)
+    tile = AnalogTile(SGDRule(softbounds(**dev), *W.shape, cfg, seed_device=1, seed_pulse=2), cfg, io_seed=5)
+    tile.set_weights(W)
+    return tile
+
+
+def _remap_W(O=5, I=7):
+    W = torch.randn(O, I, generator=torch.Generator().manual_seed(3)) * 0.2
+    W[2] *= 0.1  # rows of very different scale (columnwise matters)
+    return W
+
+
+def test_weight_remapping_off_is_unchanged():
+    W = _remap_W()
+    cfg = TileConfig()
+    plain = AnalogTile(SGDRule(softbounds(w_max=1.0, w_min=-1.0), 5, 7, cfg, 1, 2), cfg, io_seed=5)
+    plain.set_weights(W)
+    off = remap_tile(W, omega=0.0, columnwise=True)
+    assert not off.remapped and set(off.state_dict()) == set(plain.state_dict())
+    x, g = torch.randn(4, 7, requires_grad=True), torch.randn(4, 5)
+    x2 = x.detach().clone().requires_grad_(True)
+    y1, y2 = plain(x), off(x2)
+    assert torch.equal(y1, y2)
+    y1.backward(g)
+    y2.backward(g)
+    assert torch.equal(x.grad, x2.grad) and torch.equal(plain._cache[0][1], off._cache[0][1])
+    plain.apply_update(0.1)
+    off.apply_update(0.1)
+    assert torch.equal(plain.get_weights(), off.get_weights())
+
+
+@pytest.mark.parametrize("columnwise", [False, True])
+def test_weight_remapping_programs_omega_and_reads_the_effective_weight(columnwise):
+    W = _remap_W()
+    tile = remap_tile(W, omega=0.6, columnwise=columnwise, io=PERFECT)
+    dev = tile.rule.effective_weight()
+    alpha = tile.mapping_scales
+    assert alpha.shape == (5,)
+    if columnwise:
+        assert torch.allclose(dev.abs().amax(dim=1), torch.full((5,), 0.6), atol=1e-6)
+        assert torch.allclose(alpha, W.abs().amax(dim=1) / 0.6)
+    else:
+        assert dev.abs().max().item() == pytest.approx(0.6, abs=1e-6)
+        assert torch.allclose(alpha, torch.full((5,), W.abs().max().item() / 0.6))
+    assert torch.allclose(tile.get_weights(), W, atol=1e-6)
+    x = torch.randn(3, 7, requires_grad=True)
+    y = tile(x)
+    assert torch.allclose(y, x.detach() @ W.t(), atol=1e-5)
+    d = torch.randn(3, 5)
+    y.backward(d)
+    assert torch.allclose(x.grad, d @ W, atol=1e-5)  # W_effᵀ d
+    (_, cd), = tile._cache
+    assert torch.allclose(cd, d / alpha)  # the update sees d / α
+    # a zero row/tile gets α = 1
+    Z = W.clone()
+    Z[1] = 0
+    z = remap_tile(Z, omega=0.6, columnwise=True)
+    assert z.mapping_scales[1].item() == 1.0 and torch.allclose(z.get_weights(), Z, atol=1e-6)
+    assert torch.equal(remap_tile(torch.zeros(5, 7), omega=0.6).mapping_scales, torch.ones(5))
+
+
+@pytest.mark.parametrize("omega,columnwise", [(0.0, False), (0.6, False), (0.6, True)])
+def test_weight_remapping_update_takes_the_same_effective_step(omega, columnwise):
+    """ΔW_eff = α·ΔW_analog = α·(−lr·(d/α)·xᵀ) = −lr·d·xᵀ (first order; soft bounds far away)."""
+    W = _remap_W() * 5.0  # α ≈ 2.7 (tile) / 0.15..2.7 (rows): a missing 1/α is far off
+    tile = remap_tile(W, omega=omega, columnwise=columnwise, update_mode="expected", io=PERFECT,
+                      w_max=1000.0, w_min=-1000.0)
+    x = torch.randn(4, 7, generator=torch.Generator().manual_seed(4))
+    d = torch.randn(4, 5, generator=torch.Generator().manual_seed(5)) * 0.1
+    lr = 0.01
+    w0 = tile.get_weights()
+    tile(x.requires_grad_(True)).backward(d)
+    tile.apply_update(lr)
+    step = tile.get_weights() - w0
+    expected = -lr * d.t() @ x.detach()
+    # soft-bounds slope |w|/w_max < 0.2 % here; the error is first order in lr like the step
+    assert (step - expected).abs().max().item() < 0.01 * expected.abs().max().item()
+    if omega > 0:
+        assert (tile.mapping_scales - 1).abs().max().item() > 0.5
+
+
+def test_weight_remapping_state_dict_round_trip_and_validation():
+    W = _remap_W()
+    a = remap_tile(W, omega=0.6, columnwise=True)
+    assert "mapping_scales" in a.state_dict()
+    b = remap_tile(torch.zeros(5, 7), omega=0.6, columnwise=True)
+    assert torch.equal(b.mapping_scales, torch.ones(5))
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.mapping_scales, a.mapping_scales)
+    assert torch.equal(b.get_weights(), a.get_weights())
+    x = torch.randn(3, 7)
+    assert torch.equal(a(x), b(x))
+    with pytest.raises(ConfigError, match="tile.weight_scaling_omega"):
+        AnalogTile(SGDRule(softbounds(), 2, 3, TileConfig(), 1, 2), TileConfig(weight_scaling_omega=-1.0))

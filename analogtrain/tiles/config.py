@@ -76,6 +76,13 @@ class TileConfig:
     max_output_size: int = 512  # ... and outputs
     digital_bias: bool = True  # bias as a digital parameter (False: extra analog input column)
     analog_bias_perfect: bool = False  # aihwkit perfect_bias for the analog bias column
+    # aihwkit weight remapping (``MappingParameter.weight_scaling_omega``): 0 = off. When > 0,
+    # ``AnalogTile.set_weights(W)`` stores a fixed digital output scale α = max|W| / omega (per output
+    # row when ``weight_scaling_columnwise``) and programs W/α, so the largest weight sits at ±omega
+    # device units; reads multiply by α, the pulsed update sees d/α (effective step −lr·d·xᵀ).
+    weight_scaling_omega: float = 0.0
+    weight_scaling_columnwise: bool = False  # α per output row (aihwkit "columnwise" = per column of
+    # its (in, out)-ordered mapping, i.e. per output) instead of one scalar per tile
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -129,6 +136,7 @@ def validate_tile(cfg, prefix: str = "tile") -> None:
     validate_update(cfg.update, f"{prefix}.update")
     _check_range(f"{prefix}.max_input_size", cfg.max_input_size, lo=0)
     _check_range(f"{prefix}.max_output_size", cfg.max_output_size, lo=0)
+    _check_range(f"{prefix}.weight_scaling_omega", cfg.weight_scaling_omega, lo=0.0)
 
 
 def to_dataclass(cls, node):

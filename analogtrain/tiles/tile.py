@@ -7,6 +7,22 @@ forward periphery; its backward is the analog read ``g = Wᵀ d`` with the backw
 weight gradient is ever formed: the weights are buffers, and the only Parameter of a tile is a scalar
 ``analog_ctx`` that makes autograd call the backward (also when x needs no gradient, e.g. the first
 layer) and gives the optimizer a param group per tile whose lr LR schedulers can change.
+
+Weight remapping (aihwkit ``MappingParameter.weight_scaling_omega``; ``tile.weight_scaling_omega`` > 0):
+``set_weights(W)`` fixes a digital output scale α (buffer ``mapping_scales``, shape (O,)):
+α = max|W| / omega over the tile (``weight_scaling_columnwise``: α_i = max_j |W_ij| / omega per output
+row; α = 1 where the max is 0) and programs W_analog = W / α, so the largest weight sits at ±omega
+device units. The effective weight is W_eff = diag(α) W_analog:
+
+* forward   y = α ⊙ forward_io(W_analog, x)            (= W_eff x with perfect IO)
+* backward  grad_x = backward_io(W_analog, α ⊙ d)      (= W_effᵀ d with perfect IO)
+* update    the cached gradient is d / α: the rule moves W_analog by ΔW_analog ≈ −lr·(d/α)·xᵀ, so
+            ΔW_eff = α ⊙ ΔW_analog ≈ −lr·d·xᵀ — the effective weight takes the same step as an
+            unmapped tile (aihwkit divides d by the mapping scale before the pulsed update).
+* ``get_weights()`` returns α ⊙ W_analog.
+
+α is fixed after programming (never learned) and is saved in the state dict. It is a buffer only when
+omega > 0, so with remapping off the tile (reads, updates, state-dict keys) is exactly as without it.
 """
 
 from __future__ import annotations
@@ -58,6 +74,15 @@ class AnalogTile(torch.nn.Module):
         self.register_buffer("fwd_offset", torch.zeros((), dtype=torch.int64))
         self.register_buffer("bwd_offset", torch.zeros((), dtype=torch.int64))
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.weight_scaling_omega = float(cfg.weight_scaling_omega)
+        self.weight_scaling_columnwise = bool(cfg.weight_scaling_columnwise)
+        if self.remapped:  # α per output (a scalar tile scale is stored broadcast to (O,))
+            self.register_buffer("mapping_scales", torch.ones(self.out_size, dtype=torch.float32))
+
+    @property
+    def remapped(self) -> bool:
+        """True when weight remapping (``tile.weight_scaling_omega`` > 0) is on."""
+        return self.weight_scaling_omega > 0.0
 
     # --- reads ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -70,6 +95,8 @@ class AnalogTile(torch.nn.Module):
             y = y + x[:, -1:].to(y.dtype) * W[:, -1].to(y.dtype)
         else:
             y = forward_io(W, x, io, seed=seed, offset=off)
+        if self.remapped:
+            y = y * self.mapping_scales.to(device=y.device, dtype=y.dtype)
         self.fwd_offset += 1
         return y.to(x.dtype)
 
@@ -77,6 +104,8 @@ class AnalogTile(torch.nn.Module):
     def read_backward(self, d: torch.Tensor) -> torch.Tensor:
         """Backward read with the backward periphery (no bound management): d (B, O) -> (B, I)."""
         W = self.rule.effective_weight()
+        if self.remapped:  # W_effᵀ d = W_analogᵀ (α ⊙ d)
+            d = d * self.mapping_scales.to(device=d.device, dtype=d.dtype)
         io, seed, off = self.tile_cfg.backward, int(self.io_seed), int(self.bwd_offset)
         if self.perfect_last_input:
             g = backward_io(W[:, :-1], d, io, seed=seed, offset=off)
@@ -96,7 +125,10 @@ class AnalogTile(torch.nn.Module):
 
     # --- update -----------------------------------------------------------------------------------
     def cache_update(self, x: torch.Tensor, d: torch.Tensor) -> None:
-        """Store one backward's inputs x (B, I) and exact gradients d (B, O) for the next update."""
+        """Store one backward's inputs x (B, I) and exact gradients d (B, O) for the next update
+        (with remapping, d / α: see the module docstring)."""
+        if self.remapped:
+            d = d / self.mapping_scales.to(device=d.device, dtype=d.dtype)
         self._cache.append((x, d))
 
     @property
@@ -129,10 +161,30 @@ class AnalogTile(torch.nn.Module):
 
     # --- weights ----------------------------------------------------------------------------------
     def get_weights(self) -> torch.Tensor:
-        return self.rule.get_weights()
+        """The effective weight (O, I): the rule's weight, times α per row with remapping."""
+        W = self.rule.get_weights()
+        if self.remapped:
+            W = W * self.mapping_scales.to(device=W.device, dtype=W.dtype)[:, None]
+        return W
 
+    @torch.no_grad()
     def set_weights(self, W: torch.Tensor) -> None:
-        self.rule.set_weights(W)
+        """Program W (O, I) (clipped to the device bounds by the rule). With remapping, first fix
+        α = max|W| / omega (per row if columnwise; 1 where the max is 0) and program W / α."""
+        if not self.remapped:
+            self.rule.set_weights(W)
+            return
+        W = W.detach().to(torch.float32).reshape(self.out_size, self.in_size)
+        absmax = W.abs().amax(dim=1) if self.weight_scaling_columnwise else W.abs().max().expand(
+            self.out_size)
+        alpha = absmax / self.weight_scaling_omega
+        alpha = torch.where(absmax > 0, alpha, torch.ones_like(alpha))
+        self.mapping_scales.copy_(alpha)
+        self.rule.set_weights(W / alpha[:, None])
 
     def extra_repr(self) -> str:
-        return f"out={self.out_size}, in={self.in_size}, perfect_last_input={self.perfect_last_input}"
+        s = f"out={self.out_size}, in={self.in_size}, perfect_last_input={self.perfect_last_input}"
+        if self.remapped:
+            s += (f", weight_scaling_omega={self.weight_scaling_omega}, "
+                  f"columnwise={self.weight_scaling_columnwise}")
+        return s
