@@ -65,6 +65,30 @@ def bound_ratio(w: float, bound: float) -> float:
     linear-family shape functions ``1 − a·w/b``."""
     return w / bound if bound != 0 else 0.0
 
+
+class SoftSlopes:
+    """Mixin of the families whose steps are ``scale·(1 − a·w/b)`` with one slope factor ``a``: the
+    ``asymmetry`` knob when set, else ``DEFAULT_SLOPE`` (constant_step 0: a constant step; softbounds 1:
+    aihwkit's soft bounds). Put it before ``PulsedDeviceConfig`` in the bases."""
+
+    DEFAULT_SLOPE: ClassVar[float] = 1.0
+
+    def slope_factor(self) -> float:
+        return self.DEFAULT_SLOPE if self.asymmetry is None else float(self.asymmetry)
+
+    def nominal_shapes(self, w):
+        a = self.slope_factor()
+        return 1.0 - a * bound_ratio(w, self.w_max), 1.0 - a * bound_ratio(w, self.w_min)
+
+    def apply_asymmetry(self, a, prefix):
+        if not 0.0 <= a <= 1.0:
+            raise ConfigError(f"{prefix}.asymmetry", f"{a} is out of range: allowed 0 <= asymmetry <= 1")
+        return {"asymmetry": a}  # kept on the config: the sampler reads the slope factor from it
+
+    def sample_family(self, ctx) -> None:
+        """Slopes ``−a·scale/bound`` from the slope factor."""
+        ctx.soft_slopes(self.slope_factor())
+
 KNOBS = ("asymmetry", "skew", "skew_std", "n_states", "dtod", "c2c")
 
 

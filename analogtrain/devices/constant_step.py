@@ -18,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from analogtrain.config.errors import ConfigError
 from analogtrain.devices import params as P
-from analogtrain.devices.base import PulsedDeviceConfig, bound_ratio
+from analogtrain.devices.base import PulsedDeviceConfig, SoftSlopes
 
 
 @dataclass
-class ConstantStepConfig(PulsedDeviceConfig):
+class ConstantStepConfig(SoftSlopes, PulsedDeviceConfig):
     """``device=constant_step``: aihwkit ConstantStepDevice (no extra parameters)."""
 
     name: str = "constant_step"
@@ -32,23 +31,7 @@ class ConstantStepConfig(PulsedDeviceConfig):
 
     FAMILY: ClassVar[str] = "constant_step"
     KIND: ClassVar[int] = P.KIND_LINEAR
-
-    def slope_factor(self) -> float:
-        return 0.0 if self.asymmetry is None else float(self.asymmetry)
-
-    def nominal_shapes(self, w):
-        a = self.slope_factor()
-        return 1.0 - a * bound_ratio(w, self.w_max), 1.0 - a * bound_ratio(w, self.w_min)
-
-    def apply_asymmetry(self, a, prefix):
-        if not 0.0 <= a <= 1.0:
-            raise ConfigError(f"{prefix}.asymmetry", f"{a} is out of range: allowed 0 <= asymmetry <= 1")
-        return {"asymmetry": a}  # kept on the config: the sampler reads the slope factor from it
-
-    def sample_family(self, ctx) -> None:
-        """Slopes from the asymmetry knob (0 for a pure constant step)."""
-        a = self.slope_factor()
-        ctx.soft_slopes(a)
+    DEFAULT_SLOPE: ClassVar[float] = 0.0  # a pure constant step unless the asymmetry knob sets a slope
 
     def fill_gparams(self, g) -> None:
         g[P.G_MULT_NOISE] = 1.0  # irrelevant with zero slopes; multiplicative when a > 0

@@ -28,13 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from analogtrain.config.errors import ConfigError
 from analogtrain.devices import params as P
-from analogtrain.devices.base import PulsedDeviceConfig, bound_ratio
+from analogtrain.devices.base import PulsedDeviceConfig, SoftSlopes
 
 
 @dataclass
-class SoftBoundsConfig(PulsedDeviceConfig):
+class SoftBoundsConfig(SoftSlopes, PulsedDeviceConfig):
     """``device=softbounds`` (the product default): aihwkit SoftBoundsDevice, dw_min 0.001, bounds ±0.6."""
 
     name: str = "softbounds"
@@ -46,23 +45,8 @@ class SoftBoundsConfig(PulsedDeviceConfig):
     FAMILY: ClassVar[str] = "softbounds"
     KIND: ClassVar[int] = P.KIND_LINEAR
 
-    def slope_factor(self) -> float:
-        return 1.0 if self.asymmetry is None else float(self.asymmetry)
-
     def validate_family(self, chk) -> None:
         chk.at_least("write_noise_std", 0.0)
-
-    def nominal_shapes(self, w):
-        a = self.slope_factor()
-        return 1.0 - a * bound_ratio(w, self.w_max), 1.0 - a * bound_ratio(w, self.w_min)
-
-    def apply_asymmetry(self, a, prefix):
-        if not 0.0 <= a <= 1.0:
-            raise ConfigError(f"{prefix}.asymmetry", f"{a} is out of range: allowed 0 <= asymmetry <= 1")
-        return {"asymmetry": a}  # kept on the config: the sampler reads the slope factor from it
-
-    def sample_family(self, ctx) -> None:
-        ctx.soft_slopes(self.slope_factor())
 
     def fill_gparams(self, g) -> None:
         g[P.G_MULT_NOISE] = 1.0 if self.mult_noise else 0.0
