@@ -152,6 +152,15 @@ float entry_round_uniform(const UpdateArgs& u, uint32_t a, uint32_t b, uint32_t 
   return uniform_draw(u.seed, u.offset, S_PROB_ROUND, a, b, draw);
 }
 
+// Whether one train element (x column or d row `idx` of sample b, probability p) takes part in the
+// update: pulsed -> its bit-packed train (written to wds) has a fired slot; mean_count -> a non-zero
+// count; expected -> p > 0.
+inline bool element_fires(const UpdateArgs& u, uint32_t stream, int idx, int b, int bl, float p, uint32_t* wds) {
+  if (u.mode == MODE_PULSED) return make_train(u.seed, u.offset, stream, idx, b, bl, p, wds);
+  if (u.mode == MODE_MEAN_COUNT) return mean_count(p, bl) > 0.0;
+  return p > 0.0f;
+}
+
 // Phase 1 for one sample b.
 void build_sample(Trains& T, int b, const float* x, const float* d, const UpdateArgs& u, const float* cin,
                   const float* cout) {
@@ -174,15 +183,7 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
     float sg = sign_f(xb[j]) * slr;
     if (cin) sg = sg * cin[j];
     T.sx[q] = sg;
-    bool on;
-    if (u.mode == MODE_PULSED) {
-      uint32_t* wds = T.xbits.data() + q * nw;
-      on = make_train(u.seed, u.offset, S_X_TRAIN, j, b, s.bl, p, wds);
-    } else if (u.mode == MODE_MEAN_COUNT) {
-      on = mean_count(p, s.bl) > 0.0;
-    } else {
-      on = p > 0.0f;
-    }
+    const bool on = element_fires(u, S_X_TRAIN, j, b, s.bl, p, T.xbits.data() + q * nw);
     if (on && sg != 0.0f) act[na++] = j;
   }
   T.nact[b] = na;
@@ -207,15 +208,7 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
     float sg = sign_f(db[i]);
     if (cout) sg = sg * cout[i];
     T.sd[q] = sg;
-    bool on;
-    if (u.mode == MODE_PULSED) {
-      uint32_t* wds = T.dbits.data() + q * nw;
-      on = make_train(u.seed, u.offset, S_D_TRAIN, i, b, s.bl, p, wds);
-    } else if (u.mode == MODE_MEAN_COUNT) {
-      on = mean_count(p, s.bl) > 0.0;
-    } else {
-      on = p > 0.0f;
-    }
+    const bool on = element_fires(u, S_D_TRAIN, i, b, s.bl, p, T.dbits.data() + q * nw);
     dact[i] = (on && sg != 0.0f) ? 1 : 0;
   }
 }
