@@ -548,24 +548,6 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
   }
 }
 
-UpdateArgs make_args(double lr, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um, double um_grad_scale,
-                     double res, bool sto_round, int64_t mode, int64_t seed, int64_t offset) {
-  UpdateArgs u;
-  u.lr_abs = std::fabs(lr);
-  u.sign_lr = lr > 0 ? 1.0 : -1.0;
-  u.dw = dw;
-  u.desired_bl = static_cast<int>(desired_bl);
-  u.fixed_bl = fixed_bl;
-  u.ublm = ublm;
-  u.um = um || ublm;
-  u.um_grad_scale = um_grad_scale;
-  u.res = res;
-  u.sto_round = sto_round;
-  u.mode = static_cast<int>(mode);
-  u.seed = static_cast<uint64_t>(seed);
-  u.offset = static_cast<uint64_t>(offset);
-  return u;
-}
 
 void check_f32_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "analogtrain::pulsed_update: ", name, " must be a CPU tensor");

@@ -29,6 +29,27 @@ struct UpdateArgs {
   uint64_t seed, offset;
 };
 
+// UpdateArgs from the op arguments (shared by the CPU and CUDA op wrappers): |lr| and its sign, and UM
+// forced on under UBLM as in aihwkit.
+inline UpdateArgs make_args(double lr, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um, double um_grad_scale,
+                             double res, bool sto_round, int64_t mode, int64_t seed, int64_t offset) {
+  UpdateArgs u;
+  u.lr_abs = std::fabs(lr);
+  u.sign_lr = lr > 0 ? 1.0 : -1.0;
+  u.dw = dw;
+  u.desired_bl = static_cast<int>(desired_bl);
+  u.fixed_bl = fixed_bl;
+  u.ublm = ublm;
+  u.um = um || ublm;
+  u.um_grad_scale = um_grad_scale;
+  u.res = res;
+  u.sto_round = sto_round;
+  u.mode = static_cast<int>(mode);
+  u.seed = static_cast<uint64_t>(seed);
+  u.offset = static_cast<uint64_t>(offset);
+  return u;
+}
+
 struct SampleScales {
   int bl;    // 0: no update for this sample
   double a;  // scale of d (p_d = |d|·A)
