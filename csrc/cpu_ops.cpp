@@ -610,17 +610,8 @@ bool buffer_step_raw(float* h, int64_t h_stride, const float* v, const float* ch
   bool any = false;
   for (int64_t r = 0; r < L; ++r) {
     const float sig = chop ? chop[r] * v[r] : v[r];
-    const float inc = sig * lr_scale;
-    float hv = no_buffer ? inc : h[r * h_stride] + inc;
-    float n = std::trunc(hv / thr);
-    n = n < -bl ? -bl : (n > bl ? bl : n);
-    if (forget) {
-      if (n != 0.0f) hv = momentum * hv;
-    } else {
-      hv = hv - (one_minus_momentum * n) * thr;
-    }
-    if (cap > 0.0f) hv = hv < -cap ? -cap : (hv > cap ? cap : hv);
-    h[r * h_stride] = hv;
+    const float n = buffer_element(h + r * h_stride, sig, lr_scale, thr, bl, momentum, one_minus_momentum, forget,
+                                   no_buffer, cap);
     n_out[r] = n;
     any = any || n != 0.0f;
   }

@@ -123,18 +123,8 @@ __global__ void k_buffer(float* __restrict__ h, int64_t h_stride, const float* _
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= L) return;
   const float sig = chop ? chop[r] * v[r] : v[r];
-  const float inc = sig * lr_scale;
-  float hv = no_buffer ? inc : h[r * h_stride] + inc;
-  float n = truncf(hv / thr);
-  n = n < -bl ? -bl : (n > bl ? bl : n);
-  if (forget) {
-    if (n != 0.0f) hv = momentum * hv;
-  } else {
-    hv = hv - (one_minus_momentum * n) * thr;
-  }
-  if (cap > 0.0f) hv = hv < -cap ? -cap : (hv > cap ? cap : hv);
-  h[r * h_stride] = hv;
-  n_out[r] = n;
+  n_out[r] = buffer_element(h + r * h_stride, sig, lr_scale, thr, bl, momentum, one_minus_momentum, forget,
+                            no_buffer, cap);
 }
 
 }  // namespace cuda_impl

@@ -50,6 +50,26 @@ inline UpdateArgs make_args(double lr, double dw, int64_t desired_bl, bool fixed
   return u;
 }
 
+// One element of the TT-family buffer step (float32, the operation order of reference_transfer.py):
+// h ← h + sig·lr_scale (no_buffer: h ← sig·lr_scale), n = clamp(trunc(h/thr), ±bl), then forget
+// (h ← momentum·h where n ≠ 0) or subtract (h ← h − (1 − momentum)·n·thr), clamp h to ±cap (cap > 0).
+// Updates *h and returns n. Shared by the CPU loop and the CUDA kernel.
+AT_HD float buffer_element(float* h, float sig, float lr_scale, float thr, float bl, float momentum,
+                           float one_minus_momentum, bool forget, bool no_buffer, float cap) {
+  const float inc = sig * lr_scale;
+  float hv = no_buffer ? inc : *h + inc;
+  float n = truncf(hv / thr);
+  n = n < -bl ? -bl : (n > bl ? bl : n);
+  if (forget) {
+    if (n != 0.0f) hv = momentum * hv;
+  } else {
+    hv = hv - (one_minus_momentum * n) * thr;
+  }
+  if (cap > 0.0f) hv = hv < -cap ? -cap : (hv > cap ? cap : hv);
+  *h = hv;
+  return n;
+}
+
 struct SampleScales {
   int bl;    // 0: no update for this sample
   double a;  // scale of d (p_d = |d|·A)
