@@ -49,6 +49,8 @@ extern "C" __m256d _ZGVdN4v_sin(__m256d);
 #define AT_VEC_WIDTH 1
 #endif
 
+#include "cpu_fused_avx512.h"  // AVX-512 fast path of the pulsed update (AT_FUSED_AVX512)
+
 namespace analogtrain {
 namespace {
 
@@ -145,6 +147,11 @@ struct Trains {
   // slot_cols[b][slot_off[b*33 + k] .. slot_off[b*33 + k + 1]) (for the scatter coincidence count)
   std::vector<int32_t> slot_off;
   std::vector<std::vector<int32_t>> slot_cols;
+  // nw == 1 pulsed mode: x train word and x sign of each active column, in act order (B, I) (fused path)
+  std::vector<uint32_t> xact_bits;
+  std::vector<float> xact_sgn;
+  // which phase 2 runs (decided before phase 1, which builds only what that path reads)
+  enum Path { GENERIC, FUSED, AGG_FAST } path = GENERIC;
 };
 
 float entry_round_uniform(const UpdateArgs& u, uint32_t a, uint32_t b, uint32_t draw) {
@@ -176,6 +183,14 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
     return;
   }
   const float slr = static_cast<float>(u.sign_lr);
+#if AT_FUSED_AVX512
+  // one-word trains: thresholds first, then 16 entries per Philox call (trains16)
+  const bool vec = u.mode == MODE_PULSED && nw == 1;
+  thread_local std::vector<uint32_t> thr;
+  if (vec) thr.resize(static_cast<size_t>(std::max(I, O)));
+#else
+  const bool vec = false;
+#endif
   for (int j = 0; j < I; ++j) {
     const int64_t q = static_cast<int64_t>(b) * I + j;
     const float p = probability(xb[j], s.b, u, entry_round_uniform(u, j, b, 0));  // x uses B
@@ -183,11 +198,34 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
     float sg = sign_f(xb[j]) * slr;
     if (cin) sg = sg * cin[j];
     T.sx[q] = sg;
+#if AT_FUSED_AVX512
+    if (vec) {
+      thr[j] = bernoulli_threshold(p);
+      continue;
+    }
+#endif
     const bool on = element_fires(u, S_X_TRAIN, j, b, s.bl, p, T.xbits.data() + q * nw);
     if (on && sg != 0.0f) act[na++] = j;
   }
+#if AT_FUSED_AVX512
+  if (vec) {
+    uint32_t* xw = T.xbits.data() + static_cast<int64_t>(b) * I;
+    trains16(thr.data(), I, 0u, S_X_TRAIN, static_cast<uint32_t>(b), s.bl, u.seed, u.offset, xw);
+    const float* sxb = T.sx.data() + static_cast<int64_t>(b) * I;
+    for (int j = 0; j < I; ++j)
+      if (xw[j] != 0u && sxb[j] != 0.0f) act[na++] = j;
+  }
+#endif
   T.nact[b] = na;
-  if (u.mode == MODE_PULSED && nw == 1) {  // slot lists (counting sort of the fired slots by slot)
+  if (T.path == Trains::FUSED) {
+    uint32_t* xa = T.xact_bits.data() + static_cast<int64_t>(b) * I;
+    float* xs = T.xact_sgn.data() + static_cast<int64_t>(b) * I;
+    for (int t = 0; t < na; ++t) {
+      xa[t] = T.xbits[static_cast<int64_t>(b) * I + act[t]];
+      xs[t] = T.sx[static_cast<int64_t>(b) * I + act[t]];
+    }
+  }
+  if (T.path == Trains::GENERIC && u.mode == MODE_PULSED && nw == 1) {  // slot lists (counting sort by slot)
     int32_t* so = T.slot_off.data() + static_cast<int64_t>(b) * 33;
     int cnt[33] = {0};
     for (int t = 0; t < na; ++t)
@@ -208,9 +246,23 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
     float sg = sign_f(db[i]);
     if (cout) sg = sg * cout[i];
     T.sd[q] = sg;
+#if AT_FUSED_AVX512
+    if (vec) {
+      thr[i] = bernoulli_threshold(p);
+      continue;
+    }
+#endif
     const bool on = element_fires(u, S_D_TRAIN, i, b, s.bl, p, T.dbits.data() + q * nw);
     dact[i] = (on && sg != 0.0f) ? 1 : 0;
   }
+#if AT_FUSED_AVX512
+  if (vec) {
+    uint32_t* dw = T.dbits.data() + static_cast<int64_t>(b) * O;
+    trains16(thr.data(), O, 0u, S_D_TRAIN, static_cast<uint32_t>(b), s.bl, u.seed, u.offset, dw);
+    const float* sdb = T.sd.data() + static_cast<int64_t>(b) * O;
+    for (int i = 0; i < O; ++i) dact[i] = (dw[i] != 0u && sdb[i] != 0.0f) ? 1 : 0;
+  }
+#endif
 }
 
 
@@ -227,6 +279,8 @@ struct JobScratch {
   std::vector<float> wv, bmin, bmax, s, sc, sg, ref, zc, zs, z;
   std::vector<ElemParams> ep;
   std::vector<int32_t> zoff;
+  std::vector<float> agg_m, agg_v;  // aggregated mode: moments of the row's elements, touched flags
+  std::vector<uint8_t> agg_touched;
   template <class V>
   static void fit(V& v, size_t n) {
     if (v.size() < n) v.resize(n);
@@ -370,6 +424,10 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
   const int64_t row = static_cast<int64_t>(i) * I;
   float* prow = pulses + row;
   JobScratch& ns = *scratch;
+  if (u.aggregate) {
+    JobScratch::fit(ns.agg_m, I), JobScratch::fit(ns.agg_v, I), JobScratch::fit(ns.agg_touched, I);
+    std::fill(ns.agg_touched.begin(), ns.agg_touched.begin() + I, 0);
+  }
   for (int b = 0; b < T.B; ++b) {
     const SampleScales s = T.sc[b];
     if (s.bl == 0) continue;
@@ -468,14 +526,120 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
       for (int t = 0; t < nj; ++t) tot += ns.job_n[t];
       rtot[i] += tot;
     }
+    if (u.aggregate) {  // moments through the samples (KIND_LINEAR only: args_error)
+      for (int t = 0; t < nj; ++t) {
+        const int j = ns.job_j[t];
+        const int64_t e = row + j;
+        const ElemParams p = load_params(params, plane, e);
+        if (!ns.agg_touched[j]) {
+          ns.agg_touched[j] = 1;
+          ns.agg_m[j] = (w_p ? w_p : w)[e] + p.ref;
+          ns.agg_v[j] = 0.0f;
+        }
+        aggregate_sample_rt(ns.agg_m[j], ns.agg_v[j], ns.job_n[t], ns.job_up[t] != 0, p, g);
+        prow[j] += static_cast<float>(ns.job_n[t]);
+      }
+      continue;
+    }
     apply_jobs<KIND, MULT, NOISE>(ns, nj, row, static_cast<uint32_t>(b), w, w_p, params, plane, g, u, prow);
   }
+  if (u.aggregate) {
+    for (int j = 0; j < I; ++j) {
+      if (!ns.agg_touched[j]) continue;
+      const int64_t e = row + j;
+      element_aggregated(w, w_p, e, ns.agg_m[j], ns.agg_v[j], load_params(params, plane, e), g, u.seed, u.offset);
+    }
+  }
 }
+
+#if AT_FUSED_AVX512
+// Phase 2 for one row on the AVX-512 fast path (cpu_fused_avx512.h): KIND_LINEAR, pulsed, BL <= 32.
+// The parameter-plane pointers of row i (fast paths).
+FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int64_t plane, float* pulses,
+                   bool vis) {
+  FusedRow R;
+  R.row = static_cast<int32_t>(static_cast<int64_t>(i) * I);
+  R.state = w_p ? w_p : w;
+  R.vis = (w_p && vis) ? w : nullptr;
+  R.bmin = params + P_BMIN * plane;
+  R.bmax = params + P_BMAX * plane;
+  R.sc_up = params + P_SCALE_UP * plane;
+  R.sc_dn = params + P_SCALE_DOWN * plane;
+  R.s_up = params + P_SLOPE_UP * plane;
+  R.s_dn = params + P_SLOPE_DOWN * plane;
+  R.ref = params + P_REF * plane;
+  R.prow = pulses + R.row;
+  return R;
+}
+
+template <bool MULT, bool NOISE>
+void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
+                   const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
+  thread_local FusedJobs J;
+  const int I = T.I, O = T.O;
+  // eligible only without write noise: the visible weight is the state
+  const FusedRow R = fused_row(i, I, w, w_p, params, plane, pulses, true);
+  int64_t tot = 0;
+  for (int b = 0; b < T.B; ++b) {
+    if (T.sc[b].bl == 0) continue;
+    const int64_t qd = static_cast<int64_t>(b) * O + i;
+    if (!T.dact[qd]) continue;
+    const int64_t q0 = static_cast<int64_t>(b) * I;
+    const int nj = fused_jobs(T.act.data() + q0, T.xact_bits.data() + q0, T.xact_sgn.data() + q0, T.nact[b],
+                              T.dbits[qd], J);
+    if (nj) tot += fused_apply<MULT, NOISE>(R, J, nj, T.sd[qd], static_cast<uint32_t>(b), g, u);
+  }
+  if (rtot) rtot[i] += tot;
+}
+
+// Phase 2 for one row in the aggregated mode on the AVX-512 path: 16 columns at a time, moments in
+// registers through the samples (cpu_fused_avx512.h aggregate_chunk).
+template <bool MULT, bool NOISE>
+void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
+                 const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
+  const bool wn = w_p && g.write_noise > 0.0f;
+  const FusedRow R = fused_row(i, T.I, w, w_p, params, plane, pulses, !wn);
+  thread_local std::vector<int> act_b;  // the samples in which this row takes part
+  act_b.clear();
+  for (int b = 0; b < T.B; ++b)
+    if (T.sc[b].bl != 0 && T.dact[static_cast<int64_t>(b) * T.O + i]) act_b.push_back(b);
+  if (act_b.empty()) return;
+  const AggCall C{T.O, T.I, i, T.xbits.data(), T.sx.data(), T.dbits.data(), T.sd.data(), act_b.data(),
+                  static_cast<int>(act_b.size())};
+  int64_t tot = 0;
+  for (int j0 = 0; j0 < T.I; j0 += 16) tot += aggregate_chunk<MULT, NOISE>(R, C, j0, g, u, wn ? w : nullptr);
+  if (rtot) rtot[i] += tot;
+}
+#endif
 
 using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t, const DeviceGlobals&,
                        const UpdateArgs&, float*, JobScratch*, int64_t*);
 
-RowFn pick_row_fn(const DeviceGlobals& g) {
+// Phase 2's path: the AVX-512 ones for KIND_LINEAR, pulsed, one-word trains (aggregated: any write
+// noise; exact: without write noise), else the generic job path.
+Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int nw, int O, int I, const float* w_p) {
+#if AT_FUSED_AVX512
+  const bool fast = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1 &&
+                    static_cast<int64_t>(O) * I < (int64_t{1} << 31);
+  if (fast && u.aggregate) return Trains::AGG_FAST;
+  if (fast && !(w_p && g.write_noise > 0.0f)) return Trains::FUSED;
+#else
+  (void)g, (void)u, (void)nw, (void)O, (void)I, (void)w_p;
+#endif
+  return Trains::GENERIC;
+}
+
+RowFn pick_row_fn(const DeviceGlobals& g, const Trains& T) {
+#if AT_FUSED_AVX512
+  if (T.path == Trains::AGG_FAST) {
+    if (!g.has_noise) return &run_row_agg<true, false>;
+    return g.mult_noise ? &run_row_agg<true, true> : &run_row_agg<false, true>;
+  }
+  if (T.path == Trains::FUSED) {
+    if (!g.has_noise) return &run_row_fused<true, false>;
+    return g.mult_noise ? &run_row_fused<true, true> : &run_row_fused<false, true>;
+  }
+#endif
   if (g.kind == KIND_LINEAR) {
     if (!g.has_noise) return &run_row<KIND_LINEAR, true, false>;
     return g.mult_noise ? &run_row<KIND_LINEAR, true, true> : &run_row<KIND_LINEAR, false, true>;
@@ -488,6 +652,7 @@ RowFn pick_row_fn(const DeviceGlobals& g) {
 void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGlobals& g, const float* x,
                        const float* d, int B, int O, int I, const UpdateArgs& u, const float* cin, const float* cout,
                        float* pulses, int nthreads, int64_t* row_tot = nullptr) {
+  if (const char* msg = args_error(u, g)) TORCH_CHECK(false, msg);
   if (u.lr_abs == 0.0 || B == 0 || O == 0 || I == 0) return;
   Trains T;
   T.B = B;
@@ -518,9 +683,14 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
   T.act.resize(BI);
   T.nact.assign(B, 0);
   T.dact.assign(BO, 0);
-  if (T.nw == 1) {
+  T.path = pick_path(g, u, T.nw, O, I, w_p);
+  if (T.nw == 1 && T.path == Trains::GENERIC) {
     T.slot_off.assign(static_cast<size_t>(B) * 33, 0);
     T.slot_cols.resize(B);
+  }
+  if (T.path == Trains::FUSED) {
+    T.xact_bits.resize(BI);
+    T.xact_sgn.resize(BI);
   }
   const int64_t plane = static_cast<int64_t>(O) * I;
 
@@ -538,7 +708,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
     for (int i = 0; i < O; ++i) rows += da[i];
     work += rows * T.nact[b];
   }
-  const RowFn row_fn = pick_row_fn(g);
+  const RowFn row_fn = pick_row_fn(g, T);
   const int nt2 = work < (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
 #pragma omp parallel num_threads(nt2)
   {
@@ -575,7 +745,7 @@ at::Tensor pulsed_update_cpu(at::Tensor w, const std::optional<at::Tensor>& w_p,
   TORCH_CHECK(x.size(1) == I && d.size(1) == O && d.size(0) == B, "analogtrain::pulsed_update: shape mismatch");
   TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
               "analogtrain::pulsed_update: params must be (NP, O, I)");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "analogtrain::pulsed_update: unknown mode ", mode);
+  TORCH_CHECK(valid_mode_code(mode), "analogtrain::pulsed_update: unknown mode ", mode);
   TORCH_CHECK(dw > 0, "analogtrain::pulsed_update: dw must be > 0");
   float* wp = nullptr;
   if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
@@ -704,7 +874,7 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
               "analogtrain::chopped_update_snapshots: shape mismatch");
   TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
               "analogtrain::chopped_update_snapshots: params must be (NP, O, I)");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "analogtrain::chopped_update_snapshots: unknown mode ", mode);
+  TORCH_CHECK(valid_mode_code(mode), "analogtrain::chopped_update_snapshots: unknown mode ", mode);
   TORCH_CHECK(dw > 0, "analogtrain::chopped_update_snapshots: dw must be > 0");
   at::Tensor st = starts.to(at::kLong).contiguous(), of = offsets.to(at::kLong).contiguous();
   at::Tensor lr = lrs.to(at::kDouble).contiguous(), sn = snap.to(at::kLong).contiguous();
@@ -740,7 +910,7 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   const double* lrp = lr.data_ptr<double>();
   const int64_t* ofp = of.data_ptr<int64_t>();
   const DeviceGlobals g = globals_of(gparams);
-  const bool expected = mode == MODE_EXPECTED;
+  const bool expected = (mode & ~AGGREGATE_BIT) == MODE_EXPECTED;
   // pulse maps: the integer modes count per row (exact); the expected mode sums a per-call map like torch
   at::Tensor ws = at::zeros({O, I}, w.options());
   std::vector<int64_t> rtot(static_cast<size_t>(O));
@@ -793,6 +963,33 @@ static at::Tensor philox_grid_rows(int64_t seed, const int64_t* offsets, int64_t
     std::vector<float> zc(n_a), zs(n_a);
     for (int64_t j = 0; j < n_a; ++j) a[j] = static_cast<uint32_t>(j);
     for (int64_t q = q0; q < q1; ++q) {
+#if AT_FUSED_AVX512
+      if (n_a < (int64_t{1} << 31)) {  // 16 counters per Philox call, only the needed Box–Muller branch
+        float* row = op + q * n_a;
+        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        const bool second = k >= 2, use_sin = (k & 1u) != 0;
+        for (int64_t j0 = 0; j0 < n_a; j0 += 16) {
+          const __mmask16 lm = n_a - j0 >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                              : static_cast<__mmask16>((1u << (n_a - j0)) - 1u);
+          __m512i w[4];
+          philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0)), lane), static_cast<uint32_t>(stream),
+                   blk0, static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed),
+                   static_cast<uint64_t>(offsets[q]), w[0], w[1], w[2], w[3]);
+          if (!normal) {  // word_to_uniform: float(((r >> 8) + 0.5)·2^-24), exact in double, rounded
+            const __m512i r8 = _mm512_srli_epi32(w[k], 8);
+            const __m512d h = _mm512_set1_pd(0.5), sc = _mm512_set1_pd(5.9604644775390625e-08);
+            const __m256 lo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(_mm512_castsi512_si256(r8)), h), sc));
+            const __m256 hi = _mm512_cvtpd_ps(
+                _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(r8, 1)), h), sc));
+            _mm512_mask_storeu_ps(row + j0, lm, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+          } else {
+            const BM16 bm = bm16_prepare(second ? w[2] : w[0], second ? w[3] : w[1]);
+            _mm512_mask_storeu_ps(row + j0, lm, bm16_normal(bm, use_sin));
+          }
+        }
+        continue;
+      }
+#endif
       philox_many(static_cast<int>(n_a), a.data(), blk.data(), static_cast<uint32_t>(stream),
                   static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed), static_cast<uint64_t>(offsets[q]),
                   r0.data(), r1.data(), r2.data(), r3.data());

@@ -74,6 +74,8 @@ __global__ void k_update(float* __restrict__ w, float* __restrict__ w_p, const f
     bool loaded = false;
     ElemParams p;
     float count = 0.0f;
+    bool touched = false;  // aggregated mode: moments (am, av) of w_dev through the samples
+    float am = 0.0f, av = 0.0f;
     for (int b = 0; b < B; ++b) {
       const int bl = sc[b].bl;
       if (bl == 0) continue;
@@ -108,9 +110,18 @@ __global__ void k_update(float* __restrict__ w, float* __restrict__ w_p, const f
         p = load_params(params, plane, e);
         loaded = true;
       }
-      element_pulses(w, w_p, e, n, sgn < 0.0f, p, g, u.seed, u.offset, static_cast<uint32_t>(b));
+      if (u.aggregate) {
+        if (!touched) {
+          am = (w_p ? w_p : w)[e] + p.ref;
+          touched = true;
+        }
+        aggregate_sample_rt(am, av, n, sgn < 0.0f, p, g);
+      } else {
+        element_pulses(w, w_p, e, n, sgn < 0.0f, p, g, u.seed, u.offset, static_cast<uint32_t>(b));
+      }
       count += static_cast<float>(n);
     }
+    if (touched) element_aggregated(w, w_p, e, am, av, p, g, u.seed, u.offset);
     pulses[e] += count;
   }
 }

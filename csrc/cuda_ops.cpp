@@ -60,6 +60,7 @@ const float* opt_ptr(const std::optional<at::Tensor>& t, const char* name, const
 void run_update(at::Tensor& w, float* wp, const at::Tensor& params, const DeviceGlobals& g, const at::Tensor& x,
                 const at::Tensor& d, const UpdateArgs& u, const float* ci, const float* co, at::Tensor& pulses) {
   const int O = static_cast<int>(w.size(0)), I = static_cast<int>(w.size(1)), B = static_cast<int>(x.size(0));
+  if (const char* msg = args_error(u, g)) TORCH_CHECK(false, msg);
   if (u.lr_abs == 0.0 || B == 0 || O == 0 || I == 0) return;
   at::Tensor xmax = x.abs().amax({1}).contiguous();
   at::Tensor dmax = d.abs().amax({1}).contiguous();
@@ -97,7 +98,7 @@ at::Tensor pulsed_update_cuda(at::Tensor w, const std::optional<at::Tensor>& w_p
               "analogtrain::pulsed_update (CUDA): shape mismatch");
   TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
               "analogtrain::pulsed_update (CUDA): params must be (NP, O, I)");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "analogtrain::pulsed_update: unknown mode ", mode);
+  TORCH_CHECK(valid_mode_code(mode), "analogtrain::pulsed_update: unknown mode ", mode);
   TORCH_CHECK(dw > 0, "analogtrain::pulsed_update: dw must be > 0");
   float* wp = const_cast<float*>(opt_ptr(w_p, "w_p", w, O * I));
   const float* ci = opt_ptr(chop_in, "chop_in", w, I);

@@ -272,4 +272,124 @@ AT_HD float apply_pulses_t(float w, int n, bool up, const ElemParams& p, const D
   return w;
 }
 
+
+// --- aggregated pulses (tile.update_mode = aggregated; contract: ops/reference.py, "aggregated") --------
+// KIND_LINEAR elements carry the exact mean m and variance v of their pulse chain through the samples of
+// one call; one normal per touched element at the end. Per pulse w' = w + g(s·w + c)(1 + σξ) (mult) or
+// w + g(s·w + c(1 + σξ)) (additive), g = ±1, α = g·s, A = 1 + α. For n pulses from (m, v):
+//   D = g(s·m + c), E = expm1(n·log1p α) = A^n − 1, m' = m + D·E/α            (α = 0: m + n·D)
+//   mult:     v' = A^{2n}(1 + ε·Sq)·v + (σ·D·A^{n−1})²·Sq,  ε = (ασ/A)², Sq = Σ_{j<n}(1+ε)^j
+//   additive: v' = A^{2n}·v + (σc)²·Σ_{k<n} A^{2k}
+// then a mean beyond a bound is clipped and v reset to 0 (the device sits at its bound).
+// float32 in the contract's operation order; log1p/expm1 differ by an ulp across libms, so CPU, CUDA
+// and torch agree to float rounding here.
+constexpr float AGG_ALPHA_MIN = -1.0f + 1.0f / 4096.0f;  // clamp of α (degenerate devices only)
+// n·ε below this: Σ_{j<n}(1+ε)^j = n(1 + (n−1)ε/2) (the next term, n³ε²/6, is below float resolution)
+constexpr float AGG_SERIES_MAX = 1.0f / 1024.0f;
+
+AT_HD float f_log1p(float v) {
+#if defined(__CUDA_ARCH__)
+  return log1pf(v);
+#else
+  return std::log1p(v);
+#endif
+}
+
+AT_HD float f_expm1(float v) {
+#if defined(__CUDA_ARCH__)
+  return expm1f(v);
+#else
+  return std::expm1(v);
+#endif
+}
+
+// Per-element, per-direction constants of the aggregated step (computed once per call).
+struct AggDir {
+  float alpha;  // g·s clamped to >= AGG_ALPHA_MIN
+  float l;      // log1p(alpha)
+  float ia;     // 1/alpha (unused when alpha == 0)
+  float iA;     // 1/(1 + alpha)
+  float eps;    // (alpha·σ·iA)² (mult noise)
+  float lq;     // log1p(eps)
+  float ie;     // 1/eps (unused when eps == 0)
+  float ia2;    // 1/(alpha·(alpha + 2)) (additive noise)
+};
+
+AT_HD AggDir agg_dir(float s, bool up, const DeviceGlobals& g) {
+  AggDir a;
+  const float al = up ? s : -s;
+  a.alpha = al > AGG_ALPHA_MIN ? al : AGG_ALPHA_MIN;
+  a.l = f_log1p(a.alpha);
+  a.ia = 1.0f / a.alpha;
+  a.iA = 1.0f / (1.0f + a.alpha);
+  const float q = (a.alpha * g.sigma) * a.iA;
+  a.eps = q * q;
+  a.lq = f_log1p(a.eps);
+  a.ie = 1.0f / a.eps;
+  a.ia2 = 1.0f / (a.alpha * (a.alpha + 2.0f));
+  return a;
+}
+
+// One sample's n >= 1 pulses of one sign on the moments (m, v) of one element (the contract's float
+// order; n == 1 uses the exact values E = α, R = Sq = Sa = A^{n−1} = 1).
+template <bool MULT, bool NOISE>
+AT_HD void aggregate_sample(float& m, float& v, int n, bool up, const ElemParams& p, const DeviceGlobals& g,
+                            const AggDir& a) {
+  const float gs = up ? 1.0f : -1.0f;
+  const float s = up ? p.s_up : p.s_dn;
+  const float c = up ? p.sc_up : p.sc_dn;
+  const float d = gs * (s * m + c);
+  const float nf = static_cast<float>(n);
+  const bool one = n == 1;
+  const float e = one ? a.alpha : f_expm1(nf * a.l);  // A^n − 1
+  const float r = one ? 1.0f : (a.alpha == 0.0f ? nf : e * a.ia);  // Σ_{k<n} A^k
+  float mn = m + d * r;
+  float vn = 0.0f;
+  if (NOISE) {
+    const float an = 1.0f + e;
+    if (MULT) {
+      float sq;  // Σ_{j<n} (1 + ε)^j
+      if (one) sq = 1.0f;
+      else if (a.eps == 0.0f) sq = nf;
+      else if (nf * a.eps < AGG_SERIES_MAX) sq = nf * (1.0f + ((nf - 1.0f) * a.eps) * 0.5f);
+      else sq = f_expm1(nf * a.lq) * a.ie;
+      const float an1 = one ? 1.0f : an * a.iA;  // A^{n−1}
+      const float t = (g.sigma * d) * an1;
+      vn = ((an * an) * (1.0f + a.eps * sq)) * v + (t * t) * sq;
+    } else {
+      const float sa = one ? 1.0f : (a.alpha == 0.0f ? nf : (e * (e + 2.0f)) * a.ia2);  // Σ_{k<n} A^{2k}
+      const float sc = g.sigma * c;
+      vn = (an * an) * v + (sc * sc) * sa;
+    }
+  }
+  // a degenerate device (α clamped, A = 2^-12) can give 0·inf in v': it sits at its fixed point, v' = 0
+  if (!(vn <= 3.4028234663852886e38f)) vn = 0.0f;
+  if (mn < p.bmin || mn > p.bmax) {
+    mn = clip_bounds(mn, p.bmin, p.bmax);
+    vn = 0.0f;
+  }
+  m = mn;
+  v = vn;
+}
+
+// The end of the call for a touched element: w_dev = clip(m + sqrt(v)·z), z = normal(…, PULSE_NOISE,
+// a = element, b = 0, draw = 0) (not drawn without noise).
+AT_HD float aggregate_finish(float m, float v, const ElemParams& p, const DeviceGlobals& g, uint64_t seed,
+                             uint64_t offset, uint32_t flat) {
+  float out = m;
+  if (g.has_noise) {
+    const Philox4 r = philox_block(seed, offset, S_PULSE_NOISE, flat, 0u, 0u);
+    out = m + sqrtf(v) * box_muller(r.r[0], r.r[1], false);
+  }
+  return clip_bounds(out, p.bmin, p.bmax);
+}
+
+// Run-time dispatch of aggregate_sample (KIND_LINEAR only; the ops reject other kinds).
+AT_HD void aggregate_sample_rt(float& m, float& v, int n, bool up, const ElemParams& p, const DeviceGlobals& g) {
+  const AggDir a = agg_dir(up ? p.s_up : p.s_dn, up, g);
+  if (!g.has_noise) aggregate_sample<true, false>(m, v, n, up, p, g, a);
+  else if (g.mult_noise) aggregate_sample<true, true>(m, v, n, up, p, g, a);
+  else aggregate_sample<false, true>(m, v, n, up, p, g, a);
+}
+
 }  // namespace analogtrain

@@ -14,6 +14,9 @@
 namespace analogtrain {
 
 enum UpdateMode : int { MODE_PULSED = 0, MODE_MEAN_COUNT = 1, MODE_EXPECTED = 2 };
+// Bit of the op's `mode` argument: aggregated pulses (pulsed trains and counts, the n pulses of an element
+// in one sample applied as one step; analogtrain.ops.AGGREGATE_BIT). make_args splits it off.
+constexpr int AGGREGATE_BIT = 4;
 
 // Scalars of one call (UpdateSpec + lr, dw, seed, offset).
 struct UpdateArgs {
@@ -25,7 +28,8 @@ struct UpdateArgs {
   double um_grad_scale;
   double res;
   bool sto_round;
-  int mode;
+  int mode;        // MODE_* (without the aggregate bit)
+  bool aggregate;  // MODE_PULSED with aggregated pulses
   uint64_t seed, offset;
 };
 
@@ -44,10 +48,26 @@ inline UpdateArgs make_args(double lr, double dw, int64_t desired_bl, bool fixed
   u.um_grad_scale = um_grad_scale;
   u.res = res;
   u.sto_round = sto_round;
-  u.mode = static_cast<int>(mode);
+  u.mode = static_cast<int>(mode) & ~AGGREGATE_BIT;
+  u.aggregate = (mode & AGGREGATE_BIT) != 0;
   u.seed = static_cast<uint64_t>(seed);
   u.offset = static_cast<uint64_t>(offset);
   return u;
+}
+
+// Range check of the op's mode argument (MODE_* plus optionally AGGREGATE_BIT).
+inline bool valid_mode_code(int64_t mode) {
+  const int64_t m = mode & ~static_cast<int64_t>(AGGREGATE_BIT);
+  return mode >= 0 && m >= MODE_PULSED && m <= MODE_EXPECTED;
+}
+
+// nullptr when the op arguments are consistent, else the message the op wrappers raise.
+inline const char* args_error(const UpdateArgs& u, const DeviceGlobals& g) {
+  if (u.mode < MODE_PULSED || u.mode > MODE_EXPECTED) return "analogtrain: unknown update mode";
+  if (u.aggregate && u.mode != MODE_PULSED) return "analogtrain: aggregate pulses needs the pulsed mode";
+  if (u.aggregate && g.kind != KIND_LINEAR)
+    return "analogtrain: aggregate pulses needs a linear-step family device (constant_step, linear_step, softbounds)";
+  return nullptr;
 }
 
 // One element of the TT-family buffer step (float32, the operation order of reference_transfer.py):
@@ -183,6 +203,23 @@ AT_HD void element_pulses(float* w, float* w_p, int64_t e, int n, bool up, const
   if (w_p) {
     if (g.write_noise > 0.0f) {
       const float xi = normal_draw(seed, offset, S_WRITE_NOISE, static_cast<uint32_t>(e), sample, 0);
+      w[e] = st + g.write_noise * xi;
+    } else {
+      w[e] = st;
+    }
+  }
+}
+
+// The end of an aggregated call for one touched element (moments m, v of w_dev): draw, clip, store
+// the state and, with a persistent weight, the visible weight (write noise drawn once, b = 0).
+AT_HD void element_aggregated(float* w, float* w_p, int64_t e, float m, float v, const ElemParams& p,
+                              const DeviceGlobals& g, uint64_t seed, uint64_t offset) {
+  float* state = w_p ? w_p : w;
+  const float st = aggregate_finish(m, v, p, g, seed, offset, static_cast<uint32_t>(e)) - p.ref;
+  state[e] = st;
+  if (w_p) {
+    if (g.write_noise > 0.0f) {
+      const float xi = normal_draw(seed, offset, S_WRITE_NOISE, static_cast<uint32_t>(e), 0u, 0);
       w[e] = st + g.write_noise * xi;
     } else {
       w[e] = st;

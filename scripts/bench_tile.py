@@ -7,7 +7,10 @@ saturated), backend (``compiled`` C++ kernel vs the pure-torch ``reference``) an
 the script times ``forward`` (y = layer(x)), ``backward`` ((y·g).sum().backward()) and ``update``
 (``opt.step()``: the pulsed update(s) and transfers) with the trainer's own objects (``build_algorithm``
 → ``prepare`` → ``build_optimizer``), and a digital ``nn.Linear`` + ``torch.optim.SGD`` step in the same
-run. It prints medians (ms) and the ratio of the whole analog step to the digital step.
+run. It prints medians (ms) and the ratio of the whole analog step to the digital step. Each analog
+cell runs in both update modes (``--modes``): ``pulsed`` (aihwkit: one device step and one normal per
+pulse) and ``aggregated`` (same pulse counts; each element's exact mean and variance carried through its
+pulses of the call, one normal per element: ``tile.update_mode=aggregated``, linear-step devices).
 
 Inputs: x ~ U(0, 1) (sigmoid-like activations), g = N(0, 1)/B (the gradient of a mean-reduced loss), so
 with the default update (BL 31, UM + UBLM) lr 0.01 gives k ≈ 0.5 expected coincidences at the largest
@@ -55,8 +58,9 @@ def algo_node(name: str) -> dict:
     return {"name": name}
 
 
-def make_step(algo: str, size: tuple[int, int], lr: float, backend: str, seed: int = 0):
-    """(layer, optimizer) of one analog layer O×I under ``algo``, or None when the algorithm is missing."""
+def make_step(algo: str, size: tuple[int, int], lr: float, backend: str, seed: int = 0, mode: str = "pulsed"):
+    """(layer, optimizer) of one analog layer O×I under ``algo`` with ``tile.update_mode=mode``, or None
+    when the algorithm is missing."""
     from omegaconf import OmegaConf
 
     from analogtrain.algorithms import build_algorithm
@@ -71,7 +75,7 @@ def make_step(algo: str, size: tuple[int, int], lr: float, backend: str, seed: i
     cfg = OmegaConf.create({
         "algo": algo_node(algo),
         "device": {"name": "softbounds"},
-        "tile": OmegaConf.structured(TileConfig(backend=backend)),
+        "tile": OmegaConf.structured(TileConfig(backend=backend, update_mode=mode)),
         "model": {"name": "bench"},
     })
     alg = build_algorithm(cfg, {"device": seed + 1, "pulse": seed + 2})
@@ -122,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", nargs="+", default=["compiled", "reference"],
                     choices=["compiled", "reference"])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--modes", nargs="+", default=["pulsed", "aggregated"], choices=["pulsed", "aggregated"],
+                    help="tile.update_mode: pulsed (one device step and one normal per pulse, aihwkit) or "
+                         "aggregated (moments of each element's pulses through the call, one normal each)")
     ap.add_argument("--reps", type=int, default=7, help="timed steps per compiled cell (after 1 warm-up step)")
     ap.add_argument("--ref-reps", type=int, default=1, help="timed steps per reference cell (no warm-up)")
     ap.add_argument("--ref-threads", type=int, nargs="+", default=[1], help="thread counts for the reference")
@@ -148,13 +155,13 @@ def main(argv=None) -> int:
             for regime in a.regimes:
                 lr = LR[regime]
                 dig = digital_step(size, x, g, lr, reps=max(a.reps, 10))
-                rows.append(dict(size=n, algo="digital", regime=regime, backend="torch", threads=threads, **dig,
-                                 ratio=1.0))
-                for algo in a.algos:
+                rows.append(dict(size=n, algo="digital", mode="-", regime=regime, backend="torch", threads=threads,
+                                 **dig, ratio=1.0))
+                for algo, mode in [(al, mo) for al in a.algos for mo in a.modes]:
                     for backend in a.backends:
                         if backend == "reference" and (n > a.max_ref_size or threads not in a.ref_threads):
                             continue
-                        made = make_step(algo, size, lr, backend)
+                        made = make_step(algo, size, lr, backend, mode=mode)
                         if made is None:
                             msg = f"algo '{algo}' is not registered yet: skipped"
                             if msg not in notes:
@@ -165,21 +172,21 @@ def main(argv=None) -> int:
                             t = time_step(layer, opt, x, g, a.reps, warmup=1)
                         else:  # pure torch: nothing to warm up, and one step can take seconds
                             t = time_step(layer, opt, x, g, a.ref_reps, warmup=0)
-                        rows.append(dict(size=n, algo=algo, regime=regime, backend=backend, threads=threads,
-                                         **t, ratio=t["step"] / dig["step"]))
+                        rows.append(dict(size=n, algo=algo, mode=mode, regime=regime, backend=backend,
+                                         threads=threads, **t, ratio=t["step"] / dig["step"]))
                         r = rows[-1]
-                        print(f"  {n:5d} {algo:7s} {regime:6s} {backend:9s} t={threads}  fwd {r['forward']:8.2f}  "
+                        print(f"  {n:5d} {algo:7s} {mode:10s} {regime:6s} {backend:9s} t={threads}  fwd {r['forward']:8.2f}  "
                               f"bwd {r['backward']:8.2f}  upd {r['update']:9.2f}  step {r['step']:9.2f} ms  "
                               f"x{r['ratio']:6.1f}", file=sys.stderr, flush=True)
 
     print(f"\nOne training step of one layer, batch {a.batch}, device softbounds; medians in ms; "
           "ratio = step / digital step (same size, regime, threads)\n")
-    hdr = f"| {'size':>9} | {'algo':7} | {'lr':13} | {'backend':9} | thr | {'forward':>8} | {'backward':>8} | " \
+    hdr = f"| {'size':>9} | {'algo':7} | {'mode':10} | {'lr':13} | {'backend':9} | thr | {'forward':>8} | {'backward':>8} | " \
           f"{'update':>9} | {'step':>9} | {'ratio':>6} |"
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['size']:4d}x{r['size']:<4d} | {r['algo']:7} | {r['regime']:6} {LR[r['regime']]:<6} | "
+        print(f"| {r['size']:4d}x{r['size']:<4d} | {r['algo']:7} | {r['mode']:10} | {r['regime']:6} {LR[r['regime']]:<6} | "
               f"{r['backend']:9} | {r['threads']:3d} | {r['forward']:8.2f} | {r['backward']:8.2f} | "
               f"{r['update']:9.2f} | {r['step']:9.2f} | {r['ratio']:6.1f} |")
     for msg in notes:

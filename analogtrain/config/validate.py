@@ -161,6 +161,42 @@ def check_unknown_keys(node, prefix: str = "") -> None:
             check_unknown_keys(child, f"{prefix}{k}.")
 
 
+def check_update_mode_device(update_mode: str, device_cfg, key: str = "tile.update_mode",
+                             device_key: str = "device") -> None:
+    """``tile.update_mode: aggregated`` needs a linear-step family device (KIND_LINEAR: the per-pulse map
+    is affine in w, which is what makes the n-pulse chain's mean and variance closed-form). ``device_cfg``
+    is a resolved device dataclass (``device_from_config``); ConfigError naming ``key`` otherwise."""
+    if update_mode != "aggregated":
+        return
+    from analogtrain.devices import FAMILIES
+    from analogtrain.devices import params as P
+
+    kind = getattr(type(device_cfg), "KIND", None)
+    if kind != P.KIND_LINEAR:
+        linear = sorted(n for n, c in FAMILIES.items() if getattr(c, "KIND", None) == P.KIND_LINEAR)
+        name = getattr(device_cfg, "name", None) or getattr(device_cfg, "family", type(device_cfg).__name__)
+        raise ConfigError(key, f"'aggregated' needs a linear-step family device: {', '.join(linear)} "
+                          f"(or a preset of one); {device_key} is '{name}'. Choose update_mode pulsed, "
+                          "mean_count or expected for this device")
+
+
+def _check_aggregated(cfg, device_cfg) -> None:
+    """``check_update_mode_device`` for the main device and, for transfer algorithms, the A and C devices
+    (``algo.fast_device`` / ``algo.device_c`` may name another family)."""
+    tile = cfg.get("tile")
+    mode = tile.get("update_mode", "pulsed") if tile is not None else "pulsed"
+    if mode != "aggregated":
+        return
+    check_update_mode_device(mode, device_cfg)
+    algo = cfg.get("algo")
+    if algo is not None and ("fast_device" in algo or "device_c" in algo):
+        from analogtrain.algorithms.transfer import resolve_devices
+
+        dev_a, dev_c = resolve_devices(cfg, algo)
+        check_update_mode_device(mode, dev_a, device_key="algo.fast_device")
+        check_update_mode_device(mode, dev_c, device_key="algo.device_c")
+
+
 def validate_config(cfg) -> None:
     """Validate the whole composed config; raise ``ConfigError`` naming the first bad key."""
     check_unknown_keys(cfg)
@@ -174,12 +210,15 @@ def validate_config(cfg) -> None:
 
     validate_tile(cfg.tile)
     dev = device_validator()
+    device_cfg = None
     if dev is not None:
-        dev(cfg.device, prefix="device")
+        device_cfg = dev(cfg.device, prefix="device")
 
     import analogtrain.algorithms  # noqa: F401  (registers every algorithm)
     from analogtrain.algorithms.base import ALGORITHMS
 
     check_choice("algo.name", cfg.algo.name, sorted(ALGORITHMS))
     ALGORITHMS[cfg.algo.name].validate(cfg)
+    if device_cfg is not None and getattr(ALGORITHMS[cfg.algo.name], "is_analog", False):
+        _check_aggregated(cfg, device_cfg)  # tile × device: after both (and the algorithm) validated
     validate_init(cfg)

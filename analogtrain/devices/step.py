@@ -12,7 +12,7 @@ import torch
 
 from analogtrain.devices import params as P
 
-__all__ = ["device_step", "step_magnitudes"]
+__all__ = ["aggregate_finish", "aggregate_moments", "aggregate_step", "device_step", "step_magnitudes"]
 
 
 def _g32(gparams: torch.Tensor, idx: int) -> torch.Tensor:
@@ -96,6 +96,136 @@ def device_step(
         return torch.where(rng != 0, new, w_dev)
 
     raise ValueError(f"unknown device kind {kind}")
+
+
+# α is clamped to >= −1 + 2⁻¹² in the aggregated moments: a degenerate device (one pulse overshoots the
+# fixed point, 1 + α <= 0) would make log1p(α) undefined (the contract's choice; d keeps s and c as they are)
+AGG_ALPHA_MIN = -1.0 + 2.0**-12
+# n·ε below this: Σ_{j<n} (1 + ε)^j = n·(1 + (n − 1)·ε/2) (the next term, n³ε²/6 relative, is below float
+# resolution; expm1(n·log1p ε)/ε would lose digits there)
+AGG_SERIES_MAX = 2.0**-10
+
+
+def aggregate_moments(
+    m: torch.Tensor,
+    v: torch.Tensor,
+    n: torch.Tensor,
+    up: torch.Tensor,
+    params: torch.Tensor,
+    gparams: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carry the exact mean and variance of every element through n same-signed pulses (KIND_LINEAR).
+
+    m, v:    (*S) float32 mean and variance of the device conductance before the pulses
+    n:       (*S) int or float tensor, pulses per element, >= 1
+    up:      (*S) bool, True = up pulses
+    params:  (NP, *S) float32; gparams: (NG,) float64 (kind must be KIND_LINEAR)
+    returns  (m', v') (*S) float32; a mean beyond a bound is clipped to it and its variance reset to 0
+             (the device sits at its bound)
+
+    Physics: the per-pulse map of KIND_LINEAR is affine, w' = w + g(s·w + c)(1 + σξ) (mult noise) or
+    w' = w + g(s·w + c(1 + σξ)) (additive), g = ±1, (s, c) = (slope, scale) of the pulse direction. Per
+    pulse, with α = g·s and A = 1 + α: m' = A·m + g·c; mult V' = (A² + α²σ²)·V + σ²·(α·m + g·c)²;
+    additive V' = A²·V + σ²c². Along the chain α·m_k + g·c = d·A^k with d = g(s·m + c) (the first pulse's
+    mean step), so after n pulses, with E = A^n − 1 = expm1(n·log1p α):
+
+        m_n = m + d·Σ_{k<n} A^k = m + d·E/α                         (α = 0: m + n·d)
+        mult:      V_n = A^{2n}·q^n·V + (σ·d·A^{n−1})²·Sq,  q = 1 + ε, ε = (ασ/A)², Sq = Σ_{j<n} q^j,
+                   q^n = 1 + ε·Sq
+        additive:  V_n = A^{2n}·V + (σc)²·Sa,  Sa = Σ_{k<n} A^{2k} = E(E + 2)/(α(α + 2))
+
+    float32, one rounding per operation in exactly the contract's order, which the C++/CUDA twin
+    (``csrc/device_step.h`` agg_dir / aggregate_sample) follows too: per-direction constants 1/α, 1/A,
+    1/ε, 1/(α(α + 2)) are reciprocals that multiply; n == 1 uses the exact values E = α, R = Sq = Sa =
+    A^{n−1} = 1; small n·ε uses the series of Sq. Results agree with the kernels up to the rounding of
+    log1p/expm1 between libraries. α is clamped to >= ``AGG_ALPHA_MIN`` wherever it appears (not in d).
+    """
+    kind = int(gparams[P.G_KIND].item())
+    if kind != P.KIND_LINEAR:
+        raise ValueError("aggregated pulses need a KIND_LINEAR device (constant_step, linear_step, "
+                         f"softbounds), got kind {kind}")
+    sigma = _g32(gparams, P.G_DW_MIN_STD)
+    one = torch.ones_like(m)
+    gs = torch.where(up, one, -one)  # +1 up, −1 down
+    s = torch.where(up, params[P.P_SLOPE_UP], params[P.P_SLOPE_DOWN])
+    c = torch.where(up, params[P.P_SCALE_UP], params[P.P_SCALE_DOWN])
+    # per-direction constants (agg_dir)
+    alpha = torch.clamp(torch.where(up, s, -s), min=AGG_ALPHA_MIN)  # g·s, clamped for degenerate devices
+    lg = torch.log1p(alpha)  # log A
+    ia = 1.0 / alpha  # (unused where α = 0)
+    i_a = 1.0 / (1.0 + alpha)  # 1/A
+    # the sample (aggregate_sample)
+    d = gs * (s * m + c)  # s·m + c as device_step (no FMA): the first pulse's mean step
+    nf = n.to(torch.float32)  # exact for the small counts of a pulse train
+    single = nf == 1.0
+    e = torch.where(single, alpha, torch.expm1(nf * lg))  # A^n − 1
+    r = torch.where(single, one, torch.where(alpha == 0, nf, e * ia))  # Σ_{k<n} A^k
+    m_new = m + d * r
+    if float(sigma) > 0.0:
+        an = 1.0 + e  # A^n
+        if bool(gparams[P.G_MULT_NOISE].item() != 0.0):
+            q = (alpha * sigma) * i_a  # ασ/A
+            eps = q * q  # ε
+            lq = torch.log1p(eps)
+            ie = 1.0 / eps  # (unused where ε = 0)
+            sq = torch.where(eps == 0, nf, torch.where(nf * eps < AGG_SERIES_MAX,
+                                                       nf * (1.0 + ((nf - 1.0) * eps) * 0.5),
+                                                       torch.expm1(nf * lq) * ie))  # Σ_{j<n} (1 + ε)^j
+            sq = torch.where(single, one, sq)
+            an1 = torch.where(single, one, an * i_a)  # A^{n−1}
+            t = (sigma * d) * an1  # σ·d·A^{n−1}
+            v_new = ((an * an) * (1.0 + eps * sq)) * v + (t * t) * sq
+        else:
+            ia2 = 1.0 / (alpha * (alpha + 2.0))  # (unused where α = 0)
+            sa = torch.where(alpha == 0, nf, (e * (e + 2.0)) * ia2)  # Σ_{k<n} A^{2k}
+            sa = torch.where(single, one, sa)
+            sc = sigma * c
+            v_new = (an * an) * v + (sc * sc) * sa
+    else:
+        v_new = torch.zeros_like(v)
+    # a degenerate device (α clamped: A = 2^-12) can give 0·inf = NaN or inf in v'; it sits at its
+    # fixed point, so v' = 0 there (the kernels: !(v' <= FLT_MAX) -> 0)
+    v_new = torch.where(v_new <= torch.finfo(torch.float32).max, v_new, torch.zeros_like(v_new))
+    bmin, bmax = params[P.P_BMIN], params[P.P_BMAX]
+    out = (m_new < bmin) | (m_new > bmax)
+    m_new = torch.where(out, torch.minimum(torch.maximum(m_new, bmin), bmax), m_new)
+    v_new = torch.where(out, torch.zeros_like(v_new), v_new)
+    return m_new, v_new
+
+
+def aggregate_finish(
+    m: torch.Tensor, v: torch.Tensor, params: torch.Tensor, gparams: torch.Tensor, z: torch.Tensor | None
+) -> torch.Tensor:
+    """The device conductance drawn from the carried moments: clip(m + sqrt(v)·z, b_min, b_max).
+
+    m, v (*S) float32; params (NP, *S); z (*S) float32 standard normals, or None when dw_min_std == 0
+    (then the result is clip(m)). Returns (*S) float32."""
+    out = m
+    if float(_g32(gparams, P.G_DW_MIN_STD)) > 0.0:
+        if z is None:
+            raise ValueError("aggregated pulses: z (one standard normal per element) is required when "
+                             "dw_min_std > 0")
+        out = m + torch.sqrt(v) * z
+    return torch.minimum(torch.maximum(out, params[P.P_BMIN]), params[P.P_BMAX])
+
+
+def aggregate_step(
+    w_dev: torch.Tensor,
+    n: torch.Tensor,
+    up: torch.Tensor,
+    params: torch.Tensor,
+    gparams: torch.Tensor,
+    z: torch.Tensor | None,
+) -> torch.Tensor:
+    """n same-signed pulses on every element as ONE Gaussian step (aggregated pulses of one sample).
+
+    w_dev (*S) float32; n (*S) int/float >= 1; up (*S) bool; params (NP, *S); gparams (NG,); z (*S)
+    float32 one standard normal per element (None only when dw_min_std == 0). Returns (*S) float32
+    ``aggregate_finish(*aggregate_moments(w_dev, 0, n, up, ...), z)``: the exact mean and variance of the
+    n-pulse chain started at w_dev, a Gaussian shape, clipped once. (The op carries the moments through
+    all samples of a call and draws once at the end: ``ops/reference.py`` step 4a.)"""
+    m, v = aggregate_moments(w_dev, torch.zeros_like(w_dev), n, up, params, gparams)
+    return aggregate_finish(m, v, params, gparams, z)
 
 
 def step_magnitudes(w_dev: torch.Tensor, params: torch.Tensor, gparams: torch.Tensor):

@@ -84,9 +84,12 @@ class AnalogLinear(AnalogLayer):
             self.bias.copy_(b.detach().reshape(-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        y = self.matrices[0](x.reshape(-1, self.in_features))
-        y = y.reshape(*lead, self.out_features)
+        if x.dim() == 2:  # (B, in): the tile batch already
+            y = self.matrices[0](x)
+        else:
+            lead = x.shape[:-1]
+            y = self.matrices[0](x.reshape(-1, self.in_features))
+            y = y.reshape(*lead, self.out_features)
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:

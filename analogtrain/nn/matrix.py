@@ -81,6 +81,8 @@ class AnalogMatrix(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in) -> (B, out)."""
+        if self.n_tiles == 1 and not self.analog_bias:  # one tile reads x as it is (no slice, no sum)
+            return self.tiles[0](x)
         if self.analog_bias:
             x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
         n_in_blocks = len(self.in_splits)

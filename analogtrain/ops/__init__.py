@@ -28,6 +28,14 @@ Contract of the pulsed update (all ops mutate state tensors in place and hold no
 Semantics: aihwkit's (``shared/reference/aihwkit-semantics.md`` §1): every sample is its own update
 with its own BL and UM/UBLM scaling, in batch order; sign(x)·sign(d)·sign(lr) > 0 gives a *down* pulse.
 
+Aggregated pulses (``spec.aggregate``, ``tile.update_mode: aggregated``; MODE_PULSED and KIND_LINEAR
+devices only, else the op raises): trains, counts, signs and the pulse counts returned are those of
+MODE_PULSED (same seed/offset, same counts), but instead of one device step per pulse every element
+carries the exact mean and variance of its conductance through all its pulses of the call (the
+per-pulse map is affine) and draws ONE normal at the end, clipped once (float32 recipe:
+``devices.step.aggregate_moments`` / ``aggregate_finish``; semantics: ``reference.py`` step 4a). The op
+argument ``mode`` carries the flag as ``spec.mode | AGGREGATE_BIT`` (``_spec_args``).
+
 Contract of the fused TT-family transfer of one slice (twin: ``reference_transfer.buffered_transfer_ref``)::
 
     buffered_transfer(h, v, k, *, lr_scale, thr, bl, momentum, forget, w, w_p, params, gparams, lr, dw,
@@ -72,6 +80,11 @@ import torch
 MODE_PULSED = 0  # stochastic compressed pulse trains (the faithful simulation)
 MODE_MEAN_COUNT = 1  # deterministic counts n_ij = rint(c_d(i)/BL * c_x(j)) (aihwkit MeanCount)
 MODE_EXPECTED = 2  # expected increment per sample: w += Δ·F(w) − |Δ|·G(w), noise-free, Δ = −lr·x·d
+# Bit of the op's ``mode`` argument that asks for aggregated pulses (MODE_PULSED only): the pulses of an
+# element in one call move the exact mean and variance of its conductance, ONE normal is drawn at the end
+# (KIND_LINEAR devices; ``reference.py`` step 4a). The kernels split the code as ``mode & 3`` (the mode)
+# and ``mode & AGGREGATE_BIT``.
+AGGREGATE_BIT = 4
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,7 @@ class UpdateSpec:
     res: float = 0.0
     sto_round: bool = False
     mode: int = MODE_PULSED
+    aggregate: bool = False  # aggregated pulses (``tile.update_mode: aggregated``); MODE_PULSED only
 
 
 # --- dispatch: tile.backend = auto | compiled | reference ---------------------------------------------
@@ -171,10 +185,18 @@ def _f32(t, device):
 
 
 def _spec_args(spec: UpdateSpec):
-    if int(spec.mode) not in (MODE_PULSED, MODE_MEAN_COUNT, MODE_EXPECTED):
+    """The op's scalar arguments of ``spec`` (the ONE place the mode code is built): ``(desired_bl,
+    fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode_code)`` with ``mode_code = spec.mode``, or
+    ``spec.mode | AGGREGATE_BIT`` when ``spec.aggregate`` (only with MODE_PULSED: ValueError otherwise)."""
+    mode = int(spec.mode)
+    if mode not in (MODE_PULSED, MODE_MEAN_COUNT, MODE_EXPECTED):
         raise ValueError(f"unknown update mode {spec.mode}")
+    if getattr(spec, "aggregate", False):
+        if mode != MODE_PULSED:
+            raise ValueError(f"aggregate (aggregated pulses) needs mode MODE_PULSED, got mode {mode}")
+        mode |= AGGREGATE_BIT
     return (int(spec.desired_bl), bool(spec.fixed_bl), bool(spec.ublm), bool(spec.um or spec.ublm),
-            float(spec.um_grad_scale), float(spec.res), bool(spec.sto_round), int(spec.mode))
+            float(spec.um_grad_scale), float(spec.res), bool(spec.sto_round), mode)
 
 
 def pulsed_update(w, w_p, params, gparams, x, d, lr, dw, spec, seed, offset, chop_in=None, chop_out=None,

@@ -41,6 +41,20 @@ Per call, the samples ``b = 0..B-1`` are applied **in batch order**, each as its
    weight of touched elements is redrawn ``w = w_p + G_WRITE_NOISE·normal(seed, offset,
    Stream.WRITE_NOISE, a=i*I+j, b=b, draw=0)``.
 
+4a. Aggregated pulses (``spec.aggregate``; MODE_PULSED and KIND_LINEAR devices only, ValueError
+   otherwise). Steps 1-3 and the pulse counts returned are those of MODE_PULSED (same seed/offset, same
+   counts); step 4 is replaced, vectorised over elements, by carrying the exact mean m and variance V of
+   every element's conductance through all its pulses of the call (the per-pulse map is affine):
+   ``m = w_dev, V = 0``; for each sample in batch order, elements with n_ij > 0 get
+   ``(m, V) = devices.step.aggregate_moments(m, V, n_ij, up, ...)`` (a mean beyond a bound is clipped
+   and its V reset to 0). After the last sample each touched element draws ONE normal
+   ``z = normal(seed, offset, Stream.PULSE_NOISE, a=i*I+j, b=0, draw=0)`` (not drawn when
+   dw_min_std == 0): ``w_dev = clip(m + sqrt(V)·z, b_min, b_max)``, ``w_state = w_dev − ref``; with write
+   noise the visible weight is redrawn once, ``w = w_p + G_WRITE_NOISE·normal(seed, offset,
+   Stream.WRITE_NOISE, a=i*I+j, b=0, draw=0)`` (it is only read after the call, so one redraw has the
+   distribution of the per-sample redraws). Exact in the first two moments (and noise-free devices
+   exact up to float rounding); the shape is Gaussian and noisy excursions clip only at the end.
+
 5. MODE_EXPECTED (the theory papers' dynamic model, noise-free, vectorised over elements): with
    ``E[n_ij] = BL·min(p_x(j), 1)·min(p_d(i), 1)`` from the same scales (res applied as ``rint`` unless
    ``sto_round``, whose expectation is p itself), ``w_dev += E[n]·step_up(w_dev)`` for up elements and
@@ -58,7 +72,7 @@ import math
 import torch
 
 from analogtrain.devices import params as P
-from analogtrain.devices.step import device_step, step_magnitudes
+from analogtrain.devices.step import aggregate_finish, aggregate_moments, device_step, step_magnitudes
 from analogtrain.ops import MODE_EXPECTED, MODE_MEAN_COUNT, MODE_PULSED, UpdateSpec
 from analogtrain.ops import rng as R
 
@@ -173,12 +187,20 @@ def pulsed_update_ref(
     dev = w.device
     pulses = torch.zeros(O, I, dtype=torch.float32, device=dev)
     lr = float(lr)
+    mode = int(spec.mode)
+    aggregate = bool(getattr(spec, "aggregate", False))
+    if aggregate:
+        if mode != MODE_PULSED:
+            raise ValueError(f"aggregate (aggregated pulses) needs mode MODE_PULSED, got mode {mode}")
+        kind = int(gparams[P.G_KIND].item())
+        if kind != P.KIND_LINEAR:
+            raise ValueError("aggregate (aggregated pulses) needs a linear-step family device "
+                             f"(constant_step, linear_step, softbounds; KIND_LINEAR), got device kind {kind}")
     if lr == 0.0 or x.shape[0] == 0:
         return pulses
     if not dw > 0:
         raise ValueError(f"dw must be > 0, got {dw}")
     lr_abs = abs(lr)
-    mode = int(spec.mode)
     x = x.to(device=dev, dtype=torch.float32)
     d = d.to(device=dev, dtype=torch.float32)
     params = params.to(dev)
@@ -192,6 +214,10 @@ def pulsed_update_ref(
     all_idx = torch.arange(O * I, dtype=torch.int64, device=dev)
 
     sign_lr = 1.0 if lr > 0 else -1.0
+    if aggregate:  # step 4a: moments of every element's conductance through the call
+        agg_m = state_flat + ref
+        agg_v = torch.zeros_like(agg_m)
+        agg_touched = torch.zeros(O * I, dtype=torch.bool, device=dev)
     cin = None if chop_in is None else chop_in.to(device=dev, dtype=torch.float32)
     cout = None if chop_out is None else chop_out.to(device=dev, dtype=torch.float32)
 
@@ -248,6 +274,12 @@ def pulsed_update_ref(
         if not bool(touched.any()):
             continue
         idx = all_idx[touched]
+        if aggregate:
+            agg_m[idx], agg_v[idx] = aggregate_moments(agg_m[idx], agg_v[idx], n[idx], up[idx],
+                                                       flat_params[:, idx], gparams)
+            agg_touched[idx] = True
+            pulses += n.view(O, I)
+            continue
         w_dev = state_flat[idx] + ref[idx]
         _apply_pulses(
             w_dev, n[idx].to(torch.int64), up[idx], flat_params[:, idx], gparams, seed, offset, b, idx
@@ -260,4 +292,16 @@ def pulsed_update_ref(
             else:
                 w_flat[idx] = state_flat[idx]
         pulses += n.view(O, I)
+    if aggregate and bool(agg_touched.any()):  # one draw per touched element at the end of the call
+        idx = all_idx[agg_touched]
+        z = None
+        if float(gparams[P.G_DW_MIN_STD].item()) != 0.0:
+            z = R.normal(seed, offset, R.Stream.PULSE_NOISE, idx, 0, 0, device=dev)
+        state_flat[idx] = aggregate_finish(agg_m[idx], agg_v[idx], flat_params[:, idx], gparams, z) - ref[idx]
+        if w_p is not None:
+            if wn_std > 0:
+                xi = R.normal(seed, offset, R.Stream.WRITE_NOISE, idx, 0, 0, device=dev)
+                w_flat[idx] = state_flat[idx] + torch.tensor(wn_std, dtype=torch.float32, device=dev) * xi
+            else:
+                w_flat[idx] = state_flat[idx]
     return pulses

@@ -63,14 +63,13 @@ class Stream(enum.IntEnum):
 
 
 def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """32x32 -> (hi, lo) 32-bit product in int64 arithmetic without overflow (a holds uint32 values)."""
-    m_lo = m & 0xFFFF
-    m_hi = m >> 16
-    t = a * m_lo  # < 2**48
-    u = a * m_hi  # < 2**48
-    hi = (u + (t >> 16)) >> 16
-    lo = (((u & 0xFFFF) << 16) + t) & _MASK32
-    return hi, lo
+    """32x32 -> (hi, lo) 32-bit halves of the product, for ``a`` holding uint32 values (int64 tensor).
+
+    The full product is < 2**64; int64 multiplication wraps modulo 2**64 (two's complement, on every
+    torch backend), so ``p`` holds its exact 64 bits and the halves are two masks of it (3 tensor ops
+    instead of 9 for a 16-bit split)."""
+    p = a * m
+    return (p >> 32) & _MASK32, p & _MASK32
 
 
 def philox4x32(c0, c1, c2, c3, seed: int, rounds: int = 10):
@@ -81,7 +80,10 @@ def philox4x32(c0, c1, c2, c3, seed: int, rounds: int = 10):
     for r in range(rounds):
         hi0, lo0 = _mulhilo(c0, _M0)
         hi1, lo1 = _mulhilo(c2, _M1)
-        c0, c1, c2, c3 = (hi1 ^ c1 ^ k0) & _MASK32, lo1, (hi0 ^ c3 ^ k1) & _MASK32, lo0
+        if r == 0:  # from round 1 on every word is already < 2**32: the XORs need no mask
+            c0, c1, c2, c3 = (hi1 ^ c1 ^ k0) & _MASK32, lo1, (hi0 ^ c3 ^ k1) & _MASK32, lo0
+        else:
+            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         if r < rounds - 1:
             k0 = (k0 + _W0) & _MASK32
             k1 = (k1 + _W1) & _MASK32
@@ -113,10 +115,23 @@ def normal_words(w_first: torch.Tensor, w_second: torch.Tensor, use_sin: bool) -
     return (rad * (torch.sin(ang) if use_sin else torch.cos(ang))).to(torch.float32)
 
 
+def _scalar_draw(draw) -> int | None:
+    """``draw`` as a Python int when it is one number (int or one-element tensor), else None."""
+    if isinstance(draw, int):
+        return draw
+    if isinstance(draw, torch.Tensor) and draw.numel() == 1 and draw.dim() == 0:
+        return int(draw)
+    return None
+
+
 def uniform(seed: int, offset: int, stream: int, a, b, draw, device=None) -> torch.Tensor:
     """Uniform(0,1) float32 numbers for broadcastable index tensors ``a``, ``b`` and ``draw``.
 
     ``draw`` is the position inside the ``(a, b, stream)`` sequence (e.g. the pulse slot)."""
+    k = _scalar_draw(draw)
+    if k is not None:  # one word of every Philox output (the same numbers as the general path)
+        c0, c1, c2, c3 = _counters(a, b, stream, k >> 2, offset, device)
+        return uniform_words(philox4x32(c0, c1, c2, c3, seed)[k & 3])
     draw_t = torch.as_tensor(draw, dtype=torch.int64, device=device)
     c0, c1, c2, c3 = _counters(a, b, stream, draw_t >> 2, offset, device)
     r = philox4x32(c0, c1, c2, c3, seed)
@@ -127,6 +142,12 @@ def uniform(seed: int, offset: int, stream: int, a, b, draw, device=None) -> tor
 
 def normal(seed: int, offset: int, stream: int, a, b, draw, device=None) -> torch.Tensor:
     """Standard-normal float32 numbers for broadcastable index tensors (see module docstring)."""
+    k = _scalar_draw(draw)
+    if k is not None:  # only the Box–Muller branch that is asked for (the same numbers)
+        c0, c1, c2, c3 = _counters(a, b, stream, k >> 2, offset, device)
+        r = philox4x32(c0, c1, c2, c3, seed)
+        first, second = (r[0], r[1]) if (k & 3) < 2 else (r[2], r[3])
+        return normal_words(first, second, use_sin=bool(k & 1))
     draw_t = torch.as_tensor(draw, dtype=torch.int64, device=device)
     c0, c1, c2, c3 = _counters(a, b, stream, draw_t >> 2, offset, device)
     r = philox4x32(c0, c1, c2, c3, seed)

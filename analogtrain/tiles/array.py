@@ -29,7 +29,8 @@ from analogtrain.tiles.periphery import read_io
 
 __all__ = ["DeviceArray", "update_spec"]
 
-_MODES = {"pulsed": MODE_PULSED, "mean_count": MODE_MEAN_COUNT, "expected": MODE_EXPECTED}
+_MODES = {"pulsed": MODE_PULSED, "mean_count": MODE_MEAN_COUNT, "expected": MODE_EXPECTED,
+          "aggregated": MODE_PULSED}  # aggregated = MODE_PULSED with UpdateSpec.aggregate
 
 
 def update_spec(update: UpdateConfig, update_mode: str = "pulsed", prefix: str = "tile") -> UpdateSpec | None:
@@ -37,17 +38,26 @@ def update_spec(update: UpdateConfig, update_mode: str = "pulsed", prefix: str =
 
     ``update_mode=pulsed`` follows ``update.pulse_type``: ``stochastic_compressed`` → pulsed,
     ``mean_count`` → deterministic counts; ``none`` → ``None`` (no update: an inference tile).
-    ``update_mode=mean_count|expected`` override the pulse type. UM is forced on under UBLM (aihwkit).
+    ``update_mode=mean_count|expected`` override the pulse type. ``update_mode=aggregated`` is pulsed with
+    ``aggregate=True`` (same pulse-type logic; it needs stochastic pulse trains, so ``pulse_type:
+    mean_count`` is a ConfigError naming ``{prefix}.update_mode``). Whether the device supports it
+    (KIND_LINEAR) is checked where the device is known (``config.validate.check_update_mode_device``).
+    UM is forced on under UBLM (aihwkit).
     """
     if update_mode not in _MODES:
         raise ConfigError(f"{prefix}.update_mode", f"'{update_mode}' is not allowed; choose one of "
                           f"{', '.join(_MODES)}")
     mode = _MODES[update_mode]
-    if update_mode == "pulsed":
+    aggregate = update_mode == "aggregated"
+    if update_mode in ("pulsed", "aggregated"):
         pt = update.pulse_type
         if pt in ("none", "none_with_device"):
             return None
         if pt == "mean_count":
+            if aggregate:
+                raise ConfigError(f"{prefix}.update_mode", "'aggregated' aggregates stochastic pulse trains "
+                                  "and needs update.pulse_type=stochastic_compressed (got mean_count); "
+                                  "choose update_mode pulsed or mean_count for deterministic counts")
             mode = MODE_MEAN_COUNT
         elif pt != "stochastic_compressed":
             raise ConfigError(f"{prefix}.update.pulse_type", f"'{pt}' is not implemented; choose one of "
@@ -56,7 +66,7 @@ def update_spec(update: UpdateConfig, update_mode: str = "pulsed", prefix: str =
     return UpdateSpec(
         desired_bl=int(update.desired_bl), fixed_bl=bool(update.fixed_bl), ublm=ublm,
         um=bool(update.update_management) or ublm, um_grad_scale=float(update.um_grad_scale),
-        res=float(update.res), sto_round=bool(update.sto_round), mode=mode,
+        res=float(update.res), sto_round=bool(update.sto_round), mode=mode, aggregate=aggregate,
     )
 
 
@@ -157,6 +167,10 @@ class DeviceArray(torch.nn.Module):
                chop_in: torch.Tensor | None = None, chop_out: torch.Tensor | None = None) -> torch.Tensor:
         """Pulsed update with x (B, I), d (B, O) (aihwkit sign: positive x·d·lr → down pulses, so the
         weight moves along −lr·x·d). Returns the pulses per element (O, I); advances ``offset`` by 1."""
+        if spec.aggregate and getattr(type(self.device_cfg), "KIND", P.KIND_LINEAR) != P.KIND_LINEAR:
+            from analogtrain.config.validate import check_update_mode_device
+
+            check_update_mode_device("aggregated", self.device_cfg)  # ConfigError naming tile.update_mode
         x = x.detach().to(self.w.device, torch.float32).contiguous()
         d = d.detach().to(self.w.device, torch.float32).contiguous()
         pulses = ops.pulsed_update(

@@ -15,7 +15,7 @@ NOISE_MANAGEMENT = ("none", "abs_max", "max", "constant")
 BOUND_MANAGEMENT = ("none", "iterative")
 W_NOISE_TYPES = ("none", "additive_constant", "pcm_read")
 PULSE_TYPES = ("stochastic_compressed", "mean_count", "deterministic_implicit", "none", "none_with_device")
-UPDATE_MODES = ("pulsed", "mean_count", "expected")
+UPDATE_MODES = ("pulsed", "mean_count", "expected", "aggregated")
 BACKENDS = ("auto", "compiled", "reference")
 
 
@@ -68,7 +68,9 @@ class TileConfig:
     """The ``tile:`` node: periphery, update, mapping and which implementation runs the update."""
 
     backend: str = "auto"  # auto | compiled | reference (compiled C++/CUDA kernel or the torch oracle)
-    update_mode: str = "pulsed"  # pulsed | mean_count | expected (the theory papers' dynamic model)
+    # pulsed | mean_count | expected (the theory papers' dynamic model) | aggregated (pulsed counts, but
+    # each element's exact mean/variance carried through its pulses, one Gaussian draw; linear-step devices)
+    update_mode: str = "pulsed"
     forward: IOConfig = field(default_factory=IOConfig)
     backward: IOConfig = field(default_factory=IOConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)

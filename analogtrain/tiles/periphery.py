@@ -41,6 +41,8 @@ IO-call offset, so CPU and GPU draw the same noise. Counter layout of one IO cal
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from analogtrain import ops
@@ -60,6 +62,13 @@ _DRAWS_PER_PASS = 16
 _F32 = torch.float32
 
 
+@functools.lru_cache(maxsize=64)
+def _f32(v: float) -> float:
+    """``v`` rounded to float32 (as a Python float): the value a float32 tensor op uses for a scalar."""
+    return float(torch.tensor(v, dtype=_F32))
+
+
+@functools.lru_cache(maxsize=64)
 def _bin(res: float, bound: float) -> float:
     """Quantiser bin width (float32 value as a Python float) relative to the full range ±bound."""
     if res <= 0:
@@ -71,41 +80,79 @@ def _bin(res: float, bound: float) -> float:
 
 def io_bins(io: IOConfig) -> tuple[float, float]:
     """(inp_bin, out_bin) of an IO config; 0.0 where the quantiser is off or the range unbounded."""
-    out_bin = _bin(io.out_res, io.out_bound) if io.out_bound > 0 else 0.0
-    return _bin(io.inp_res, io.inp_bound), out_bin
+    out_bin = _bin(float(io.out_res), float(io.out_bound)) if io.out_bound > 0 else 0.0
+    return _bin(float(io.inp_res), float(io.inp_bound)), out_bin
+
+
+@functools.lru_cache(maxsize=16)
+def _rows(n: int, device: torch.device) -> torch.Tensor:
+    """arange(n) int64 on ``device``: the sample indices of a pass over the whole batch (read-only)."""
+    return torch.arange(n, dtype=torch.int64, device=device)
 
 
 class _Draws:
-    """Philox draws for one IO call: fixed seed, offset and stream; ``b`` = global sample indices.
+    """Philox draws for one IO call: fixed seed, offset and stream; ``b`` = sample indices in the call
+    (row numbers < B, so they are their own 32-bit counter word).
 
     The grids come from ``analogtrain.ops.random_grid``: the compiled CPU kernel when it is active
     (same numbers as ``analogtrain.ops.rng``: uniforms exactly, normals up to a float ulp with
-    probability ~1e-8), else the torch emulation of ``rng`` (reference backend, CUDA tensors)."""
+    probability ~1e-8), else the torch emulation of ``rng`` (reference backend, CUDA tensors). Each
+    grid is a fresh tensor (callers scale it in place)."""
+
+    __slots__ = ("seed", "offset", "stream", "device")
 
     def __init__(self, seed: int, offset: int, stream: int, device):
         self.seed, self.offset, self.stream, self.device = int(seed), int(offset), int(stream), device
 
     def normal(self, n_a: int, b_idx: torch.Tensor, draw: int) -> torch.Tensor:
         """(len(b_idx), n_a) standard normals (Box–Muller of words (r0,r1) or (r2,r3))."""
-        return ops.random_grid(self.seed, self.offset, self.stream, n_a, b_idx & 0xFFFFFFFF, draw, normal=True,
-                               device=self.device)
+        return ops.random_grid(self.seed, self.offset, self.stream, n_a, b_idx, draw, normal=True, device=self.device)
 
     def uniform(self, n_a: int, b_idx: torch.Tensor, draw: int) -> torch.Tensor:
         """(len(b_idx), n_a) uniforms in (0, 1)."""
-        return ops.random_grid(self.seed, self.offset, self.stream, n_a, b_idx & 0xFFFFFFFF, draw, normal=False,
-                               device=self.device)
+        return ops.random_grid(self.seed, self.offset, self.stream, n_a, b_idx, draw, normal=False, device=self.device)
 
 
-def _quantise(v: torch.Tensor, bin_: float, sto: bool, draws: _Draws | None, b_idx, draw: int):
-    """rint(v/bin)·bin (half-to-even), or stochastic rounding floor(v/bin + u)·bin."""
+def _quantise_(v: torch.Tensor, bin_: float, sto: bool, draws: _Draws, b_idx, draw: int) -> torch.Tensor:
+    """In place: v ← rint(v/bin)·bin (half-to-even), or stochastic rounding floor(v/bin + u)·bin.
+
+    The same float32 operations, in the same order, as the out-of-place ``q = v / bin; ...; q * bin``
+    (an in-place op rounds exactly as its out-of-place twin), without a temporary per step."""
     if bin_ <= 0:
         return v
-    q = v / bin_
+    v.div_(bin_)
     if sto:
-        q = torch.floor(q + draws.uniform(v.shape[1], b_idx, draw))
+        v.add_(draws.uniform(v.shape[1], b_idx, draw)).floor_()
     else:
-        q = torch.round(q)  # torch.round rounds half to even, like rintf
-    return q * bin_
+        v.round_()  # torch.round rounds half to even, like rintf
+    return v.mul_(bin_)
+
+
+def _noise_management(x: torch.Tensor, io: IOConfig, nm: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(α (B, 1) float32 or None for α ≡ 1, zero (B,) bool or None): the NM scale of each sample with
+    α <= 0 replaced by 1, and — when NM is on and there is no input noise — which samples have α <= 0
+    and therefore read exactly 0 (None when there is none: the common case, decided with one test)."""
+    B = x.shape[0]
+    if nm == "none":
+        return None, None
+    if nm == "constant":  # α = nm_thres (or 1) > 0 for every sample: never a zero sample
+        return torch.full((B, 1), io.nm_thres if io.nm_thres > 0 else 1.0, dtype=_F32, device=x.device), None
+    if nm == "abs_max":
+        if x.shape[1]:
+            alpha = x.abs().amax(dim=1, keepdim=True)
+        else:
+            alpha = torch.zeros(B, 1, dtype=_F32, device=x.device)
+        if io.nm_thres > 0:
+            alpha = alpha.clamp(max=io.nm_thres)
+    elif nm == "max":
+        alpha = x.amax(dim=1, keepdim=True)
+    else:
+        raise ValueError(f"unknown noise_management '{nm}'")
+    if B == 0 or float(alpha.amin()) > 0:  # every α > 0 (amin propagates NaN: NaN > 0 is False)
+        return alpha, None
+    # some α <= 0 (or NaN: not "zero", read with α = 1)
+    zero = (alpha <= 0).flatten() if io.inp_noise == 0 else None
+    return torch.where(alpha > 0, alpha, torch.ones_like(alpha)), zero
 
 
 def analog_mvm(
@@ -127,93 +174,140 @@ def analog_mvm(
     (the backward pass reads the same array through its transpose). ``noise_management`` /
     ``bound_management`` override the config (the backward pass forces BM off, transfer reads force
     both off). Works without autograd (call under ``torch.no_grad`` or on detached tensors).
+
+    Speed (this is the hot path of every training step; a torch op costs a few µs of dispatch, more when
+    the pulsed update has just flushed the caches): the first pass runs on the whole batch without
+    gathering rows unless a sample is skipped, every elementwise step works in place on the pass's own
+    buffer, steps that are exact identities are skipped (×1 and /1 for α ≡ 1, red = 1 and out_scale = 1;
+    the output clip when no entry exceeds the bound), and the bound-management bookkeeping runs only when
+    some sample clipped. Every remaining float32 operation is the one of the formula in the module
+    docstring, in the same order, so the result is bit-for-bit that of the plain evaluation
+    (``tests/test_io_speed_invariance.py`` checks this against a straightforward implementation).
     """
     in_dtype = x.dtype
-    M = (W.t() if transposed else W).to(_F32)  # (n_out, n_in)
-    x = x.to(_F32)
+    M = W.t() if transposed else W  # (n_out, n_in)
+    if M.dtype != _F32:
+        M = M.to(_F32)
+    if x.dtype != _F32:
+        x = x.to(_F32)
+    Mt = M.t()  # (n_in, n_out): y = v @ Mt
     if io.is_perfect:
-        return (io.out_scale * (x @ M.t())).to(in_dtype)
+        y = x @ Mt
+        if io.out_scale != 1.0:
+            y = io.out_scale * y
+        return y if in_dtype == _F32 else y.to(in_dtype)
 
     nm = io.noise_management if noise_management is None else noise_management
-    bm = io.bound_management if bound_management is None else bound_management
+    iterative = (io.bound_management if bound_management is None else bound_management) == "iterative"
     B, n_out = x.shape[0], M.shape[0]
     dev = x.device
-
-    # --- noise management: α per sample -------------------------------------------------------
-    if nm == "abs_max":
-        alpha = x.abs().amax(dim=1) if x.shape[1] else torch.zeros(B, dtype=_F32, device=dev)
-        if io.nm_thres > 0:
-            alpha = alpha.clamp(max=io.nm_thres)
-    elif nm == "max":
-        alpha = x.amax(dim=1)
-    elif nm == "constant":
-        alpha = torch.full((B,), io.nm_thres if io.nm_thres > 0 else 1.0, dtype=_F32, device=dev)
-    elif nm == "none":
-        alpha = torch.ones(B, dtype=_F32, device=dev)
-    else:
-        raise ValueError(f"unknown noise_management '{nm}'")
-    # a sample with α <= 0 under NM gives exactly 0 unless input noise would make it non-zero
-    zero = torch.zeros(B, dtype=torch.bool, device=dev)
-    if nm != "none" and io.inp_noise == 0:
-        zero = alpha <= 0
-    alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+    alpha, zero = _noise_management(x, io, nm)  # (B, 1) or None (≡ 1); (B,) bool or None
+    if B == 0:
+        return torch.zeros(0, n_out, dtype=in_dtype, device=dev)
 
     inp_bin, out_bin = io_bins(io)
     ob = float(io.out_bound)
-    max_red_res = io.max_bm_res / inp_bin if inp_bin > 0 else float("inf")
+    ob32 = _f32(ob) if ob > 0 else 0.0  # the bound as the float32 comparisons and the clip see it
     first = _Draws(seed, offset, stream, dev)
     rep_draws = _Draws(seed, offset, bm_stream, dev)
-    need_abs_M = io.w_noise > 0 and io.w_noise_type == "pcm_read"
-    abs_M = M.abs() if need_abs_M else None
+    w_noise_type = io.w_noise_type if io.w_noise > 0 else "none"
+    abs_Mt = Mt.abs() if w_noise_type == "pcm_read" else None
 
-    def one_pass(idx: torch.Tensor, red: torch.Tensor, rep: int):
+    def one_pass(xs: torch.Tensor, s: torch.Tensor | None, idx: torch.Tensor, rep: int) -> torch.Tensor:
+        """One read of the rows ``xs`` (sample indices ``idx``) with input scale ``s`` = (1/α)/red per row
+        ((n, 1); None: 1): the normalised, quantised output (n, n_out), not yet clipped to ±out_bound."""
         draws = first if rep == 0 else rep_draws
         base = 0 if rep == 0 else _DRAWS_PER_PASS * (rep - 1)
-        s = (1.0 / alpha[idx]) / red  # float32, (1/α)/red as the C++ does
-        v = x[idx] * s[:, None]
-        v = _quantise(v, inp_bin, io.inp_sto_round, draws, idx, base + _DRAW_INP_ROUND)
-        v = v.clamp(-io.inp_bound, io.inp_bound)
-        if io.inp_noise > 0:
-            v = v + io.inp_noise * draws.normal(v.shape[1], idx, base + _DRAW_INP_NOISE)
+        v = xs * s if s is not None else xs.clone()  # x·1 = x exactly
+        _quantise_(v, inp_bin, io.inp_sto_round, draws, idx, base + _DRAW_INP_ROUND)
+        v.clamp_(-io.inp_bound, io.inp_bound)
+        if io.inp_noise > 0:  # v + (σ·ξ): the product is rounded first (no fused multiply-add)
+            v.add_(draws.normal(v.shape[1], idx, base + _DRAW_INP_NOISE).mul_(io.inp_noise))
         if io.inp_asymmetry != 0:
             v = torch.where(v < 0, v * (1.0 - io.inp_asymmetry), v)
-        y = v @ M.t()
-        if io.w_noise > 0 and io.w_noise_type != "none":
-            if io.w_noise_type == "additive_constant":
+        y = v @ Mt
+        if w_noise_type != "none":
+            if w_noise_type == "additive_constant":
                 amp = io.w_noise * v.norm(dim=1, keepdim=True)
             else:  # pcm_read: read noise of each device ∝ sqrt(|w|), summed in quadrature
-                amp = io.w_noise * torch.sqrt((v * v) @ abs_M.t())
-            y = y + amp * draws.normal(n_out, idx, base + _DRAW_W_NOISE)
+                amp = io.w_noise * torch.sqrt((v * v) @ abs_Mt)
+            y.add_(draws.normal(n_out, idx, base + _DRAW_W_NOISE).mul_(amp))  # y + amp·ξ (ξ·amp = amp·ξ)
         if io.out_asymmetry != 0:
             y = torch.where(y < 0, y * (1.0 - io.out_asymmetry), y)
         if io.out_noise > 0:
-            y = y + io.out_noise * draws.normal(n_out, idx, base + _DRAW_OUT_NOISE)
-        y = _quantise(y, out_bin, io.out_sto_round, draws, idx, base + _DRAW_OUT_ROUND)
-        if ob > 0:
-            exceeded = (y > ob).any(dim=1)
-            if io.bm_test_negative_bound:
-                exceeded |= (y < -ob).any(dim=1)
-            y = y.clamp(-ob, ob)
-        else:
-            exceeded = torch.zeros(y.shape[0], dtype=torch.bool, device=dev)
-        return y, exceeded
+            y.add_(draws.normal(n_out, idx, base + _DRAW_OUT_NOISE).mul_(io.out_noise))
+        return _quantise_(y, out_bin, io.out_sto_round, draws, idx, base + _DRAW_OUT_ROUND)
 
-    y = torch.zeros(B, n_out, dtype=_F32, device=dev)
-    red = torch.ones(B, dtype=_F32, device=dev)
-    idx = torch.nonzero(~zero).flatten()
+    def exceeded_rows(y: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: any(y > ob) or (bm_test_negative_bound and any(y < −ob)) per row, before the clip
+        (|y| > ob ⟺ y > ob or y < −ob; NaN compares False either way)."""
+        return ((y.abs() if io.bm_test_negative_bound else y) > ob).any(dim=1)
+
+    def denormalise_(y: torch.Tensor, a: torch.Tensor | None, r: torch.Tensor | None) -> torch.Tensor:
+        """In place: y ← y·out_scale·α·red (left to right; the ×1 steps are exact and skipped)."""
+        if io.out_scale != 1.0:
+            y.mul_(io.out_scale)
+        if a is not None:
+            y.mul_(a)
+        if r is not None:
+            y.mul_(r)
+        return y
+
+    # --- first pass: every sample that reads (all of them unless some are exactly zero) -------------
+    if zero is not None and bool(zero.any()):
+        idx = torch.nonzero(~zero).flatten()
+        y = torch.zeros(B, n_out, dtype=_F32, device=dev)
+        if idx.numel() == 0:
+            return y if in_dtype == _F32 else y.to(in_dtype)
+        a = alpha[idx]
+        y_idx = one_pass(x[idx], torch.reciprocal(a), idx, 0)  # 1/α (= (1/α)/red with red = 1)
+        exceeded = exceeded_rows(y_idx) if (iterative and ob > 0) else None
+        if ob > 0:
+            y_idx.clamp_(-ob, ob)
+        y[idx] = denormalise_(y_idx, a, None)
+    else:
+        idx = _rows(B, dev)
+        a = alpha
+        y = one_pass(x, None if a is None else torch.reciprocal(a), idx, 0)
+        exceeded = None
+        if ob > 0 and not iterative:
+            y.clamp_(-ob, ob)
+        elif ob > 0:
+            # one reduction decides the common case: nothing beyond ±ob -> no clip, no BM repetition
+            lo, hi = (float(t) for t in torch.aminmax(y))
+            if lo != lo or hi != hi:  # NaN somewhere: the element-wise test and clip, as written
+                exceeded = exceeded_rows(y)
+                y.clamp_(-ob, ob)
+            elif hi > ob32 or lo < -ob32:
+                if hi > ob32 or (io.bm_test_negative_bound and lo < -ob32):
+                    exceeded = exceeded_rows(y)
+                y.clamp_(-ob, ob)
+        denormalise_(y, a, None)
+    if exceeded is None:
+        return y if in_dtype == _F32 else y.to(in_dtype)
+
+    # --- iterative bound management: repeat the samples that clipped with red doubled --------------
+    max_red_res = io.max_bm_res / inp_bin if inp_bin > 0 else float("inf")
+    ones = torch.ones(B, 1, dtype=_F32, device=dev)
+    alpha = ones if alpha is None else alpha
+    red = ones.clone()
     rep = 0
-    while idx.numel():
+    while True:
         r = red[idx]
-        y_idx, exceeded = one_pass(idx, r, rep)
-        y[idx] = y_idx * io.out_scale * alpha[idx][:, None] * r[:, None]
-        if bm != "iterative":
-            break
         # the last pass is accepted even if it still clips: stop once red passed either limit
-        retry = exceeded & ~((r > io.max_bm_factor) | (r > max_red_res))
+        retry = exceeded & ~((r > io.max_bm_factor) | (r > max_red_res)).flatten()
         idx = idx[retry]
+        if not idx.numel():
+            break
         red[idx] = red[idx] * 2.0
         rep += 1
-    return y.to(in_dtype)
+        r = red[idx]
+        a = alpha[idx]
+        y_idx = one_pass(x[idx], torch.reciprocal(a) / r, idx, rep)  # s = (1/α)/red
+        exceeded = exceeded_rows(y_idx)
+        y_idx.clamp_(-ob, ob)
+        y[idx] = denormalise_(y_idx, a, r)
+    return y if in_dtype == _F32 else y.to(in_dtype)
 
 
 def forward_io(W, x, io: IOConfig, *, seed: int, offset: int) -> torch.Tensor:

@@ -85,9 +85,14 @@ class AnalogTile(torch.nn.Module):
         return self.weight_scaling_omega > 0.0
 
     # --- reads ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def read_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward read with the forward periphery: x (B, I) -> y (B, O)."""
+        """Forward read with the forward periphery: x (B, I) -> y (B, O). Never records a graph."""
+        if torch.is_grad_enabled():  # (inside the autograd function grad mode is already off)
+            with torch.no_grad():
+                return self._read_forward(x)
+        return self._read_forward(x)
+
+    def _read_forward(self, x: torch.Tensor) -> torch.Tensor:
         W = self.rule.effective_weight()
         io, seed, off = self.tile_cfg.forward, int(self.io_seed), int(self.fwd_offset)
         if self.perfect_last_input:
@@ -97,12 +102,17 @@ class AnalogTile(torch.nn.Module):
             y = forward_io(W, x, io, seed=seed, offset=off)
         if self.remapped:
             y = y * self.mapping_scales.to(device=y.device, dtype=y.dtype)
-        self.fwd_offset += 1
-        return y.to(x.dtype)
+        self.fwd_offset.add_(1)  # in place: no Module.__setattr__ round trip
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
-    @torch.no_grad()
     def read_backward(self, d: torch.Tensor) -> torch.Tensor:
         """Backward read with the backward periphery (no bound management): d (B, O) -> (B, I)."""
+        if torch.is_grad_enabled():  # (the autograd engine runs backward with grad mode off)
+            with torch.no_grad():
+                return self._read_backward(d)
+        return self._read_backward(d)
+
+    def _read_backward(self, d: torch.Tensor) -> torch.Tensor:
         W = self.rule.effective_weight()
         if self.remapped:  # W_effᵀ d = W_analogᵀ (α ⊙ d)
             d = d * self.mapping_scales.to(device=d.device, dtype=d.dtype)
@@ -112,8 +122,8 @@ class AnalogTile(torch.nn.Module):
             g = torch.cat([g, d.to(g.dtype) @ W[:, -1:].to(g.dtype)], dim=1)
         else:
             g = backward_io(W, d, io, seed=seed, offset=off)
-        self.bwd_offset += 1
-        return g.to(d.dtype)
+        self.bwd_offset.add_(1)
+        return g if g.dtype == d.dtype else g.to(d.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, I) -> (B, O) through the analog tile (autograd: backward read + (x, d) caching)."""

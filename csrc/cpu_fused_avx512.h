@@ -1,0 +1,432 @@
+// AVX-512 fast path of the CPU pulsed update (included by cpu_ops.cpp inside its anonymous namespace):
+// one (row, sample) of a KIND_LINEAR tile in the pulsed mode with pulse trains of at most 32 slots.
+//
+// Same numbers as the generic path (apply_jobs / apply_pulses_t, and apply_aggregated_t under
+// aggregation), only organised for 16 SIMD lanes with everything in registers:
+//   pass 1  coincidences of every active column with this row's d train (vpopcntd), compressed into
+//           a dense job list (column, pulse count, x sign);
+//   pass 2  16 jobs at a time: gather the device state and parameters, draw the cycle-to-cycle normals
+//           in-register (Philox4x32-10 on 16 counters, Box–Muller in double with glibc's vector libm:
+//           the same double operations as philox.h's box_muller, rounded to float), apply the pulses
+//           pulse-major (lane t takes pulse q while q < n_t) with the float operations of
+//           device_step_t, and scatter the state, the visible weight and the pulse counts back.
+// Lanes are distinct elements of one row, so the per-element sample order is untouched; the exact
+// mode is bit-identical to the generic path (the tests compare both against the reference).
+// Needs glibc's libmvec (the double _ZGVeN8v_log/cos/sin are declared by cpu_ops.cpp) and AVX-512
+// F/DQ/VPOPCNTDQ; elsewhere AT_FUSED_AVX512 is 0 and the generic path runs.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "device_step.h"
+
+#if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && \
+    defined(__AVX512DQ__)
+#define AT_FUSED_AVX512 1
+
+extern "C" __m512 _ZGVeN16v_log1pf(__m512);
+extern "C" __m512 _ZGVeN16v_expm1f(__m512);
+extern "C" __m512 _ZGVeN16v_expf(__m512);
+
+namespace analogtrain {
+
+// The inputs of one row's update that do not change from sample to sample.
+struct FusedRow {
+  int32_t row;              // i·I: flat index of the row's first element
+  float* state;             // w_p (persistent weight) or w
+  float* vis;               // w when w_p is given (no write noise): visible weight = state; else null
+  const float* bmin;        // parameter planes (O·I floats each)
+  const float* bmax;
+  const float* sc_up;
+  const float* sc_dn;
+  const float* s_up;
+  const float* s_dn;
+  const float* ref;
+  float* prow;              // pulse counts of this row (I floats, accumulated)
+};
+
+// Per-thread job list of one (row, sample).
+struct FusedJobs {
+  std::vector<int32_t> j, n;
+  std::vector<float> sx;
+};
+
+// 32×32 → 64-bit products of 16 lanes: hi and lo words (mulhilo32 of philox.h on every lane).
+inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
+  const __m512i pe = _mm512_mul_epu32(a, m);                          // even lanes, 64-bit products
+  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);  // odd lanes
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
+  lo = _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
+}
+
+// philox_block(seed, offset, stream, a = e[lane], b, blk) on 16 lanes.
+inline void philox16(__m512i e, uint32_t stream, uint32_t blk, uint32_t b, uint64_t seed, uint64_t offset,
+                     __m512i& r0, __m512i& r1, __m512i& r2, __m512i& r3) {
+  __m512i c0 = e;
+  __m512i c1 = _mm512_set1_epi32(static_cast<int>(((stream & 0xFFu) << 24) | (blk & 0xFFFFFFu)));
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(b));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset & 0xFFFFFFFFull)));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  for (int r = 0; r < 10; ++r) {
+    __m512i hi0, lo0, hi1, lo1;
+    mulhilo16(c0, m0, hi0, lo0);
+    mulhilo16(c2, m1, hi1, lo1);
+    c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    c1 = lo1;
+    c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  r0 = c0;
+  r1 = c1;
+  r2 = c2;
+  r3 = c3;
+}
+
+// Box–Muller of the word pairs (w0, w1) of 16 lanes, in double as philox.h's box_muller:
+// u = ((w >> 8) + 0.5)·2^-24 (exact), rad = sqrt(−2 log u0), ang = 2π·u1; rad and ang kept per half.
+struct BM16 {
+  __m512d rad[2], ang[2];
+};
+
+inline BM16 bm16_prepare(__m512i w0, __m512i w1) {
+  const __m512d half = _mm512_set1_pd(0.5), scale = _mm512_set1_pd(5.9604644775390625e-08);
+  const __m512d two_pi = _mm512_set1_pd(6.283185307179586), m2 = _mm512_set1_pd(-2.0);
+  const __m512i a0 = _mm512_srli_epi32(w0, 8), a1 = _mm512_srli_epi32(w1, 8);
+  BM16 o;
+  for (int h = 0; h < 2; ++h) {
+    const __m256i x0 = h ? _mm512_extracti64x4_epi64(a0, 1) : _mm512_castsi512_si256(a0);
+    const __m256i x1 = h ? _mm512_extracti64x4_epi64(a1, 1) : _mm512_castsi512_si256(a1);
+    const __m512d u0 = _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(x0), half), scale);
+    o.ang[h] = _mm512_mul_pd(two_pi, _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(x1), half), scale));
+    o.rad[h] = _mm512_sqrt_pd(_mm512_mul_pd(m2, _ZGVeN8v_log(u0)));
+  }
+  return o;
+}
+
+// float(rad·cos(ang)) (use_sin false) or float(rad·sin(ang)) of the 16 lanes.
+inline __m512 bm16_normal(const BM16& b, bool use_sin) {
+  __m256 lo, hi;
+  if (use_sin) {
+    lo = _mm512_cvtpd_ps(_mm512_mul_pd(b.rad[0], _ZGVeN8v_sin(b.ang[0])));
+    hi = _mm512_cvtpd_ps(_mm512_mul_pd(b.rad[1], _ZGVeN8v_sin(b.ang[1])));
+  } else {
+    lo = _mm512_cvtpd_ps(_mm512_mul_pd(b.rad[0], _ZGVeN8v_cos(b.ang[0])));
+    hi = _mm512_cvtpd_ps(_mm512_mul_pd(b.rad[1], _ZGVeN8v_cos(b.ang[1])));
+  }
+  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+// One pulse on the lanes of `mq` (device_step_t<KIND_LINEAR, MULT, NOISE>): fac = 1 + σz,
+// Δ = (s·w + c)·fac (mult) or s·w + c·fac, w ← clip(w + sg·Δ) (sg = ±1: exact, rounds as w ± Δ).
+template <bool MULT, bool NOISE>
+inline __m512 step16(__m512 w, __mmask16 mq, __m512 s, __m512 c, __m512 sg, __m512 bmn, __m512 bmx, __m512 sigma,
+                     __m512 z) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 fac = NOISE ? _mm512_add_ps(one, _mm512_mul_ps(sigma, z)) : one;
+  const __m512 sw = _mm512_mul_ps(s, w);
+  const __m512 dlt = MULT ? _mm512_mul_ps(_mm512_add_ps(sw, c), fac) : _mm512_add_ps(sw, _mm512_mul_ps(c, fac));
+  __m512 nw = _mm512_add_ps(w, _mm512_mul_ps(sg, dlt));
+  nw = _mm512_max_ps(nw, bmn);  // nw > bmn ? nw : bmn (clip_bounds, NaN-propagation included)
+  nw = _mm512_min_ps(nw, bmx);  // nw < bmx ? nw : bmx
+  return _mm512_mask_mov_ps(w, mq, nw);
+}
+
+// Pulse trains of n entries (BL <= 32: one word each): bit k of out[q] is set iff
+// (word k of the (stream, a = a0 + q, b, draw k) sequence) >> 8 < thr[q] — make_train's test, 16
+// entries per Philox call (thr = bernoulli_threshold(p): 0 never fires, 2^24 always fires).
+inline void trains16(const uint32_t* thr, int n, uint32_t a0, uint32_t stream, uint32_t b, int bl, uint64_t seed,
+                     uint64_t offset, uint32_t* out) {
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const int nblk = (bl + 3) >> 2;
+  for (int q0 = 0; q0 < n; q0 += 16) {
+    const __mmask16 lm = n - q0 >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - q0)) - 1u);
+    const __m512i t = _mm512_maskz_loadu_epi32(lm, thr + q0);
+    const __m512i a = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(a0 + q0)), lane);
+    __m512i bits = _mm512_setzero_si512();
+    if (_mm512_mask_cmpgt_epu32_mask(lm, t, _mm512_setzero_si512())) {
+      for (int blk = 0; blk < nblk; ++blk) {
+        __m512i r[4];
+        philox16(a, stream, static_cast<uint32_t>(blk), b, seed, offset, r[0], r[1], r[2], r[3]);
+        for (int q = 0; q < 4; ++q) {
+          const int k = (blk << 2) + q;
+          if (k >= bl) break;
+          const __mmask16 f = _mm512_cmplt_epu32_mask(_mm512_srli_epi32(r[q], 8), t);
+          bits = _mm512_mask_or_epi32(bits, f, bits, _mm512_set1_epi32(static_cast<int>(1u << k)));
+        }
+      }
+    }
+    _mm512_mask_storeu_epi32(out + q0, lm, bits);
+  }
+}
+
+// Pass 1: the jobs of (row, sample b): active columns act[0..na) with x trains xb (one word each) and
+// signs xs; returns the number of jobs (n > 0) written to J.
+inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, int na, uint32_t d0, FusedJobs& J) {
+  if (static_cast<int>(J.j.size()) < na + 16) {
+    J.j.resize(na + 16);
+    J.n.resize(na + 16);
+    J.sx.resize(na + 16);
+  }
+  const __m512i dv = _mm512_set1_epi32(static_cast<int>(d0)), zero = _mm512_setzero_si512();
+  int cnt = 0;
+  for (int t = 0; t < na; t += 16) {
+    const __mmask16 lm = na - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (na - t)) - 1u);
+    const __m512i xw = _mm512_maskz_loadu_epi32(lm, xb + t);
+    const __m512i n = _mm512_popcnt_epi32(_mm512_and_si512(xw, dv));
+    const __mmask16 m = _mm512_mask_cmpgt_epi32_mask(lm, n, zero);
+    if (!m) continue;
+    _mm512_mask_compressstoreu_epi32(J.j.data() + cnt, m, _mm512_maskz_loadu_epi32(lm, act + t));
+    _mm512_mask_compressstoreu_epi32(J.n.data() + cnt, m, n);
+    _mm512_mask_compressstoreu_ps(J.sx.data() + cnt, m, _mm512_maskz_loadu_ps(lm, xs + t));
+    cnt += __builtin_popcount(static_cast<unsigned>(m));
+  }
+  return cnt;
+}
+
+// Pass 2 on the jobs of (row, sample b). d sign sdi (±1, times chopper). Returns the pulses applied.
+template <bool MULT, bool NOISE>
+int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, uint32_t b, const DeviceGlobals& g,
+                    const UpdateArgs& u) {
+  const __m512 zero = _mm512_setzero_ps(), sigma = _mm512_set1_ps(g.sigma), sdv = _mm512_set1_ps(sdi);
+  const __m512 plus = _mm512_set1_ps(1.0f), minus = _mm512_set1_ps(-1.0f);
+  const __m512i rowv = _mm512_set1_epi32(R.row);
+  int64_t tot = 0;
+  for (int t = 0; t < nj; t += 16) {
+    const __mmask16 m = nj - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (nj - t)) - 1u);
+    const __m512i j = _mm512_maskz_loadu_epi32(m, J.j.data() + t);
+    const __m512i n = _mm512_maskz_loadu_epi32(m, J.n.data() + t);
+    const __m512 sx = _mm512_maskz_loadu_ps(m, J.sx.data() + t);
+    const __mmask16 up = _mm512_mask_cmp_ps_mask(m, _mm512_mul_ps(sdv, sx), zero, _CMP_LT_OQ);  // sdi·sx < 0
+    const __mmask16 dn = m & static_cast<__mmask16>(~up);
+    const __m512i e = _mm512_add_epi32(j, rowv);
+    const __m512 wst = _mm512_mask_i32gather_ps(zero, m, e, R.state, 4);
+    const __m512 ref = _mm512_mask_i32gather_ps(zero, m, e, R.ref, 4);
+    const __m512 bmn = _mm512_mask_i32gather_ps(zero, m, e, R.bmin, 4);
+    const __m512 bmx = _mm512_mask_i32gather_ps(zero, m, e, R.bmax, 4);
+    const __m512 s = _mm512_mask_i32gather_ps(_mm512_mask_i32gather_ps(zero, up, e, R.s_up, 4), dn, e, R.s_dn, 4);
+    const __m512 c = _mm512_mask_i32gather_ps(_mm512_mask_i32gather_ps(zero, up, e, R.sc_up, 4), dn, e, R.sc_dn, 4);
+    const __m512 sg = _mm512_mask_blend_ps(up, minus, plus);
+    __m512 wd = _mm512_add_ps(wst, ref);
+    {
+      const int maxn = _mm512_mask_reduce_max_epi32(m, n);
+      BM16 bm;
+      __m512i r2 = _mm512_setzero_si512(), r3 = _mm512_setzero_si512();
+      for (int q = 0; q < maxn; ++q) {
+        const __mmask16 mq = _mm512_mask_cmpgt_epi32_mask(m, n, _mm512_set1_epi32(q));
+        __m512 z = zero;
+        if (NOISE) {
+          switch (q & 3) {
+            case 0: {
+              __m512i r0, r1;
+              philox16(e, S_PULSE_NOISE, static_cast<uint32_t>(q >> 2), b, u.seed, u.offset, r0, r1, r2, r3);
+              bm = bm16_prepare(r0, r1);
+              z = bm16_normal(bm, false);
+              break;
+            }
+            case 1:
+              z = bm16_normal(bm, true);
+              break;
+            case 2:
+              bm = bm16_prepare(r2, r3);
+              z = bm16_normal(bm, false);
+              break;
+            default:
+              z = bm16_normal(bm, true);
+          }
+        }
+        wd = step16<MULT, NOISE>(wd, mq, s, c, sg, bmn, bmx, sigma, z);
+      }
+    }
+    const __m512 st = _mm512_sub_ps(wd, ref);
+    _mm512_mask_i32scatter_ps(R.state, m, e, st, 4);
+    if (R.vis) _mm512_mask_i32scatter_ps(R.vis, m, e, st, 4);
+    const __m512 pc = _mm512_mask_i32gather_ps(zero, m, j, R.prow, 4);
+    _mm512_mask_i32scatter_ps(R.prow, m, j, _mm512_add_ps(pc, _mm512_cvtepi32_ps(n)), 4);
+    tot += _mm512_mask_reduce_add_epi32(m, n);
+  }
+  return tot;
+}
+
+
+// Aggregated mode (device_step.h agg_dir / aggregate_sample / aggregate_finish) on 16 consecutive
+// columns [j0, j0 + 16) ∩ [0, I) of one row: moments in registers through the row's active samples,
+// contiguous loads and stores only. xbits / sx: (B, I) trains and signs of the call; dbits / sd: (B, O).
+struct AggCall {
+  int O, I, row_i;
+  const uint32_t* xbits;
+  const float* sx;
+  const uint32_t* dbits;
+  const float* sd;
+  const int* samples;  // the samples in which this row's d train fires (batch order)
+  int nsamples;
+};
+
+// agg_dir on 16 lanes (same operations), in stages so that a chunk computes only what its samples
+// need: alpha always; iA and eps (mult noise) once a lane is touched; the logarithms and reciprocals of
+// the n >= 2 closed form once a lane takes two pulses in one sample (sparse calls never do).
+struct AggDir16 {
+  __m512 alpha, l, ia, iA, eps, lq, ie, ia2;
+  void base(__m512 al) { alpha = _mm512_max_ps(al, _mm512_set1_ps(AGG_ALPHA_MIN)); }  // al > min ? al : min
+  void noise(const DeviceGlobals& g) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    iA = _mm512_div_ps(one, _mm512_add_ps(one, alpha));
+    const __m512 q = _mm512_mul_ps(_mm512_mul_ps(alpha, _mm512_set1_ps(g.sigma)), iA);
+    eps = _mm512_mul_ps(q, q);
+  }
+  template <bool MULT, bool NOISE>
+  void multi() {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    l = _ZGVeN16v_log1pf(alpha);
+    ia = _mm512_div_ps(one, alpha);
+    if (NOISE && MULT) {
+      lq = _ZGVeN16v_log1pf(eps);
+      ie = _mm512_div_ps(one, eps);
+    }
+    if (NOISE && !MULT) ia2 = _mm512_div_ps(one, _mm512_mul_ps(alpha, _mm512_add_ps(alpha, _mm512_set1_ps(2.0f))));
+  }
+};
+
+template <bool MULT, bool NOISE>
+int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
+                        float* wvis_noise /* w when the visible weight gets write noise, else null */) {
+  const int rem = C.I - j0;
+  const __mmask16 lm = rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+  const __m512 sigma = _mm512_set1_ps(g.sigma), half = _mm512_set1_ps(0.5f);
+  const __m512 smax = _mm512_set1_ps(AGG_SERIES_MAX);
+  const int32_t e0 = R.row + j0;
+  const __m512 ref = _mm512_maskz_loadu_ps(lm, R.ref + e0);
+  const __m512 bmn = _mm512_maskz_loadu_ps(lm, R.bmin + e0);
+  const __m512 bmx = _mm512_maskz_loadu_ps(lm, R.bmax + e0);
+  const __m512 s_up = _mm512_maskz_loadu_ps(lm, R.s_up + e0), s_dn = _mm512_maskz_loadu_ps(lm, R.s_dn + e0);
+  const __m512 c_up = _mm512_maskz_loadu_ps(lm, R.sc_up + e0), c_dn = _mm512_maskz_loadu_ps(lm, R.sc_dn + e0);
+  AggDir16 du, dd;
+  du.base(s_up);
+  dd.base(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(s_dn), _mm512_set1_epi32(INT32_MIN))));  // −s
+  bool have_noise = false, have_multi = false;
+  __m512 m = _mm512_add_ps(_mm512_maskz_loadu_ps(lm, R.state + e0), ref);
+  __m512 v = zero;
+  __m512i cnt = _mm512_setzero_si512();
+  __mmask16 touched = 0;
+  const __m512 minus = _mm512_set1_ps(-1.0f);
+  const __m512i ione = _mm512_set1_epi32(1);
+  for (int k = 0; k < C.nsamples; ++k) {
+    const int b = C.samples[k];
+    const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
+    const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
+    const __m512i xw = _mm512_maskz_loadu_epi32(lm, C.xbits + qx);
+    const __m512i n = _mm512_popcnt_epi32(_mm512_and_si512(xw, _mm512_set1_epi32(static_cast<int>(C.dbits[qd]))));
+    const __m512 sxv = _mm512_maskz_loadu_ps(lm, C.sx + qx);
+    const __m512 sgn = _mm512_mul_ps(_mm512_set1_ps(C.sd[qd]), sxv);
+    const __mmask16 mk = _mm512_mask_cmpgt_epi32_mask(lm, n, _mm512_setzero_si512()) &
+                         _mm512_cmp_ps_mask(sgn, zero, _CMP_NEQ_UQ);
+    if (!mk) continue;
+    if (NOISE && MULT && !have_noise) {
+      du.noise(g);
+      dd.noise(g);
+      have_noise = true;
+    }
+    touched |= mk;
+    cnt = _mm512_mask_add_epi32(cnt, mk, cnt, n);
+    const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_LT_OQ);  // sd·sx < 0: up pulses
+    const __mmask16 multi = _mm512_mask_cmpgt_epi32_mask(mk, n, ione);     // n >= 2
+    const __m512 gs = _mm512_mask_blend_ps(up, minus, one);
+    const __m512 s = _mm512_mask_blend_ps(up, s_dn, s_up);
+    const __m512 c = _mm512_mask_blend_ps(up, c_dn, c_up);
+    const __m512 alpha = _mm512_mask_blend_ps(up, dd.alpha, du.alpha);
+    const __m512 nf = _mm512_cvtepi32_ps(n);
+    const __m512 d = _mm512_mul_ps(gs, _mm512_add_ps(_mm512_mul_ps(s, m), c));
+    const __mmask16 a0 = _mm512_cmp_ps_mask(alpha, zero, _CMP_EQ_OQ);
+    __m512 e = alpha, r = one, an1 = one;
+    if (multi && !have_multi) {
+      du.multi<MULT, NOISE>();
+      dd.multi<MULT, NOISE>();
+      have_multi = true;
+    }
+    if (multi) {
+      const __m512 l = _mm512_mask_blend_ps(up, dd.l, du.l);
+      const __m512 ia = _mm512_mask_blend_ps(up, dd.ia, du.ia);
+      e = _mm512_mask_mov_ps(alpha, multi, _ZGVeN16v_expm1f(_mm512_mul_ps(nf, l)));
+      r = _mm512_mask_mov_ps(one, multi, _mm512_mask_mov_ps(_mm512_mul_ps(e, ia), a0, nf));
+    }
+    __m512 mn = _mm512_add_ps(m, _mm512_mul_ps(d, r));
+    __m512 vn = zero;
+    if (NOISE) {
+      const __m512 an = _mm512_add_ps(one, e);
+      if (MULT) {
+        const __m512 eps = _mm512_mask_blend_ps(up, dd.eps, du.eps);
+        __m512 sq = one;
+        if (multi) {
+          const __m512 ne = _mm512_mul_ps(nf, eps);
+          const __mmask16 e0m = _mm512_cmp_ps_mask(eps, zero, _CMP_EQ_OQ);
+          const __mmask16 ser = _mm512_cmp_ps_mask(ne, smax, _CMP_LT_OQ) & static_cast<__mmask16>(~e0m);
+          const __mmask16 full = multi & static_cast<__mmask16>(~(ser | e0m));
+          // series n(1 + ((n − 1)ε)·0.5)
+          __m512 sqm = _mm512_mul_ps(nf, _mm512_add_ps(one, _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(nf, one), eps), half)));
+          sqm = _mm512_mask_mov_ps(sqm, e0m, nf);
+          if (full) {
+            const __m512 lq = _mm512_mask_blend_ps(up, dd.lq, du.lq);
+            const __m512 ie = _mm512_mask_blend_ps(up, dd.ie, du.ie);
+            sqm = _mm512_mask_mov_ps(sqm, full, _mm512_mul_ps(_ZGVeN16v_expm1f(_mm512_mul_ps(nf, lq)), ie));
+          }
+          sq = _mm512_mask_mov_ps(one, multi, sqm);
+          const __m512 iA = _mm512_mask_blend_ps(up, dd.iA, du.iA);
+          an1 = _mm512_mask_mov_ps(one, multi, _mm512_mul_ps(an, iA));
+        }
+        const __m512 t = _mm512_mul_ps(_mm512_mul_ps(sigma, d), an1);
+        vn = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(an, an), _mm512_add_ps(one, _mm512_mul_ps(eps, sq))), v),
+                           _mm512_mul_ps(_mm512_mul_ps(t, t), sq));
+      } else {
+        __m512 sa = one;
+        if (multi) {
+          const __m512 ia2 = _mm512_mask_blend_ps(up, dd.ia2, du.ia2);
+          sa = _mm512_mask_mov_ps(
+              one, multi, _mm512_mask_mov_ps(_mm512_mul_ps(_mm512_mul_ps(e, _mm512_add_ps(e, two)), ia2), a0, nf));
+        }
+        const __m512 sc = _mm512_mul_ps(sigma, c);
+        vn = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(an, an), v), _mm512_mul_ps(_mm512_mul_ps(sc, sc), sa));
+      }
+    }
+    const __mmask16 out = _mm512_cmp_ps_mask(mn, bmn, _CMP_LT_OQ) | _mm512_cmp_ps_mask(mn, bmx, _CMP_GT_OQ) |
+                          _mm512_cmp_ps_mask(vn, _mm512_set1_ps(3.4028234663852886e38f), _CMP_NLE_UQ);  // !(v' <= max)
+    mn = _mm512_min_ps(_mm512_max_ps(mn, bmn), bmx);
+    vn = _mm512_mask_mov_ps(vn, out, zero);
+    m = _mm512_mask_mov_ps(m, mk, mn);
+    v = _mm512_mask_mov_ps(v, mk, vn);
+  }
+  if (!touched) return 0;
+  __m512 wd = m;
+  if (NOISE) {
+    __m512i r0, r1, r2, r3;
+    philox16(_mm512_add_epi32(_mm512_set1_epi32(e0), _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)),
+             S_PULSE_NOISE, 0u, 0u, u.seed, u.offset, r0, r1, r2, r3);
+    const __m512 z = bm16_normal(bm16_prepare(r0, r1), false);
+    wd = _mm512_add_ps(m, _mm512_mul_ps(_mm512_sqrt_ps(v), z));
+  }
+  wd = _mm512_min_ps(_mm512_max_ps(wd, bmn), bmx);
+  const __m512 st = _mm512_sub_ps(wd, ref);
+  _mm512_mask_storeu_ps(R.state + e0, touched, st);
+  if (R.vis) _mm512_mask_storeu_ps(R.vis + e0, touched, st);
+  if (wvis_noise) {  // write noise: visible = state + σ_w·normal(WRITE_NOISE, e, b = 0, draw 0), per lane
+    alignas(64) float sa[16];
+    _mm512_store_ps(sa, st);
+    for (int q = 0; q < 16; ++q)
+      if ((touched >> q) & 1)
+        wvis_noise[e0 + q] = sa[q] + g.write_noise * normal_draw(u.seed, u.offset, S_WRITE_NOISE,
+                                                                 static_cast<uint32_t>(e0 + q), 0u, 0);
+  }
+  const __m512 pc = _mm512_maskz_loadu_ps(lm, R.prow + j0);
+  _mm512_mask_storeu_ps(R.prow + j0, touched, _mm512_add_ps(pc, _mm512_cvtepi32_ps(cnt)));
+  return _mm512_mask_reduce_add_epi32(touched, cnt);
+}
+
+}  // namespace analogtrain
+
+#else
+#define AT_FUSED_AVX512 0
+#endif
