@@ -239,71 +239,6 @@ inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, i
   return cnt;
 }
 
-// Pass 2 on the jobs of (row, sample b). d sign sdi (±1, times chopper). Returns the pulses applied.
-template <bool MULT, bool NOISE>
-int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, uint32_t b, const DeviceGlobals& g,
-                    const UpdateArgs& u) {
-  const __m512 zero = _mm512_setzero_ps(), sigma = _mm512_set1_ps(g.sigma), sdv = _mm512_set1_ps(sdi);
-  const __m512 plus = _mm512_set1_ps(1.0f), minus = _mm512_set1_ps(-1.0f);
-  const __m512i rowv = _mm512_set1_epi32(R.row);
-  int64_t tot = 0;
-  for (int t = 0; t < nj; t += 16) {
-    const __mmask16 m = nj - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (nj - t)) - 1u);
-    const __m512i j = _mm512_maskz_loadu_epi32(m, J.j.data() + t);
-    const __m512i n = _mm512_maskz_loadu_epi32(m, J.n.data() + t);
-    const __m512 sx = _mm512_maskz_loadu_ps(m, J.sx.data() + t);
-    const __mmask16 up = _mm512_mask_cmp_ps_mask(m, _mm512_mul_ps(sdv, sx), zero, _CMP_LT_OQ);  // sdi·sx < 0
-    const __mmask16 dn = m & static_cast<__mmask16>(~up);
-    const __m512i e = _mm512_add_epi32(j, rowv);
-    const __m512 wst = _mm512_mask_i32gather_ps(zero, m, e, R.state, 4);
-    const __m512 ref = _mm512_mask_i32gather_ps(zero, m, e, R.ref, 4);
-    const __m512 bmn = _mm512_mask_i32gather_ps(zero, m, e, R.bmin, 4);
-    const __m512 bmx = _mm512_mask_i32gather_ps(zero, m, e, R.bmax, 4);
-    const __m512 s = _mm512_mask_i32gather_ps(_mm512_mask_i32gather_ps(zero, up, e, R.s_up, 4), dn, e, R.s_dn, 4);
-    const __m512 c = _mm512_mask_i32gather_ps(_mm512_mask_i32gather_ps(zero, up, e, R.sc_up, 4), dn, e, R.sc_dn, 4);
-    const __m512 sg = _mm512_mask_blend_ps(up, minus, plus);
-    __m512 wd = _mm512_add_ps(wst, ref);
-    {
-      const int maxn = _mm512_mask_reduce_max_epi32(m, n);
-      BM16 bm;
-      __m512i r2 = _mm512_setzero_si512(), r3 = _mm512_setzero_si512();
-      for (int q = 0; q < maxn; ++q) {
-        const __mmask16 mq = _mm512_mask_cmpgt_epi32_mask(m, n, _mm512_set1_epi32(q));
-        __m512 z = zero;
-        if (NOISE) {
-          switch (q & 3) {
-            case 0: {
-              __m512i r0, r1;
-              philox16(e, S_PULSE_NOISE, static_cast<uint32_t>(q >> 2), b, u.seed, u.offset, r0, r1, r2, r3);
-              bm = bm16_prepare(r0, r1);
-              z = bm16_normal(bm, false);
-              break;
-            }
-            case 1:
-              z = bm16_normal(bm, true);
-              break;
-            case 2:
-              bm = bm16_prepare(r2, r3);
-              z = bm16_normal(bm, false);
-              break;
-            default:
-              z = bm16_normal(bm, true);
-          }
-        }
-        wd = step16<MULT, NOISE>(wd, mq, s, c, sg, bmn, bmx, sigma, z);
-      }
-    }
-    const __m512 st = _mm512_sub_ps(wd, ref);
-    _mm512_mask_i32scatter_ps(R.state, m, e, st, 4);
-    if (R.vis) _mm512_mask_i32scatter_ps(R.vis, m, e, st, 4);
-    const __m512 pc = _mm512_mask_i32gather_ps(zero, m, j, R.prow, 4);
-    _mm512_mask_i32scatter_ps(R.prow, m, j, _mm512_add_ps(pc, _mm512_cvtepi32_ps(n)), 4);
-    tot += _mm512_mask_reduce_add_epi32(m, n);
-  }
-  return tot;
-}
-
-
 // Aggregated mode (device_step.h agg_dir / aggregate_sample / aggregate_finish) on 16 consecutive
 // columns [j0, j0 + 16) ∩ [0, I) of one row: moments in registers through the row's active samples,
 // contiguous loads and stores only. xbits / sx: (B, I) trains and signs of the call; dbits / sd: (B, O).
@@ -370,16 +305,11 @@ inline void agg_lanes_load(AggLanes& L, const FusedRow& R, int I, int j0) {
   L.cnt = _mm512_setzero_si512();
 }
 
-// One sample on the 16 lanes: x trains xw and signs sxv of these columns, the row's d word and sign.
+// One sample on the lanes mk of L (n > 0 pulses, sign sgn = sd·sx != 0): the moments' update.
 template <bool MULT, bool NOISE>
-inline void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
+inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, const DeviceGlobals& g) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
   const __m512 sigma = _mm512_set1_ps(g.sigma);
-  const __m512i n = _mm512_popcnt_epi32(_mm512_and_si512(xw, _mm512_set1_epi32(static_cast<int>(dword))));
-  const __m512 sgn = _mm512_mul_ps(_mm512_set1_ps(sdv), sxv);
-  const __mmask16 mk = _mm512_mask_cmpgt_epi32_mask(L.lm, n, _mm512_setzero_si512()) &
-                       _mm512_cmp_ps_mask(sgn, zero, _CMP_NEQ_UQ);
-  if (!mk) return;
   if (NOISE && MULT && !L.have_noise) {
     L.du.noise(g);
     L.dd.noise(g);
@@ -456,6 +386,16 @@ inline void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword
   L.v = _mm512_mask_mov_ps(L.v, mk, vn);
 }
 
+// One sample on the 16 lanes: x trains xw and signs sxv of these columns, the row's d word and sign.
+template <bool MULT, bool NOISE>
+inline void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
+  const __m512i n = _mm512_popcnt_epi32(_mm512_and_si512(xw, _mm512_set1_epi32(static_cast<int>(dword))));
+  const __m512 sgn = _mm512_mul_ps(_mm512_set1_ps(sdv), sxv);
+  const __mmask16 mk = _mm512_mask_cmpgt_epi32_mask(L.lm, n, _mm512_setzero_si512()) &
+                       _mm512_cmp_ps_mask(sgn, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  if (mk) agg_lanes_apply<MULT, NOISE>(L, n, sgn, mk, g);
+}
+
 // The end of the call for the touched lanes: one normal each, clip, store state / visible weight /
 // pulse counts. Returns the pulses of these lanes.
 template <bool NOISE>
@@ -510,6 +450,90 @@ int64_t aggregate_chunks(const FusedRow& R, const AggCall& C, int j0, const Devi
   for (int k = 0; k < K; ++k) tot += agg_lanes_finish<NOISE>(L[k], R, j0 + 16 * k, g, u, wvis_noise);
   return tot;
 }
+
+// Pass 2 on the jobs of (row, sample b). d sign sdi (±1, times chopper). Returns the pulses applied.
+// AGG (one-sample calls in the aggregated mode): the moments of each job's n pulses from (w, 0) and one
+// normal(a = e, b = 0, draw 0), the aggregate_chunks contract for B = 1 but only on the touched lanes.
+template <bool MULT, bool NOISE, bool AGG>
+int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, uint32_t b, const DeviceGlobals& g,
+                    const UpdateArgs& u) {
+  const __m512 zero = _mm512_setzero_ps(), sigma = _mm512_set1_ps(g.sigma), sdv = _mm512_set1_ps(sdi);
+  const __m512 plus = _mm512_set1_ps(1.0f), minus = _mm512_set1_ps(-1.0f);
+  const __m512i rowv = _mm512_set1_epi32(R.row);
+  int64_t tot = 0;
+  for (int t = 0; t < nj; t += 16) {
+    const __mmask16 m = nj - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (nj - t)) - 1u);
+    const __m512i j = _mm512_maskz_loadu_epi32(m, J.j.data() + t);
+    const __m512i n = _mm512_maskz_loadu_epi32(m, J.n.data() + t);
+    const __m512 sx = _mm512_maskz_loadu_ps(m, J.sx.data() + t);
+    const __mmask16 up = _mm512_mask_cmp_ps_mask(m, _mm512_mul_ps(sdv, sx), zero, _CMP_LT_OQ);  // sdi·sx < 0
+    const __mmask16 dn = m & static_cast<__mmask16>(~up);
+    const __m512i e = _mm512_add_epi32(j, rowv);
+    const __m512 wst = _mm512_mask_i32gather_ps(zero, m, e, R.state, 4);
+    const __m512 ref = _mm512_mask_i32gather_ps(zero, m, e, R.ref, 4);
+    const __m512 bmn = _mm512_mask_i32gather_ps(zero, m, e, R.bmin, 4);
+    const __m512 bmx = _mm512_mask_i32gather_ps(zero, m, e, R.bmax, 4);
+    const __m512 s = _mm512_mask_i32gather_ps(_mm512_mask_i32gather_ps(zero, up, e, R.s_up, 4), dn, e, R.s_dn, 4);
+    const __m512 c = _mm512_mask_i32gather_ps(_mm512_mask_i32gather_ps(zero, up, e, R.sc_up, 4), dn, e, R.sc_dn, 4);
+    const __m512 sg = _mm512_mask_blend_ps(up, minus, plus);
+    __m512 wd = _mm512_add_ps(wst, ref);
+    if (AGG) {
+      AggLanes L;
+      L.lm = m;
+      L.ref = ref, L.bmn = bmn, L.bmx = bmx, L.s_up = L.s_dn = s, L.c_up = L.c_dn = c;
+      L.du.base(s);
+      L.dd.base(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(s), _mm512_set1_epi32(INT32_MIN))));  // −s
+      L.m = wd;
+      L.v = zero;
+      L.cnt = _mm512_setzero_si512();
+      agg_lanes_apply<MULT, NOISE>(L, n, _mm512_mul_ps(sdv, sx), m, g);
+      wd = L.m;
+      if (NOISE) {
+        __m512i r0, r1, r2, r3;
+        philox16(e, S_PULSE_NOISE, 0u, 0u, u.seed, u.offset, r0, r1, r2, r3);
+        wd = _mm512_add_ps(L.m, _mm512_mul_ps(_mm512_sqrt_ps(L.v), bm16_normal(bm16_prepare(r0, r1), false)));
+      }
+      wd = _mm512_min_ps(_mm512_max_ps(wd, bmn), bmx);
+    } else {
+      const int maxn = _mm512_mask_reduce_max_epi32(m, n);
+      BM16 bm;
+      __m512i r2 = _mm512_setzero_si512(), r3 = _mm512_setzero_si512();
+      for (int q = 0; q < maxn; ++q) {
+        const __mmask16 mq = _mm512_mask_cmpgt_epi32_mask(m, n, _mm512_set1_epi32(q));
+        __m512 z = zero;
+        if (NOISE) {
+          switch (q & 3) {
+            case 0: {
+              __m512i r0, r1;
+              philox16(e, S_PULSE_NOISE, static_cast<uint32_t>(q >> 2), b, u.seed, u.offset, r0, r1, r2, r3);
+              bm = bm16_prepare(r0, r1);
+              z = bm16_normal(bm, false);
+              break;
+            }
+            case 1:
+              z = bm16_normal(bm, true);
+              break;
+            case 2:
+              bm = bm16_prepare(r2, r3);
+              z = bm16_normal(bm, false);
+              break;
+            default:
+              z = bm16_normal(bm, true);
+          }
+        }
+        wd = step16<MULT, NOISE>(wd, mq, s, c, sg, bmn, bmx, sigma, z);
+      }
+    }
+    const __m512 st = _mm512_sub_ps(wd, ref);
+    _mm512_mask_i32scatter_ps(R.state, m, e, st, 4);
+    if (R.vis) _mm512_mask_i32scatter_ps(R.vis, m, e, st, 4);
+    const __m512 pc = _mm512_mask_i32gather_ps(zero, m, j, R.prow, 4);
+    _mm512_mask_i32scatter_ps(R.prow, m, j, _mm512_add_ps(pc, _mm512_cvtepi32_ps(n)), 4);
+    tot += _mm512_mask_reduce_add_epi32(m, n);
+  }
+  return tot;
+}
+
 
 }  // namespace analogtrain
 

@@ -585,7 +585,7 @@ FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int6
   return R;
 }
 
-template <bool MULT, bool NOISE>
+template <bool MULT, bool NOISE, bool AGG>
 void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
                    const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
   thread_local FusedJobs J;
@@ -600,7 +600,7 @@ void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* pa
     const int64_t q0 = static_cast<int64_t>(b) * I;
     const int nj = fused_jobs(T.act.data() + q0, T.xact_bits.data() + q0, T.xact_sgn.data() + q0, T.nact[b],
                               T.dbits[qd], J);
-    if (nj) tot += fused_apply<MULT, NOISE>(R, J, nj, T.sd[qd], static_cast<uint32_t>(b), g, u);
+    if (nj) tot += fused_apply<MULT, NOISE, AGG>(R, J, nj, T.sd[qd], static_cast<uint32_t>(b), g, u);
   }
   if (rtot) rtot[i] += tot;
 }
@@ -632,27 +632,33 @@ using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t
 
 // Phase 2's path: the AVX-512 ones for KIND_LINEAR, pulsed, one-word trains (aggregated: any write
 // noise; exact: without write noise), else the generic job path.
-Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int nw, int O, int I, const float* w_p) {
+Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int nw, int O, int I, const float* w_p) {
 #if AT_FUSED_AVX512
   const bool fast = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1 &&
                     static_cast<int64_t>(O) * I < (int64_t{1} << 31);
-  if (fast && u.aggregate) return Trains::AGG_FAST;
-  if (fast && !(w_p && g.write_noise > 0.0f)) return Trains::FUSED;
+  const bool write_noise = w_p && g.write_noise > 0.0f;
+  // aggregated one-sample calls (c-TTv2/AGAD A updates): the job path, on the touched lanes only
+  if (fast && u.aggregate) return (B == 1 && !write_noise) ? Trains::FUSED : Trains::AGG_FAST;
+  if (fast && !write_noise) return Trains::FUSED;
 #else
-  (void)g, (void)u, (void)nw, (void)O, (void)I, (void)w_p;
+  (void)g, (void)u, (void)B, (void)nw, (void)O, (void)I, (void)w_p;
 #endif
   return Trains::GENERIC;
 }
 
-RowFn pick_row_fn(const DeviceGlobals& g, const Trains& T) {
+RowFn pick_row_fn(const DeviceGlobals& g, const UpdateArgs& u, const Trains& T) {
 #if AT_FUSED_AVX512
   if (T.path == Trains::AGG_FAST) {
     if (!g.has_noise) return &run_row_agg<true, false>;
     return g.mult_noise ? &run_row_agg<true, true> : &run_row_agg<false, true>;
   }
+  if (T.path == Trains::FUSED && u.aggregate) {
+    if (!g.has_noise) return &run_row_fused<true, false, true>;
+    return g.mult_noise ? &run_row_fused<true, true, true> : &run_row_fused<false, true, true>;
+  }
   if (T.path == Trains::FUSED) {
-    if (!g.has_noise) return &run_row_fused<true, false>;
-    return g.mult_noise ? &run_row_fused<true, true> : &run_row_fused<false, true>;
+    if (!g.has_noise) return &run_row_fused<true, false, false>;
+    return g.mult_noise ? &run_row_fused<true, true, false> : &run_row_fused<false, true, false>;
   }
 #endif
   if (g.kind == KIND_LINEAR) {
@@ -698,7 +704,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
   T.act.resize(BI);
   T.nact.assign(B, 0);
   T.dact.assign(BO, 0);
-  T.path = pick_path(g, u, T.nw, O, I, w_p);
+  T.path = pick_path(g, u, B, T.nw, O, I, w_p);
   if (T.nw == 1 && T.path == Trains::GENERIC) {
     T.slot_off.assign(static_cast<size_t>(B) * 33, 0);
     T.slot_cols.resize(B);
@@ -723,7 +729,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
     for (int i = 0; i < O; ++i) rows += da[i];
     work += rows * T.nact[b];
   }
-  const RowFn row_fn = pick_row_fn(g, T);
+  const RowFn row_fn = pick_row_fn(g, u, T);
   const int nt2 = work < (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
 #pragma omp parallel num_threads(nt2)
   {

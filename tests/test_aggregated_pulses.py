@@ -535,11 +535,11 @@ def _compiled_or_skip(fn):
         raise
 
 
-def _parity(device: str, key: str, spec=None):
+def _parity(device: str, key: str, spec=None, B: int = 8):
     """Dense (lr ±0.5, ~25 pulses per element per sample) aggregated update, reference vs compiled:
     identical pulse counts, weights (and persistent weights) equal up to float rounding."""
     spec = spec or AGG
-    s, params, x, d, w0, ci, co = _parity_case(key)
+    s, params, x, d, w0, ci, co = _parity_case(key, B=B)
     for lr, chop in ((0.5, False), (-0.5, True)):
         res = {}
         for backend in ("reference", "compiled"):
@@ -566,6 +566,13 @@ def _parity(device: str, key: str, spec=None):
 @pytest.mark.parametrize("key", sorted(PARITY))
 def test_compiled_cpu_aggregated_matches_reference(key):
     _parity("cpu", key)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("key", ["softbounds_noisy", "linear_step_additive", "constant_step", "degenerate_mult"])
+def test_compiled_cpu_one_sample_aggregated_matches_reference(key):
+    """One-sample calls (the c-TTv2/AGAD A updates) take the CPU kernel's job path on touched lanes."""
+    _parity("cpu", key, B=1)
 
 
 @pytest.mark.compiled
