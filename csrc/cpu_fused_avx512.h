@@ -257,12 +257,24 @@ struct AggCall {
 // the n >= 2 closed form once a lane takes two pulses in one sample (sparse calls never do).
 struct AggDir16 {
   __m512 alpha, l, ia, iA, eps, lq, ie, ia2;
+  __m512 k1, q1;  // one-pulse variance map v' = k1·v + (σd)² (mult) or k1·v + q1 (additive), see noise()
   void base(__m512 al) { alpha = _mm512_max_ps(al, _mm512_set1_ps(AGG_ALPHA_MIN)); }  // al > min ? al : min
-  void noise(const DeviceGlobals& g) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    iA = _mm512_div_ps(one, _mm512_add_ps(one, alpha));
-    const __m512 q = _mm512_mul_ps(_mm512_mul_ps(alpha, _mm512_set1_ps(g.sigma)), iA);
-    eps = _mm512_mul_ps(q, q);
+  // c: this direction's scale. k1 = ((1+α)(1+α))(1+ε) (mult) or (1+α)(1+α) (additive), q1 = (σc)(σc):
+  // the n = 1 values of the general formula's factors, in its operation order (so n = 1 is bit-identical).
+  template <bool MULT>
+  void noise(const DeviceGlobals& g, __m512 c) {
+    const __m512 one = _mm512_set1_ps(1.0f), sigma = _mm512_set1_ps(g.sigma);
+    const __m512 an = _mm512_add_ps(one, alpha);
+    if (MULT) {
+      iA = _mm512_div_ps(one, an);
+      const __m512 q = _mm512_mul_ps(_mm512_mul_ps(alpha, sigma), iA);
+      eps = _mm512_mul_ps(q, q);
+      k1 = _mm512_mul_ps(_mm512_mul_ps(an, an), _mm512_add_ps(one, eps));
+    } else {
+      k1 = _mm512_mul_ps(an, an);
+      const __m512 sc = _mm512_mul_ps(sigma, c);
+      q1 = _mm512_mul_ps(sc, sc);
+    }
   }
   template <bool MULT, bool NOISE>
   void multi() {
@@ -305,14 +317,25 @@ inline void agg_lanes_load(AggLanes& L, const FusedRow& R, int I, int j0) {
   L.cnt = _mm512_setzero_si512();
 }
 
+// The new moments of lanes mk: a non-finite v' (degenerate devices) or a mean beyond a bound -> v' = 0,
+// the mean clipped.
+inline void agg_lanes_store(AggLanes& L, __mmask16 mk, __m512 mn, __m512 vn) {
+  const __mmask16 out = _mm512_cmp_ps_mask(mn, L.bmn, _CMP_LT_OQ) | _mm512_cmp_ps_mask(mn, L.bmx, _CMP_GT_OQ) |
+                        _mm512_cmp_ps_mask(vn, _mm512_set1_ps(3.4028234663852886e38f), _CMP_NLE_UQ);  // !(v' <= max)
+  mn = _mm512_min_ps(_mm512_max_ps(mn, L.bmn), L.bmx);
+  vn = _mm512_mask_mov_ps(vn, out, _mm512_setzero_ps());
+  L.m = _mm512_mask_mov_ps(L.m, mk, mn);
+  L.v = _mm512_mask_mov_ps(L.v, mk, vn);
+}
+
 // One sample on the lanes mk of L (n > 0 pulses, sign sgn = sd·sx != 0): the moments' update.
 template <bool MULT, bool NOISE>
 inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, const DeviceGlobals& g) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
   const __m512 sigma = _mm512_set1_ps(g.sigma);
-  if (NOISE && MULT && !L.have_noise) {
-    L.du.noise(g);
-    L.dd.noise(g);
+  if (NOISE && !L.have_noise) {
+    L.du.noise<MULT>(g, L.c_up);
+    L.dd.noise<MULT>(g, L.c_dn);
     L.have_noise = true;
   }
   L.touched |= mk;
@@ -322,9 +345,24 @@ inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, co
   const __m512 gs = _mm512_mask_blend_ps(up, _mm512_set1_ps(-1.0f), one);
   const __m512 s = _mm512_mask_blend_ps(up, L.s_dn, L.s_up);
   const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
+  const __m512 d = _mm512_mul_ps(gs, _mm512_add_ps(_mm512_mul_ps(s, L.m), c));
+  if (!multi) {  // every lane takes one pulse (the sparse regime): m' = m + d, v' = k1·v + (σd)² or + q1
+    __m512 mn = _mm512_add_ps(L.m, d);
+    __m512 vn = zero;
+    if (NOISE) {
+      const __m512 k1 = _mm512_mask_blend_ps(up, L.dd.k1, L.du.k1);
+      if (MULT) {
+        const __m512 t = _mm512_mul_ps(sigma, d);
+        vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mul_ps(t, t));
+      } else {
+        vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mask_blend_ps(up, L.dd.q1, L.du.q1));
+      }
+    }
+    agg_lanes_store(L, mk, mn, vn);
+    return;
+  }
   const __m512 alpha = _mm512_mask_blend_ps(up, L.dd.alpha, L.du.alpha);
   const __m512 nf = _mm512_cvtepi32_ps(n);
-  const __m512 d = _mm512_mul_ps(gs, _mm512_add_ps(_mm512_mul_ps(s, L.m), c));
   const __mmask16 a0 = _mm512_cmp_ps_mask(alpha, zero, _CMP_EQ_OQ);
   __m512 e = alpha, r = one, an1 = one;
   if (multi && !L.have_multi) {
@@ -378,12 +416,7 @@ inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, co
       vn = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(an, an), L.v), _mm512_mul_ps(_mm512_mul_ps(sc, sc), sa));
     }
   }
-  const __mmask16 out = _mm512_cmp_ps_mask(mn, L.bmn, _CMP_LT_OQ) | _mm512_cmp_ps_mask(mn, L.bmx, _CMP_GT_OQ) |
-                        _mm512_cmp_ps_mask(vn, _mm512_set1_ps(3.4028234663852886e38f), _CMP_NLE_UQ);  // !(v' <= max)
-  mn = _mm512_min_ps(_mm512_max_ps(mn, L.bmn), L.bmx);
-  vn = _mm512_mask_mov_ps(vn, out, zero);
-  L.m = _mm512_mask_mov_ps(L.m, mk, mn);
-  L.v = _mm512_mask_mov_ps(L.v, mk, vn);
+  agg_lanes_store(L, mk, mn, vn);
 }
 
 // One sample on the 16 lanes: x trains xw and signs sxv of these columns, the row's d word and sign.

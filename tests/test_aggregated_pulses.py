@@ -535,12 +535,13 @@ def _compiled_or_skip(fn):
         raise
 
 
-def _parity(device: str, key: str, spec=None, B: int = 8):
-    """Dense (lr ±0.5, ~25 pulses per element per sample) aggregated update, reference vs compiled:
-    identical pulse counts, weights (and persistent weights) equal up to float rounding."""
+def _parity(device: str, key: str, spec=None, B: int = 8, lr0: float = 0.5):
+    """Aggregated update, reference vs compiled: identical pulse counts, weights (and persistent weights)
+    equal up to float rounding. lr0 0.5: dense (~25 pulses per element per sample); 0.0005: sparse (BL 1
+    under UBLM here, at most one pulse per element per sample)."""
     spec = spec or AGG
     s, params, x, d, w0, ci, co = _parity_case(key, B=B)
-    for lr, chop in ((0.5, False), (-0.5, True)):
+    for lr, chop in ((lr0, False), (-lr0, True)):
         res = {}
         for backend in ("reference", "compiled"):
             dev = "cpu" if backend == "reference" else device
@@ -554,7 +555,10 @@ def _parity(device: str, key: str, spec=None, B: int = 8):
                 n = _compiled_or_skip(lambda a=args, k=kw: ops.pulsed_update(*a, **k, backend="compiled"))
             res[backend] = (n.cpu(), w.cpu(), None if wp is None else wp.cpu())
         (n_r, w_r, wp_r), (n_k, w_k, wp_k) = res["reference"], res["compiled"]
-        assert float(n_r.max()) >= 20  # dense: the aggregated moments carry many pulses
+        if lr0 >= 0.5:
+            assert float(n_r.max()) >= 20  # dense: the aggregated moments carry many pulses
+        else:
+            assert float(n_r.max()) <= B and bool((n_r > 0).any())  # sparse: one pulse per sample at most
         assert torch.equal(n_r, n_k), f"pulse counts differ at {int((n_r != n_k).sum())} elements"
         torch.testing.assert_close(w_k, w_r, rtol=1e-5, atol=1e-6)
         if wp_r is not None:
@@ -566,6 +570,14 @@ def _parity(device: str, key: str, spec=None, B: int = 8):
 @pytest.mark.parametrize("key", sorted(PARITY))
 def test_compiled_cpu_aggregated_matches_reference(key):
     _parity("cpu", key)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("key", ["softbounds_noisy", "reram_sb", "linear_step_additive", "constant_step"])
+@pytest.mark.parametrize("B", [1, 8])
+def test_compiled_cpu_sparse_aggregated_matches_reference(key, B):
+    """Sparse calls (every sample one pulse per element at most): the kernels' one-pulse fast path."""
+    _parity("cpu", key, B=B, lr0=0.0005)
 
 
 @pytest.mark.compiled
