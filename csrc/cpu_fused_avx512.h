@@ -13,7 +13,8 @@
 // Lanes are distinct elements of one row, so the per-element sample order is untouched; the exact
 // mode is bit-identical to the generic path (the tests compare both against the reference).
 // Needs glibc's libmvec (the double _ZGVeN8v_log/cos/sin are declared by cpu_ops.cpp) and AVX-512
-// F/DQ/VPOPCNTDQ; elsewhere AT_FUSED_AVX512 is 0 and the generic path runs.
+// F/DQ/VPOPCNTDQ; elsewhere (or built with ANALOGTRAIN_KERNEL_PATHS=generic: -DANALOGTRAIN_GENERIC_ONLY)
+// AT_FUSED_AVX512 is 0 and the generic path runs.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,7 @@
 #include "device_step.h"
 
 #if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && \
-    defined(__AVX512DQ__)
+    defined(__AVX512DQ__) && !defined(ANALOGTRAIN_GENERIC_ONLY)
 #define AT_FUSED_AVX512 1
 
 extern "C" __m512 _ZGVeN16v_log1pf(__m512);

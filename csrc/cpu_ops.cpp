@@ -293,7 +293,8 @@ struct JobScratch {
   std::vector<ElemParams> ep;
   std::vector<int32_t> zoff;
   std::vector<float> agg_m, agg_v;  // aggregated mode: moments of the row's elements, touched flags
-  std::vector<uint8_t> agg_touched;
+  std::vector<uint8_t> agg_touched;  // bit 0: touched; bit 1 / 2: agg_up / agg_dn computed
+  std::vector<AggDir> agg_up, agg_dn;  // per-direction constants of the row's elements (once per call)
   template <class V>
   static void fit(V& v, size_t n) {
     if (v.size() < n) v.resize(n);
@@ -439,6 +440,7 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
   JobScratch& ns = *scratch;
   if (u.aggregate) {
     JobScratch::fit(ns.agg_m, I), JobScratch::fit(ns.agg_v, I), JobScratch::fit(ns.agg_touched, I);
+    JobScratch::fit(ns.agg_up, I), JobScratch::fit(ns.agg_dn, I);
     std::fill(ns.agg_touched.begin(), ns.agg_touched.begin() + I, 0);
   }
   for (int b = 0; b < T.B; ++b) {
@@ -544,23 +546,54 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
         const int j = ns.job_j[t];
         const int64_t e = row + j;
         const ElemParams p = load_params(params, plane, e);
-        if (!ns.agg_touched[j]) {
-          ns.agg_touched[j] = 1;
+        const bool up = ns.job_up[t] != 0;
+        uint8_t& st = ns.agg_touched[j];
+        if (!st) {
+          st = 1;
           ns.agg_m[j] = (w_p ? w_p : w)[e] + p.ref;
           ns.agg_v[j] = 0.0f;
         }
-        aggregate_sample_rt(ns.agg_m[j], ns.agg_v[j], ns.job_n[t], ns.job_up[t] != 0, p, g);
+        const uint8_t have = up ? 2 : 4;
+        AggDir& dir = up ? ns.agg_up[j] : ns.agg_dn[j];
+        if (!(st & have)) {
+          dir = agg_dir(up ? p.s_up : p.s_dn, up, g);
+          st |= have;
+        }
+        aggregate_sample<MULT, NOISE>(ns.agg_m[j], ns.agg_v[j], ns.job_n[t], up, p, g, dir);
         prow[j] += static_cast<float>(ns.job_n[t]);
       }
       continue;
     }
     apply_jobs<KIND, MULT, NOISE>(ns, nj, row, static_cast<uint32_t>(b), w, w_p, params, plane, g, u, prow);
   }
-  if (u.aggregate) {
-    for (int j = 0; j < I; ++j) {
-      if (!ns.agg_touched[j]) continue;
+  if (u.aggregate) {  // the end of the call: one normal per touched element, drawn in batches (SIMD)
+    int nt = 0;
+    JobScratch::fit(ns.touched, I), JobScratch::fit(ns.ea, I), JobScratch::fit(ns.blk, I);
+    for (int j = 0; j < I; ++j)
+      if (ns.agg_touched[j]) ns.touched[nt] = j, ns.ea[nt] = static_cast<uint32_t>(row + j), ns.blk[nt++] = 0u;
+    float* zc = nullptr;
+    if (g.has_noise && nt > 0) {
+      JobScratch::fit(ns.r0, nt), JobScratch::fit(ns.r1, nt), JobScratch::fit(ns.r2, nt), JobScratch::fit(ns.r3, nt);
+      JobScratch::fit(ns.zc, nt), JobScratch::fit(ns.zs, nt);
+      philox_many(nt, ns.ea.data(), ns.blk.data(), S_PULSE_NOISE, 0u, u.seed, u.offset, ns.r0.data(), ns.r1.data(),
+                  ns.r2.data(), ns.r3.data());
+      box_muller_many(nt, ns.r0.data(), ns.r1.data(), false, ns.zc.data(), ns.zs.data());
+      zc = ns.zc.data();
+    }
+    float* state = w_p ? w_p : w;
+    for (int t = 0; t < nt; ++t) {
+      const int j = ns.touched[t];
       const int64_t e = row + j;
-      element_aggregated(w, w_p, e, ns.agg_m[j], ns.agg_v[j], load_params(params, plane, e), g, u.seed, u.offset);
+      const ElemParams p = load_params(params, plane, e);
+      float out = ns.agg_m[j];
+      if (zc) out = ns.agg_m[j] + sqrtf(ns.agg_v[j]) * zc[t];  // aggregate_finish with the batched normal
+      const float st = clip_bounds(out, p.bmin, p.bmax) - p.ref;
+      state[e] = st;
+      if (w_p) {
+        w[e] = g.write_noise > 0.0f
+                   ? st + g.write_noise * normal_draw(u.seed, u.offset, S_WRITE_NOISE, static_cast<uint32_t>(e), 0u, 0)
+                   : st;
+      }
     }
   }
 }
@@ -1156,6 +1189,9 @@ at::Tensor device_step_cpu(const at::Tensor& w_dev, const at::Tensor& up, const 
   return out;
 }
 
+// 1 when this build has the AVX-512 fast paths (cpu_fused_avx512.h), 0 when only the generic path.
+int64_t cpu_fast_paths() { return AT_FUSED_AVX512; }
+
 }  // namespace
 }  // namespace analogtrain
 
@@ -1186,6 +1222,7 @@ TORCH_LIBRARY(analogtrain, m) {
   m.def("philox_normal_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("philox_uniform_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("device_step(Tensor w_dev, Tensor up, Tensor params, Tensor gparams, Tensor xi) -> Tensor");
+  m.def("cpu_fast_paths() -> int", &analogtrain::cpu_fast_paths);
 }
 
 TORCH_LIBRARY_IMPL(analogtrain, CPU, m) {

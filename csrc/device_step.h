@@ -303,13 +303,15 @@ AT_HD float f_expm1(float v) {
 #endif
 }
 
-// Per-element, per-direction constants of the aggregated step (computed once per call).
+// Per-element, per-direction constants of the aggregated step (computed once per call; the logarithms
+// and reciprocals of the n >= 2 closed form only when a sample brings two pulses: agg_dir_multi).
 struct AggDir {
   float alpha;  // g·s clamped to >= AGG_ALPHA_MIN
-  float l;      // log1p(alpha)
-  float ia;     // 1/alpha (unused when alpha == 0)
   float iA;     // 1/(1 + alpha)
   float eps;    // (alpha·σ·iA)² (mult noise)
+  bool multi;   // the fields below are set
+  float l;      // log1p(alpha)
+  float ia;     // 1/alpha (unused when alpha == 0)
   float lq;     // log1p(eps)
   float ie;     // 1/eps (unused when eps == 0)
   float ia2;    // 1/(alpha·(alpha + 2)) (additive noise)
@@ -319,28 +321,35 @@ AT_HD AggDir agg_dir(float s, bool up, const DeviceGlobals& g) {
   AggDir a;
   const float al = up ? s : -s;
   a.alpha = al > AGG_ALPHA_MIN ? al : AGG_ALPHA_MIN;
-  a.l = f_log1p(a.alpha);
-  a.ia = 1.0f / a.alpha;
   a.iA = 1.0f / (1.0f + a.alpha);
   const float q = (a.alpha * g.sigma) * a.iA;
   a.eps = q * q;
+  a.multi = false;
+  a.l = a.ia = a.lq = a.ie = a.ia2 = 0.0f;
+  return a;
+}
+
+AT_HD void agg_dir_multi(AggDir& a) {
+  a.l = f_log1p(a.alpha);
+  a.ia = 1.0f / a.alpha;
   a.lq = f_log1p(a.eps);
   a.ie = 1.0f / a.eps;
   a.ia2 = 1.0f / (a.alpha * (a.alpha + 2.0f));
-  return a;
+  a.multi = true;
 }
 
 // One sample's n >= 1 pulses of one sign on the moments (m, v) of one element (the contract's float
 // order; n == 1 uses the exact values E = α, R = Sq = Sa = A^{n−1} = 1).
 template <bool MULT, bool NOISE>
 AT_HD void aggregate_sample(float& m, float& v, int n, bool up, const ElemParams& p, const DeviceGlobals& g,
-                            const AggDir& a) {
+                            AggDir& a) {
   const float gs = up ? 1.0f : -1.0f;
   const float s = up ? p.s_up : p.s_dn;
   const float c = up ? p.sc_up : p.sc_dn;
   const float d = gs * (s * m + c);
   const float nf = static_cast<float>(n);
   const bool one = n == 1;
+  if (!one && !a.multi) agg_dir_multi(a);
   const float e = one ? a.alpha : f_expm1(nf * a.l);  // A^n − 1
   const float r = one ? 1.0f : (a.alpha == 0.0f ? nf : e * a.ia);  // Σ_{k<n} A^k
   float mn = m + d * r;
@@ -386,7 +395,7 @@ AT_HD float aggregate_finish(float m, float v, const ElemParams& p, const Device
 
 // Run-time dispatch of aggregate_sample (KIND_LINEAR only; the ops reject other kinds).
 AT_HD void aggregate_sample_rt(float& m, float& v, int n, bool up, const ElemParams& p, const DeviceGlobals& g) {
-  const AggDir a = agg_dir(up ? p.s_up : p.s_dn, up, g);
+  AggDir a = agg_dir(up ? p.s_up : p.s_dn, up, g);
   if (!g.has_noise) aggregate_sample<true, false>(m, v, n, up, p, g, a);
   else if (g.mult_noise) aggregate_sample<true, true>(m, v, n, up, p, g, a);
   else aggregate_sample<false, true>(m, v, n, up, p, g, a);

@@ -179,8 +179,12 @@ def main(argv=None) -> int:
                               f"bwd {r['backward']:8.2f}  upd {r['update']:9.2f}  step {r['step']:9.2f} ms  "
                               f"x{r['ratio']:6.1f}", file=sys.stderr, flush=True)
 
+    paths = ""
+    if "compiled" in a.backends:
+        fast = int(torch.ops.analogtrain.cpu_fast_paths())
+        paths = f"; CPU kernel: {'AVX-512 fast paths' if fast else 'generic path only'}"
     print(f"\nOne training step of one layer, batch {a.batch}, device softbounds; medians in ms; "
-          "ratio = step / digital step (same size, regime, threads)\n")
+          f"ratio = step / digital step (same size, regime, threads){paths}\n")
     hdr = f"| {'size':>9} | {'algo':7} | {'mode':10} | {'lr':13} | {'backend':9} | thr | {'forward':>8} | {'backward':>8} | " \
           f"{'update':>9} | {'step':>9} | {'ratio':>6} |"
     print(hdr)

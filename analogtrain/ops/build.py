@@ -85,6 +85,21 @@ def _libmvec_flags() -> tuple[list[str], list[str]]:
     return [], []
 
 
+# ANALOGTRAIN_KERNEL_PATHS=generic builds the CPU kernel without its AVX-512 fast paths (the code every
+# machine without AVX-512 F/DQ/VPOPCNTDQ or libmvec runs), so CI on an AVX-512 machine can test it too.
+KERNEL_PATHS_ENV = "ANALOGTRAIN_KERNEL_PATHS"
+
+
+def _path_flags() -> list[str]:
+    """-DANALOGTRAIN_GENERIC_ONLY when ``ANALOGTRAIN_KERNEL_PATHS=generic`` (part of the cache name)."""
+    v = os.environ.get(KERNEL_PATHS_ENV, "").strip().lower()
+    if v in ("", "auto"):
+        return []
+    if v == "generic":
+        return ["-DANALOGTRAIN_GENERIC_ONLY"]
+    raise BuildError(f"{KERNEL_PATHS_ENV}='{v}' is not allowed; choose auto or generic")
+
+
 def _march_flags() -> list[str]:
     """-march=native on x86/arm with gcc/clang (the cache name includes the CPU fingerprint)."""
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
@@ -118,7 +133,7 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
 
     d = csrc_dir()
     mvec_c, mvec_l = _libmvec_flags()
-    flags = CXX_FLAGS + _march_flags() + mvec_c
+    flags = CXX_FLAGS + _march_flags() + mvec_c + (_path_flags() if kind == "cpu" else [])
     name = build_name(kind, sources, flags + mvec_l + kw.get("extra_cuda_cflags", []))
     if name in _loaded:
         return name
