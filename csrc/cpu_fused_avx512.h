@@ -45,6 +45,8 @@ struct FusedRow {
   const float* s_dn;
   const float* ref;
   float* prow;              // pulse counts of this row (I floats, accumulated)
+  const float* params;      // all planes (NP, O, I): one gather picks slope/scale up or down per lane
+  int32_t plane;            // O·I (NP·O·I < 2^31 on this path: pick_path)
 };
 
 // Per-thread job list of one (row, sample).
@@ -501,14 +503,19 @@ int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, ui
     const __m512i n = _mm512_maskz_loadu_epi32(m, J.n.data() + t);
     const __m512 sx = _mm512_maskz_loadu_ps(m, J.sx.data() + t);
     const __mmask16 up = _mm512_mask_cmp_ps_mask(m, _mm512_mul_ps(sdv, sx), zero, _CMP_LT_OQ);  // sdi·sx < 0
-    const __mmask16 dn = m & static_cast<__mmask16>(~up);
     const __m512i e = _mm512_add_epi32(j, rowv);
     const __m512 wst = _mm512_mask_i32gather_ps(zero, m, e, R.state, 4);
     const __m512 ref = _mm512_mask_i32gather_ps(zero, m, e, R.ref, 4);
     const __m512 bmn = _mm512_mask_i32gather_ps(zero, m, e, R.bmin, 4);
     const __m512 bmx = _mm512_mask_i32gather_ps(zero, m, e, R.bmax, 4);
-    const __m512 s = _mm512_mask_i32gather_ps(_mm512_mask_i32gather_ps(zero, up, e, R.s_up, 4), dn, e, R.s_dn, 4);
-    const __m512 c = _mm512_mask_i32gather_ps(_mm512_mask_i32gather_ps(zero, up, e, R.sc_up, 4), dn, e, R.sc_dn, 4);
+    // one gather each for the slope and the scale of the lane's direction (plane index by up/down)
+    const __m512i pl = _mm512_set1_epi32(R.plane);
+    const __m512i es = _mm512_add_epi32(e, _mm512_mullo_epi32(pl, _mm512_mask_blend_epi32(
+                                               up, _mm512_set1_epi32(P_SLOPE_DOWN), _mm512_set1_epi32(P_SLOPE_UP))));
+    const __m512i ec = _mm512_add_epi32(e, _mm512_mullo_epi32(pl, _mm512_mask_blend_epi32(
+                                               up, _mm512_set1_epi32(P_SCALE_DOWN), _mm512_set1_epi32(P_SCALE_UP))));
+    const __m512 s = _mm512_mask_i32gather_ps(zero, m, es, R.params, 4);
+    const __m512 c = _mm512_mask_i32gather_ps(zero, m, ec, R.params, 4);
     const __m512 sg = _mm512_mask_blend_ps(up, minus, plus);
     __m512 wd = _mm512_add_ps(wst, ref);
     if (AGG) {

@@ -615,6 +615,8 @@ FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int6
   R.s_dn = params + P_SLOPE_DOWN * plane;
   R.ref = params + P_REF * plane;
   R.prow = pulses + R.row;
+  R.params = params;
+  R.plane = static_cast<int32_t>(plane);
   return R;
 }
 
@@ -668,7 +670,7 @@ using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t
 Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int nw, int O, int I, const float* w_p) {
 #if AT_FUSED_AVX512
   const bool fast = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1 &&
-                    static_cast<int64_t>(O) * I < (int64_t{1} << 31);
+                    static_cast<int64_t>(NP_PLANES) * O * I < (int64_t{1} << 31);  // 32-bit gather indices
   const bool write_noise = w_p && g.write_noise > 0.0f;
   // aggregated one-sample calls (c-TTv2/AGAD A updates): the job path, on the touched lanes only
   if (fast && u.aggregate) return (B == 1 && !write_noise) ? Trains::FUSED : Trains::AGG_FAST;
