@@ -57,10 +57,13 @@ struct FusedJobs {
 
 // 32×32 → 64-bit products of 16 lanes: hi and lo words (mulhilo32 of philox.h on every lane).
 inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
+  // dword 2k of pe / po holds the low word of lane 2k's / 2k+1's product, dword 2k+1 the high word
   const __m512i pe = _mm512_mul_epu32(a, m);                          // even lanes, 64-bit products
   const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);  // odd lanes
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
-  lo = _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
+  const __m512i ihi = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19, 3, 17, 1);
+  const __m512i ilo = _mm512_set_epi32(30, 14, 28, 12, 26, 10, 24, 8, 22, 6, 20, 4, 18, 2, 16, 0);
+  hi = _mm512_permutex2var_epi32(pe, ihi, po);
+  lo = _mm512_permutex2var_epi32(pe, ilo, po);
 }
 
 // philox_block(seed, offset, stream, a = e[lane], b, blk) on 16 lanes.
@@ -77,9 +80,9 @@ inline void philox16(__m512i e, uint32_t stream, uint32_t blk, uint32_t b, uint6
     __m512i hi0, lo0, hi1, lo1;
     mulhilo16(c0, m0, hi0, lo0);
     mulhilo16(c2, m1, hi1, lo1);
-    c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);  // hi1 ^ c1 ^ k0
     c1 = lo1;
-    c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);  // hi0 ^ c3 ^ k1
     c3 = lo0;
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
