@@ -55,6 +55,30 @@ struct FusedJobs {
   std::vector<float> sx;
 };
 
+// Lanes q < remaining of a 16-lane step (all 16 when remaining >= 16, none when remaining <= 0).
+inline __mmask16 tail_mask16(int64_t remaining) {
+  if (remaining >= 16) return static_cast<__mmask16>(0xFFFF);
+  return remaining > 0 ? static_cast<__mmask16>((1u << remaining) - 1u) : static_cast<__mmask16>(0);
+}
+
+// (0, 1, ..., 15): the lane offsets of 16 consecutive counters.
+inline __m512i lane_index16() { return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0); }
+
+// ((r >> 8) + 0.5)·2^-24 of the 8 words of half h (0: lanes 0-7, 1: lanes 8-15), exact in double:
+// philox.h's word_to_uniform_d.
+inline __m512d uniform8d(__m512i r, int h) {
+  const __m512i a = _mm512_srli_epi32(r, 8);
+  const __m256i x = h ? _mm512_extracti64x4_epi64(a, 1) : _mm512_castsi512_si256(a);
+  return _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(x), _mm512_set1_pd(0.5)),
+                       _mm512_set1_pd(5.9604644775390625e-08));
+}
+
+// word_to_uniform on 16 lanes: the exact double rounded to float.
+inline __m512 uniform16(__m512i r) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(uniform8d(r, 0))), _mm512_cvtpd_ps(uniform8d(r, 1)),
+                            1);
+}
+
 // 32×32 → 64-bit products of 16 lanes: hi and lo words (mulhilo32 of philox.h on every lane).
 inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
   // dword 2k of pe / po holds the low word of lane 2k's / 2k+1's product, dword 2k+1 the high word
@@ -100,16 +124,11 @@ struct BM16 {
 };
 
 inline BM16 bm16_prepare(__m512i w0, __m512i w1) {
-  const __m512d half = _mm512_set1_pd(0.5), scale = _mm512_set1_pd(5.9604644775390625e-08);
   const __m512d two_pi = _mm512_set1_pd(6.283185307179586), m2 = _mm512_set1_pd(-2.0);
-  const __m512i a0 = _mm512_srli_epi32(w0, 8), a1 = _mm512_srli_epi32(w1, 8);
   BM16 o;
   for (int h = 0; h < 2; ++h) {
-    const __m256i x0 = h ? _mm512_extracti64x4_epi64(a0, 1) : _mm512_castsi512_si256(a0);
-    const __m256i x1 = h ? _mm512_extracti64x4_epi64(a1, 1) : _mm512_castsi512_si256(a1);
-    const __m512d u0 = _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(x0), half), scale);
-    o.ang[h] = _mm512_mul_pd(two_pi, _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(x1), half), scale));
-    o.rad[h] = _mm512_sqrt_pd(_mm512_mul_pd(m2, _ZGVeN8v_log(u0)));
+    o.ang[h] = _mm512_mul_pd(two_pi, uniform8d(w1, h));
+    o.rad[h] = _mm512_sqrt_pd(_mm512_mul_pd(m2, _ZGVeN8v_log(uniform8d(w0, h))));
   }
   return o;
 }
@@ -147,10 +166,10 @@ inline __m512 step16(__m512 w, __mmask16 mq, __m512 s, __m512 c, __m512 sg, __m5
 // entries per Philox call (thr = bernoulli_threshold(p): 0 never fires, 2^24 always fires).
 inline void trains16(const uint32_t* thr, int n, uint32_t a0, uint32_t stream, uint32_t b, int bl, uint64_t seed,
                      uint64_t offset, uint32_t* out) {
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i lane = lane_index16();
   const int nblk = (bl + 3) >> 2;
   for (int q0 = 0; q0 < n; q0 += 16) {
-    const __mmask16 lm = n - q0 >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - q0)) - 1u);
+    const __mmask16 lm = tail_mask16(n - q0);
     const __m512i t = _mm512_maskz_loadu_epi32(lm, thr + q0);
     const __m512i a = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(a0 + q0)), lane);
     __m512i bits = _mm512_setzero_si512();
@@ -180,7 +199,7 @@ inline void entries16(const float* v, int n, double scale, float slr, const floa
   const __m512d inv24 = _mm512_set1_pd(5.9604644775390625e-08), sat = _mm512_set1_pd(1.0 + 1e-7);
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), mone = _mm512_set1_ps(-1.0f);
   for (int q0 = 0; q0 < n; q0 += 16) {
-    const __mmask16 lm = n - q0 >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - q0)) - 1u);
+    const __mmask16 lm = tail_mask16(n - q0);
     const __m512 x = _mm512_maskz_loadu_ps(lm, v + q0);
     __m512 sg = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ),
                                      _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), mone), one);
@@ -232,7 +251,7 @@ inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, i
   const __m512i dv = _mm512_set1_epi32(static_cast<int>(d0)), zero = _mm512_setzero_si512();
   int cnt = 0;
   for (int t = 0; t < na; t += 16) {
-    const __mmask16 lm = na - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (na - t)) - 1u);
+    const __mmask16 lm = tail_mask16(na - t);
     const __m512i xw = _mm512_maskz_loadu_epi32(lm, xb + t);
     const __m512i n = _mm512_popcnt_epi32(_mm512_and_si512(xw, dv));
     const __mmask16 m = _mm512_mask_cmpgt_epi32_mask(lm, n, zero);
@@ -307,7 +326,7 @@ struct AggLanes {
 
 inline void agg_lanes_load(AggLanes& L, const FusedRow& R, int I, int j0) {
   const int rem = I - j0;
-  L.lm = rem >= 16 ? static_cast<__mmask16>(0xFFFF) : rem > 0 ? static_cast<__mmask16>((1u << rem) - 1u) : 0;
+  L.lm = tail_mask16(rem);
   L.e0 = R.row + j0;
   L.ref = _mm512_maskz_loadu_ps(L.lm, R.ref + L.e0);
   L.bmn = _mm512_maskz_loadu_ps(L.lm, R.bmin + L.e0);
@@ -444,7 +463,7 @@ inline int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, co
   __m512 wd = L.m;
   if (NOISE) {
     __m512i r0, r1, r2, r3;
-    philox16(_mm512_add_epi32(_mm512_set1_epi32(L.e0), _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)),
+    philox16(_mm512_add_epi32(_mm512_set1_epi32(L.e0), lane_index16()),
              S_PULSE_NOISE, 0u, 0u, u.seed, u.offset, r0, r1, r2, r3);
     const __m512 z = bm16_normal(bm16_prepare(r0, r1), false);
     wd = _mm512_add_ps(L.m, _mm512_mul_ps(_mm512_sqrt_ps(L.v), z));
@@ -466,33 +485,26 @@ inline int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, co
   return _mm512_mask_reduce_add_epi32(L.touched, L.cnt);
 }
 
-// K chunks of 16 columns from j0 through the row's active samples (K > 1 interleaves K independent
-// dependency chains; the caller's K = 1 measured fastest: the loop is throughput-bound).
-template <bool MULT, bool NOISE, int K>
-int64_t aggregate_chunks(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
-                         float* wvis_noise /* w when the visible weight gets write noise, else null */) {
-  AggLanes L[K];
-  for (int k = 0; k < K; ++k) agg_lanes_load(L[k], R, C.I, j0 + 16 * k);
+// 16 columns from j0 through the row's active samples, their moments carried sample after sample.
+// (Interleaving 2 or 4 chunks per sample loop measured slower on Zen 4: the loop is throughput-bound.)
+template <bool MULT, bool NOISE>
+int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
+                        float* wvis_noise /* w when the visible weight gets write noise, else null */) {
+  AggLanes L;
+  agg_lanes_load(L, R, C.I, j0);
   for (int t = 0; t < C.nsamples; ++t) {
     const int b = C.samples[t];
     const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
-    const uint32_t dword = C.dbits[qd];
-    const float sdv = C.sd[qd];
     const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
-    for (int k = 0; k < K; ++k) {
-      const __m512i xw = _mm512_maskz_loadu_epi32(L[k].lm, C.xbits + qx + 16 * k);
-      const __m512 sxv = _mm512_maskz_loadu_ps(L[k].lm, C.sx + qx + 16 * k);
-      agg_lanes_sample<MULT, NOISE>(L[k], xw, sxv, dword, sdv, g);
-    }
+    agg_lanes_sample<MULT, NOISE>(L, _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx), _mm512_maskz_loadu_ps(L.lm, C.sx + qx),
+                                  C.dbits[qd], C.sd[qd], g);
   }
-  int64_t tot = 0;
-  for (int k = 0; k < K; ++k) tot += agg_lanes_finish<NOISE>(L[k], R, j0 + 16 * k, g, u, wvis_noise);
-  return tot;
+  return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise);
 }
 
 // Pass 2 on the jobs of (row, sample b). d sign sdi (±1, times chopper). Returns the pulses applied.
 // AGG (one-sample calls in the aggregated mode): the moments of each job's n pulses from (w, 0) and one
-// normal(a = e, b = 0, draw 0), the aggregate_chunks contract for B = 1 but only on the touched lanes.
+// normal(a = e, b = 0, draw 0), the aggregate_chunk contract for B = 1 but only on the touched lanes.
 template <bool MULT, bool NOISE, bool AGG>
 int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, uint32_t b, const DeviceGlobals& g,
                     const UpdateArgs& u) {
@@ -501,7 +513,7 @@ int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, ui
   const __m512i rowv = _mm512_set1_epi32(R.row);
   int64_t tot = 0;
   for (int t = 0; t < nj; t += 16) {
-    const __mmask16 m = nj - t >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (nj - t)) - 1u);
+    const __mmask16 m = tail_mask16(nj - t);
     const __m512i j = _mm512_maskz_loadu_epi32(m, J.j.data() + t);
     const __m512i n = _mm512_maskz_loadu_epi32(m, J.n.data() + t);
     const __m512 sx = _mm512_maskz_loadu_ps(m, J.sx.data() + t);

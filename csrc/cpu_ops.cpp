@@ -184,15 +184,12 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
   }
   const float slr = static_cast<float>(u.sign_lr);
 #if AT_FUSED_AVX512
-  // one-word trains: thresholds first, then 16 entries per Philox call (trains16)
+  // one-word trains: thresholds first, then 16 entries per Philox call (trains16); without res, the
+  // probabilities, signs and thresholds are computed 16 at a time too (entries16)
   const bool vec = u.mode == MODE_PULSED && nw == 1;
+  const bool vec_entries = vec && !(u.res > 0);
   thread_local std::vector<uint32_t> thr;
   if (vec) thr.resize(static_cast<size_t>(std::max(I, O)));
-#else
-  const bool vec = false;
-#endif
-#if AT_FUSED_AVX512
-  const bool vec_entries = vec && !(u.res > 0);  // probabilities, signs, thresholds 16 at a time
   if (vec_entries)
     entries16(xb, I, s.b, slr, cin, T.px.data() + static_cast<int64_t>(b) * I, T.sx.data() + static_cast<int64_t>(b) * I,
               thr.data());
@@ -415,16 +412,7 @@ void apply_jobs(JobScratch& ns, int nj, int64_t row, uint32_t b, float* w, float
   for (int t = 0; t < nj; ++t) {
     const int j = ns.sj[t];
     const int64_t e = row + j;
-    const float st = wv[t] - ns.ref[t];
-    state[e] = st;
-    if (w_p) {
-      if (g.write_noise > 0.0f) {
-        const float xi = normal_draw(u.seed, u.offset, S_WRITE_NOISE, static_cast<uint32_t>(e), b, 0);
-        w[e] = st + g.write_noise * xi;
-      } else {
-        w[e] = st;
-      }
-    }
+    store_state(w, w_p, e, wv[t] - ns.ref[t], g, u.seed, u.offset, b);
     prow[j] += static_cast<float>(ns.sn[t]);
   }
 }
@@ -580,26 +568,17 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
       box_muller_many(nt, ns.r0.data(), ns.r1.data(), false, ns.zc.data(), ns.zs.data());
       zc = ns.zc.data();
     }
-    float* state = w_p ? w_p : w;
     for (int t = 0; t < nt; ++t) {
       const int j = ns.touched[t];
       const int64_t e = row + j;
       const ElemParams p = load_params(params, plane, e);
-      float out = ns.agg_m[j];
-      if (zc) out = ns.agg_m[j] + sqrtf(ns.agg_v[j]) * zc[t];  // aggregate_finish with the batched normal
-      const float st = clip_bounds(out, p.bmin, p.bmax) - p.ref;
-      state[e] = st;
-      if (w_p) {
-        w[e] = g.write_noise > 0.0f
-                   ? st + g.write_noise * normal_draw(u.seed, u.offset, S_WRITE_NOISE, static_cast<uint32_t>(e), 0u, 0)
-                   : st;
-      }
+      const float wd = aggregate_draw(ns.agg_m[j], ns.agg_v[j], p, g, zc ? zc[t] : 0.0f);
+      store_state(w, w_p, e, wd - p.ref, g, u.seed, u.offset, 0u);
     }
   }
 }
 
 #if AT_FUSED_AVX512
-// Phase 2 for one row on the AVX-512 fast path (cpu_fused_avx512.h): KIND_LINEAR, pulsed, BL <= 32.
 // The parameter-plane pointers of row i (fast paths).
 FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int64_t plane, float* pulses,
                    bool vis) {
@@ -620,6 +599,8 @@ FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int6
   return R;
 }
 
+// Phase 2 for one row on the AVX-512 fast path (cpu_fused_avx512.h): KIND_LINEAR, pulsed, BL <= 32;
+// AGG: the aggregated mode's one-sample calls.
 template <bool MULT, bool NOISE, bool AGG>
 void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
                    const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
@@ -655,9 +636,7 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
   const AggCall C{T.O, T.I, i, T.xbits.data(), T.sx.data(), T.dbits.data(), T.sd.data(), act_b.data(),
                   static_cast<int>(act_b.size())};
   int64_t tot = 0;
-  // chunks per sample loop (aggregate_chunks): 2 and 4 measured slower on Zen 4 (throughput-, not latency-bound)
-  constexpr int K = 1;
-  for (int j0 = 0; j0 < T.I; j0 += 16 * K) tot += aggregate_chunks<MULT, NOISE, K>(R, C, j0, g, u, wn ? w : nullptr);
+  for (int j0 = 0; j0 < T.I; j0 += 16) tot += aggregate_chunk<MULT, NOISE>(R, C, j0, g, u, wn ? w : nullptr);
   if (rtot) rtot[i] += tot;
 }
 #endif
@@ -1022,26 +1001,16 @@ static at::Tensor philox_grid_rows(int64_t seed, const int64_t* offsets, int64_t
 #if AT_FUSED_AVX512
       if (n_a < (int64_t{1} << 31)) {  // 16 counters per Philox call, only the needed Box–Muller branch
         float* row = op + q * n_a;
-        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
         const bool second = k >= 2, use_sin = (k & 1u) != 0;
         for (int64_t j0 = 0; j0 < n_a; j0 += 16) {
-          const __mmask16 lm = n_a - j0 >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                              : static_cast<__mmask16>((1u << (n_a - j0)) - 1u);
+          const __mmask16 lm = tail_mask16(n_a - j0);
           __m512i w[4];
-          philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0)), lane), static_cast<uint32_t>(stream),
-                   blk0, static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed),
+          philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0)), lane_index16()),
+                   static_cast<uint32_t>(stream), blk0, static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed),
                    static_cast<uint64_t>(offsets[q]), w[0], w[1], w[2], w[3]);
-          if (!normal) {  // word_to_uniform: float(((r >> 8) + 0.5)·2^-24), exact in double, rounded
-            const __m512i r8 = _mm512_srli_epi32(w[k], 8);
-            const __m512d h = _mm512_set1_pd(0.5), sc = _mm512_set1_pd(5.9604644775390625e-08);
-            const __m256 lo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(_mm512_castsi512_si256(r8)), h), sc));
-            const __m256 hi = _mm512_cvtpd_ps(
-                _mm512_mul_pd(_mm512_add_pd(_mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(r8, 1)), h), sc));
-            _mm512_mask_storeu_ps(row + j0, lm, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
-          } else {
-            const BM16 bm = bm16_prepare(second ? w[2] : w[0], second ? w[3] : w[1]);
-            _mm512_mask_storeu_ps(row + j0, lm, bm16_normal(bm, use_sin));
-          }
+          const __m512 z = normal ? bm16_normal(bm16_prepare(second ? w[2] : w[0], second ? w[3] : w[1]), use_sin)
+                                  : uniform16(w[k]);
+          _mm512_mask_storeu_ps(row + j0, lm, z);
         }
         continue;
       }
@@ -1146,28 +1115,27 @@ at::Tensor philox_uniform_grid_cpu(int64_t seed, int64_t offset, int64_t stream,
 }
 
 // Test hooks: the RNG and the device step exactly as the kernels use them.
-at::Tensor philox_uniform_cpu(int64_t seed, int64_t offset, int64_t stream, const at::Tensor& a, int64_t b,
-                              int64_t draw) {
+at::Tensor philox_draws(int64_t seed, int64_t offset, int64_t stream, const at::Tensor& a, int64_t b, int64_t draw,
+                        bool normal) {
   at::Tensor ac = a.to(at::kLong).contiguous();
   at::Tensor out = at::empty({ac.numel()}, at::kFloat);
   const int64_t* ap = ac.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
+  const auto draw_fn = normal ? &normal_draw : &uniform_draw;
   for (int64_t q = 0; q < ac.numel(); ++q)
-    op[q] = uniform_draw(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<uint32_t>(stream),
-                         static_cast<uint32_t>(ap[q]), static_cast<uint32_t>(b), static_cast<uint32_t>(draw));
+    op[q] = draw_fn(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<uint32_t>(stream),
+                    static_cast<uint32_t>(ap[q]), static_cast<uint32_t>(b), static_cast<uint32_t>(draw));
   return out;
+}
+
+at::Tensor philox_uniform_cpu(int64_t seed, int64_t offset, int64_t stream, const at::Tensor& a, int64_t b,
+                              int64_t draw) {
+  return philox_draws(seed, offset, stream, a, b, draw, false);
 }
 
 at::Tensor philox_normal_cpu(int64_t seed, int64_t offset, int64_t stream, const at::Tensor& a, int64_t b,
                              int64_t draw) {
-  at::Tensor ac = a.to(at::kLong).contiguous();
-  at::Tensor out = at::empty({ac.numel()}, at::kFloat);
-  const int64_t* ap = ac.data_ptr<int64_t>();
-  float* op = out.data_ptr<float>();
-  for (int64_t q = 0; q < ac.numel(); ++q)
-    op[q] = normal_draw(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<uint32_t>(stream),
-                        static_cast<uint32_t>(ap[q]), static_cast<uint32_t>(b), static_cast<uint32_t>(draw));
-  return out;
+  return philox_draws(seed, offset, stream, a, b, draw, true);
 }
 
 at::Tensor device_step_cpu(const at::Tensor& w_dev, const at::Tensor& up, const at::Tensor& params,

@@ -382,15 +382,20 @@ AT_HD void aggregate_sample(float& m, float& v, int n, bool up, const ElemParams
 }
 
 // The end of the call for a touched element: w_dev = clip(m + sqrt(v)·z), z = normal(…, PULSE_NOISE,
-// a = element, b = 0, draw = 0) (not drawn without noise).
+// a = element, b = 0, draw = 0) (not drawn without noise); aggregate_draw takes z already drawn.
+AT_HD float aggregate_draw(float m, float v, const ElemParams& p, const DeviceGlobals& g, float z) {
+  const float out = g.has_noise ? m + sqrtf(v) * z : m;
+  return clip_bounds(out, p.bmin, p.bmax);
+}
+
 AT_HD float aggregate_finish(float m, float v, const ElemParams& p, const DeviceGlobals& g, uint64_t seed,
                              uint64_t offset, uint32_t flat) {
-  float out = m;
+  float z = 0.0f;
   if (g.has_noise) {
     const Philox4 r = philox_block(seed, offset, S_PULSE_NOISE, flat, 0u, 0u);
-    out = m + sqrtf(v) * box_muller(r.r[0], r.r[1], false);
+    z = box_muller(r.r[0], r.r[1], false);
   }
-  return clip_bounds(out, p.bmin, p.bmax);
+  return aggregate_draw(m, v, p, g, z);
 }
 
 // Run-time dispatch of aggregate_sample (KIND_LINEAR only; the ops reject other kinds).

@@ -190,6 +190,24 @@ AT_HD bool make_train(uint64_t seed, uint64_t offset, uint32_t stream, uint32_t 
   return any;
 }
 
+// The new device state st of element e after sample `sample`: with a persistent weight w_p the state
+// lands there and the visible weight is redrawn, w = st + write_noise·normal(…, WRITE_NOISE, a = e,
+// b = sample, draw 0) (w = st without write noise); else the state is w itself.
+AT_HD void store_state(float* w, float* w_p, int64_t e, float st, const DeviceGlobals& g, uint64_t seed,
+                       uint64_t offset, uint32_t sample) {
+  if (!w_p) {
+    w[e] = st;
+    return;
+  }
+  w_p[e] = st;
+  if (g.write_noise > 0.0f) {
+    const float xi = normal_draw(seed, offset, S_WRITE_NOISE, static_cast<uint32_t>(e), sample, 0);
+    w[e] = st + g.write_noise * xi;
+  } else {
+    w[e] = st;
+  }
+}
+
 // One sample on one element with n pulses of sign `up` (pulsed / mean_count modes): pulses on
 // w_dev = state + ref, then state = w_dev − ref; with a persistent weight the visible weight is
 // redrawn (write noise). Step 4 of reference.py.
@@ -198,33 +216,15 @@ AT_HD void element_pulses(float* w, float* w_p, int64_t e, int n, bool up, const
   float* state = w_p ? w_p : w;
   float wd = state[e] + p.ref;
   wd = apply_pulses(wd, n, up, p, g, seed, offset, static_cast<uint32_t>(e), sample);
-  const float st = wd - p.ref;
-  state[e] = st;
-  if (w_p) {
-    if (g.write_noise > 0.0f) {
-      const float xi = normal_draw(seed, offset, S_WRITE_NOISE, static_cast<uint32_t>(e), sample, 0);
-      w[e] = st + g.write_noise * xi;
-    } else {
-      w[e] = st;
-    }
-  }
+  store_state(w, w_p, e, wd - p.ref, g, seed, offset, sample);
 }
 
 // The end of an aggregated call for one touched element (moments m, v of w_dev): draw, clip, store
 // the state and, with a persistent weight, the visible weight (write noise drawn once, b = 0).
 AT_HD void element_aggregated(float* w, float* w_p, int64_t e, float m, float v, const ElemParams& p,
                               const DeviceGlobals& g, uint64_t seed, uint64_t offset) {
-  float* state = w_p ? w_p : w;
-  const float st = aggregate_finish(m, v, p, g, seed, offset, static_cast<uint32_t>(e)) - p.ref;
-  state[e] = st;
-  if (w_p) {
-    if (g.write_noise > 0.0f) {
-      const float xi = normal_draw(seed, offset, S_WRITE_NOISE, static_cast<uint32_t>(e), 0u, 0);
-      w[e] = st + g.write_noise * xi;
-    } else {
-      w[e] = st;
-    }
-  }
+  store_state(w, w_p, e, aggregate_finish(m, v, p, g, seed, offset, static_cast<uint32_t>(e)) - p.ref, g, seed,
+              offset, 0u);
 }
 
 // One sample on one element in the `expected` mode (step 5 of reference.py): en = E[n_ij] > 0.
