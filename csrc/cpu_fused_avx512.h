@@ -146,6 +146,40 @@ inline __m512 bm16_normal(const BM16& b, bool use_sin) {
   return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
 }
 
+// z[t] = aggregate_normal(e_begin + t) (device_step.h: counter a = e >> 1, draw 2·(e & 1), i.e. the
+// cosine of word pair (r0, r1) for even e and of (r2, r3) for odd e) for t < n: the aggregated mode's
+// final draws, two consecutive elements per Philox call, so one philox16 and two cosine Box–Mullers make
+// 32 normals. z needs room for n + 33 floats.
+inline void aggregate_normals(uint64_t seed, uint64_t offset, int64_t e_begin, int n, float* z) {
+  const int64_t c_begin = e_begin >> 1;
+  const int skip = static_cast<int>(e_begin & 1);  // z[0] is element 2·c_begin + skip
+  alignas(64) float head[32];
+  const __m512i lane = lane_index16();
+  // interleave (even lane l -> 2l, odd lane l -> 2l + 1)
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (int t0 = 0; t0 < n + skip; t0 += 32) {
+    __m512i r0, r1, r2, r3;
+    philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(c_begin + t0 / 2)), lane), S_PULSE_NOISE, 0u,
+             0u, seed, offset, r0, r1, r2, r3);
+    const __m512 ev = bm16_normal(bm16_prepare(r0, r1), false), od = bm16_normal(bm16_prepare(r2, r3), false);
+    float* dst = t0 == 0 ? head : z - skip + t0;
+    _mm512_storeu_ps(dst, _mm512_permutex2var_ps(ev, lo, od));
+    _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(ev, hi, od));
+    if (t0 == 0)
+      for (int k = skip; k < 32; ++k) z[k - skip] = head[k];
+  }
+}
+
+// aggregate_normal of 16 arbitrary elements e: counter e >> 1, word pair (r0, r1) for even e, (r2, r3)
+// for odd e, cosine branch.
+inline __m512 aggregate_normal16(__m512i e, uint64_t seed, uint64_t offset) {
+  __m512i r0, r1, r2, r3;
+  philox16(_mm512_srli_epi32(e, 1), S_PULSE_NOISE, 0u, 0u, seed, offset, r0, r1, r2, r3);
+  const __mmask16 odd = _mm512_test_epi32_mask(e, _mm512_set1_epi32(1));
+  return bm16_normal(bm16_prepare(_mm512_mask_blend_epi32(odd, r0, r2), _mm512_mask_blend_epi32(odd, r1, r3)), false);
+}
+
 // One pulse on the lanes of `mq` (device_step_t<KIND_LINEAR, MULT, NOISE>): fac = 1 + σz,
 // Δ = (s·w + c)·fac (mult) or s·w + c·fac, w ← clip(w + sg·Δ) (sg = ±1: exact, rounds as w ± Δ).
 template <bool MULT, bool NOISE>
@@ -458,14 +492,11 @@ inline void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword
 // pulse counts. Returns the pulses of these lanes.
 template <bool NOISE>
 inline int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, const DeviceGlobals& g,
-                                const UpdateArgs& u, float* wvis_noise) {
+                                const UpdateArgs& u, float* wvis_noise, const float* zrow) {
   if (!L.touched) return 0;
   __m512 wd = L.m;
   if (NOISE) {
-    __m512i r0, r1, r2, r3;
-    philox16(_mm512_add_epi32(_mm512_set1_epi32(L.e0), lane_index16()),
-             S_PULSE_NOISE, 0u, 0u, u.seed, u.offset, r0, r1, r2, r3);
-    const __m512 z = bm16_normal(bm16_prepare(r0, r1), false);
+    const __m512 z = _mm512_maskz_loadu_ps(L.lm, zrow + j0);
     wd = _mm512_add_ps(L.m, _mm512_mul_ps(_mm512_sqrt_ps(L.v), z));
   }
   wd = _mm512_min_ps(_mm512_max_ps(wd, L.bmn), L.bmx);
@@ -489,7 +520,8 @@ inline int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, co
 // (Interleaving 2 or 4 chunks per sample loop measured slower on Zen 4: the loop is throughput-bound.)
 template <bool MULT, bool NOISE>
 int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
-                        float* wvis_noise /* w when the visible weight gets write noise, else null */) {
+                        float* wvis_noise /* w when the visible weight gets write noise, else null */,
+                        const float* zrow /* the row's final normals (aggregate_normals), NOISE only */) {
   AggLanes L;
   agg_lanes_load(L, R, C.I, j0);
   for (int t = 0; t < C.nsamples; ++t) {
@@ -499,12 +531,12 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
     agg_lanes_sample<MULT, NOISE>(L, _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx), _mm512_maskz_loadu_ps(L.lm, C.sx + qx),
                                   C.dbits[qd], C.sd[qd], g);
   }
-  return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise);
+  return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise, zrow);
 }
 
 // Pass 2 on the jobs of (row, sample b). d sign sdi (±1, times chopper). Returns the pulses applied.
 // AGG (one-sample calls in the aggregated mode): the moments of each job's n pulses from (w, 0) and one
-// normal(a = e, b = 0, draw 0), the aggregate_chunk contract for B = 1 but only on the touched lanes.
+// aggregate_normal (device_step.h), the aggregate_chunk contract for B = 1 but only on the touched lanes.
 template <bool MULT, bool NOISE, bool AGG>
 int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, uint32_t b, const DeviceGlobals& g,
                     const UpdateArgs& u) {
@@ -544,11 +576,8 @@ int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, ui
       L.cnt = _mm512_setzero_si512();
       agg_lanes_apply<MULT, NOISE>(L, n, _mm512_mul_ps(sdv, sx), m, g);
       wd = L.m;
-      if (NOISE) {
-        __m512i r0, r1, r2, r3;
-        philox16(e, S_PULSE_NOISE, 0u, 0u, u.seed, u.offset, r0, r1, r2, r3);
-        wd = _mm512_add_ps(L.m, _mm512_mul_ps(_mm512_sqrt_ps(L.v), bm16_normal(bm16_prepare(r0, r1), false)));
-      }
+      if (NOISE)
+        wd = _mm512_add_ps(L.m, _mm512_mul_ps(_mm512_sqrt_ps(L.v), aggregate_normal16(e, u.seed, u.offset)));
       wd = _mm512_min_ps(_mm512_max_ps(wd, bmn), bmx);
     } else {
       const int maxn = _mm512_mask_reduce_max_epi32(m, n);

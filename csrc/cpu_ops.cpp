@@ -558,21 +558,22 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
     int nt = 0;
     JobScratch::fit(ns.touched, I), JobScratch::fit(ns.ea, I), JobScratch::fit(ns.blk, I);
     for (int j = 0; j < I; ++j)
-      if (ns.agg_touched[j]) ns.touched[nt] = j, ns.ea[nt] = static_cast<uint32_t>(row + j), ns.blk[nt++] = 0u;
-    float* zc = nullptr;
-    if (g.has_noise && nt > 0) {
+      if (ns.agg_touched[j]) ns.touched[nt] = j, ns.ea[nt] = static_cast<uint32_t>(row + j) >> 1, ns.blk[nt++] = 0u;
+    const bool draw = g.has_noise && nt > 0;
+    if (draw) {  // aggregate_normal of element e: counter e >> 1, word pair (r0, r1) / (r2, r3) by e & 1
       JobScratch::fit(ns.r0, nt), JobScratch::fit(ns.r1, nt), JobScratch::fit(ns.r2, nt), JobScratch::fit(ns.r3, nt);
       JobScratch::fit(ns.zc, nt), JobScratch::fit(ns.zs, nt);
       philox_many(nt, ns.ea.data(), ns.blk.data(), S_PULSE_NOISE, 0u, u.seed, u.offset, ns.r0.data(), ns.r1.data(),
                   ns.r2.data(), ns.r3.data());
+      for (int t = 0; t < nt; ++t)
+        if ((row + ns.touched[t]) & 1) ns.r0[t] = ns.r2[t], ns.r1[t] = ns.r3[t];
       box_muller_many(nt, ns.r0.data(), ns.r1.data(), false, ns.zc.data(), ns.zs.data());
-      zc = ns.zc.data();
     }
     for (int t = 0; t < nt; ++t) {
       const int j = ns.touched[t];
       const int64_t e = row + j;
       const ElemParams p = load_params(params, plane, e);
-      const float wd = aggregate_draw(ns.agg_m[j], ns.agg_v[j], p, g, zc ? zc[t] : 0.0f);
+      const float wd = aggregate_draw(ns.agg_m[j], ns.agg_v[j], p, g, draw ? ns.zc[t] : 0.0f);
       store_state(w, w_p, e, wd - p.ref, g, u.seed, u.offset, 0u);
     }
   }
@@ -635,8 +636,14 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
   if (act_b.empty()) return;
   const AggCall C{T.O, T.I, i, T.xbits.data(), T.sx.data(), T.dbits.data(), T.sd.data(), act_b.data(),
                   static_cast<int>(act_b.size())};
+  thread_local std::vector<float> zrow;
+  if (NOISE) {
+    zrow.resize(static_cast<size_t>(T.I) + 48);
+    aggregate_normals(u.seed, u.offset, R.row, T.I, zrow.data());
+  }
   int64_t tot = 0;
-  for (int j0 = 0; j0 < T.I; j0 += 16) tot += aggregate_chunk<MULT, NOISE>(R, C, j0, g, u, wn ? w : nullptr);
+  for (int j0 = 0; j0 < T.I; j0 += 16)
+    tot += aggregate_chunk<MULT, NOISE>(R, C, j0, g, u, wn ? w : nullptr, zrow.data());
   if (rtot) rtot[i] += tot;
 }
 #endif

@@ -381,8 +381,16 @@ AT_HD void aggregate_sample(float& m, float& v, int n, bool up, const ElemParams
   v = vn;
 }
 
-// The end of the call for a touched element: w_dev = clip(m + sqrt(v)·z), z = normal(…, PULSE_NOISE,
-// a = element, b = 0, draw = 0) (not drawn without noise); aggregate_draw takes z already drawn.
+// The final draw of element `flat` in the aggregated mode: normal(…, PULSE_NOISE, a = flat >> 1, b = 0,
+// draw = 2·(flat & 1)), the cosine branch of word pair (r0, r1) for even elements and (r2, r3) for odd
+// ones: two consecutive elements share one Philox call, so a vectorised finish makes 32 normals per
+// 16-lane Philox call (cpu_fused_avx512.h aggregate_normals) and only ever needs cosines.
+AT_HD float aggregate_normal(uint64_t seed, uint64_t offset, uint32_t flat) {
+  return normal_draw(seed, offset, S_PULSE_NOISE, flat >> 1, 0u, 2u * (flat & 1u));
+}
+
+// The end of the call for a touched element: w_dev = clip(m + sqrt(v)·z), z = aggregate_normal(flat)
+// (not drawn without noise); aggregate_draw takes z already drawn.
 AT_HD float aggregate_draw(float m, float v, const ElemParams& p, const DeviceGlobals& g, float z) {
   const float out = g.has_noise ? m + sqrtf(v) * z : m;
   return clip_bounds(out, p.bmin, p.bmax);
@@ -390,12 +398,7 @@ AT_HD float aggregate_draw(float m, float v, const ElemParams& p, const DeviceGl
 
 AT_HD float aggregate_finish(float m, float v, const ElemParams& p, const DeviceGlobals& g, uint64_t seed,
                              uint64_t offset, uint32_t flat) {
-  float z = 0.0f;
-  if (g.has_noise) {
-    const Philox4 r = philox_block(seed, offset, S_PULSE_NOISE, flat, 0u, 0u);
-    z = box_muller(r.r[0], r.r[1], false);
-  }
-  return aggregate_draw(m, v, p, g, z);
+  return aggregate_draw(m, v, p, g, g.has_noise ? aggregate_normal(seed, offset, flat) : 0.0f);
 }
 
 // Run-time dispatch of aggregate_sample (KIND_LINEAR only; the ops reject other kinds).

@@ -7,7 +7,9 @@ saturated), backend (``compiled`` C++ kernel vs the pure-torch ``reference``) an
 the script times ``forward`` (y = layer(x)), ``backward`` ((y·g).sum().backward()) and ``update``
 (``opt.step()``: the pulsed update(s) and transfers) with the trainer's own objects (``build_algorithm``
 → ``prepare`` → ``build_optimizer``), and a digital ``nn.Linear`` + ``torch.optim.SGD`` step in the same
-run. It prints medians (ms) and the ratio of the whole analog step to the digital step. Each analog
+run. It prints medians (ms) and the ratio of the whole analog step to the digital step (``ratio``: of the
+medians; ``paired``: the median of per-step ratios against a digital step timed right before each analog
+step, which a machine whose speed drifts during the run, e.g. a shared host, cannot skew). Each analog
 cell runs in both update modes (``--modes``): ``pulsed`` (aihwkit: one device step and one normal per
 pulse) and ``aggregated`` (same pulse counts; each element's exact mean and variance carried through its
 pulses of the call, one normal per element: ``tile.update_mode=aggregated``, linear-step devices).
@@ -85,35 +87,62 @@ def make_step(algo: str, size: tuple[int, int], lr: float, backend: str, seed: i
     return layer, opt
 
 
-def time_step(layer, opt, x, g, reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median ms of forward / backward / update / step over ``reps`` steps (after ``warmup``). x requires
-    grad, as the input of a hidden layer: backward also forms dL/dx (the analog backward read)."""
+def _one_step(layer, opt, x, g) -> tuple[float, float, float]:
+    """(forward, backward, update) seconds of one training step. x requires grad, as the input of a
+    hidden layer: backward also forms dL/dx (the analog backward read)."""
+    opt.zero_grad(set_to_none=True)
+    x.grad = None
+    t0 = time.perf_counter()
+    y = layer(x)
+    t1 = time.perf_counter()
+    (y * g).sum().backward()
+    t2 = time.perf_counter()
+    opt.step()
+    t3 = time.perf_counter()
+    return t1 - t0, t2 - t1, t3 - t2
+
+
+def time_step(layer, opt, x, g, reps: int, warmup: int = 1, digital=None) -> dict[str, float]:
+    """Median ms of forward / backward / update / step over ``reps`` steps (after ``warmup``).
+
+    With ``digital`` = (layer, optimizer) of the digital baseline, every timed step is paired with one
+    digital step timed right before it (the second of two, so that it runs with warm caches like the
+    standalone baseline row), and ``paired`` is the median of the per-pair ratios step / digital step: a
+    shared machine whose speed drifts over seconds (other tenants, clock changes) moves both members of a
+    pair alike, so ``paired`` stays put where separately measured medians would not. (Right after an
+    analog step the digital step runs some 10% slower than in its own loop, so ``paired`` reads a little
+    lower than the ratio of medians when the machine is steady.)"""
     x = x.detach().clone().requires_grad_(True)
-    out = {"forward": [], "backward": [], "update": [], "step": []}
+    out = {"forward": [], "backward": [], "update": [], "step": [], "ratio": []}
     for r in range(warmup + reps):
-        opt.zero_grad(set_to_none=True)
-        x.grad = None
-        t0 = time.perf_counter()
-        y = layer(x)
-        t1 = time.perf_counter()
-        (y * g).sum().backward()
-        t2 = time.perf_counter()
-        opt.step()
-        t3 = time.perf_counter()
+        dig = None
+        if digital is not None:  # the second of two digital steps: warm caches, as the standalone baseline
+            for _ in range(2):
+                dig = sum(_one_step(*digital, x, g))
+        f, b, u = _one_step(layer, opt, x, g)
         if r >= warmup:
-            out["forward"].append(t1 - t0)
-            out["backward"].append(t2 - t1)
-            out["update"].append(t3 - t2)
-            out["step"].append(t3 - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in out.items()}
+            out["forward"].append(f)
+            out["backward"].append(b)
+            out["update"].append(u)
+            out["step"].append(f + b + u)
+            if dig is not None:
+                out["ratio"].append((f + b + u) / dig)
+    res = {k: 1e3 * statistics.median(v) for k, v in out.items() if v and k != "ratio"}
+    if out["ratio"]:
+        res["paired"] = statistics.median(out["ratio"])
+    return res
 
 
-def digital_step(size, x, g, lr, reps) -> dict[str, float]:
+def digital_model(size, lr):
+    """The digital baseline: nn.Linear (no bias) + torch.optim.SGD, O×I."""
     out_size, in_size = size
     torch.manual_seed(0)
     layer = torch.nn.Linear(in_size, out_size, bias=False)
-    opt = torch.optim.SGD(layer.parameters(), lr=lr)
-    return time_step(layer, opt, x, g, reps, warmup=3)
+    return layer, torch.optim.SGD(layer.parameters(), lr=lr)
+
+
+def digital_step(size, x, g, lr, reps) -> dict[str, float]:
+    return time_step(*digital_model(size, lr), x, g, reps, warmup=3)
 
 
 def main(argv=None) -> int:
@@ -155,8 +184,9 @@ def main(argv=None) -> int:
             for regime in a.regimes:
                 lr = LR[regime]
                 dig = digital_step(size, x, g, lr, reps=max(a.reps, 10))
+                dig_model = digital_model(size, lr)  # the pair partner of every analog step below
                 rows.append(dict(size=n, algo="digital", mode="-", regime=regime, backend="torch", threads=threads,
-                                 **dig, ratio=1.0))
+                                 **dig, ratio=1.0, paired=1.0))
                 for algo, mode in [(al, mo) for al in a.algos for mo in a.modes]:
                     for backend in a.backends:
                         if backend == "reference" and (n > a.max_ref_size or threads not in a.ref_threads):
@@ -169,30 +199,30 @@ def main(argv=None) -> int:
                             continue
                         layer, opt = made
                         if backend == "compiled":
-                            t = time_step(layer, opt, x, g, a.reps, warmup=1)
+                            t = time_step(layer, opt, x, g, a.reps, warmup=1, digital=dig_model)
                         else:  # pure torch: nothing to warm up, and one step can take seconds
-                            t = time_step(layer, opt, x, g, a.ref_reps, warmup=0)
+                            t = time_step(layer, opt, x, g, a.ref_reps, warmup=0, digital=dig_model)
                         rows.append(dict(size=n, algo=algo, mode=mode, regime=regime, backend=backend,
                                          threads=threads, **t, ratio=t["step"] / dig["step"]))
                         r = rows[-1]
                         print(f"  {n:5d} {algo:7s} {mode:10s} {regime:6s} {backend:9s} t={threads}  fwd {r['forward']:8.2f}  "
                               f"bwd {r['backward']:8.2f}  upd {r['update']:9.2f}  step {r['step']:9.2f} ms  "
-                              f"x{r['ratio']:6.1f}", file=sys.stderr, flush=True)
+                              f"x{r['ratio']:6.1f} (paired x{r['paired']:5.1f})", file=sys.stderr, flush=True)
 
     paths = ""
     if "compiled" in a.backends:
         fast = int(torch.ops.analogtrain.cpu_fast_paths())
         paths = f"; CPU kernel: {'AVX-512 fast paths' if fast else 'generic path only'}"
     print(f"\nOne training step of one layer, batch {a.batch}, device softbounds; medians in ms; "
-          f"ratio = step / digital step (same size, regime, threads){paths}\n")
+          f"ratio = step / digital step (same size, regime, threads); paired = median over steps of step / the digital step timed just before it{paths}\n")
     hdr = f"| {'size':>9} | {'algo':7} | {'mode':10} | {'lr':13} | {'backend':9} | thr | {'forward':>8} | {'backward':>8} | " \
-          f"{'update':>9} | {'step':>9} | {'ratio':>6} |"
+          f"{'update':>9} | {'step':>9} | {'ratio':>6} | {'paired':>6} |"
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     for r in rows:
         print(f"| {r['size']:4d}x{r['size']:<4d} | {r['algo']:7} | {r['mode']:10} | {r['regime']:6} {LR[r['regime']]:<6} | "
               f"{r['backend']:9} | {r['threads']:3d} | {r['forward']:8.2f} | {r['backward']:8.2f} | "
-              f"{r['update']:9.2f} | {r['step']:9.2f} | {r['ratio']:6.1f} |")
+              f"{r['update']:9.2f} | {r['step']:9.2f} | {r['ratio']:6.1f} | {r['paired']:6.1f} |")
     for msg in notes:
         print(f"\nnote: {msg}")
     if a.json:

@@ -1,6 +1,7 @@
-"""Aggregated pulses (``tile.update_mode: aggregated``, contract version 2): the pulse counts of the pulsed
+"""Aggregated pulses (``tile.update_mode: aggregated``, contract version 3): the pulse counts of the pulsed
 mode, but every element carries the exact mean and variance of its conductance through all its pulses of
-one op call and draws ONE normal at the end (KIND_LINEAR devices, whose per-pulse map is affine).
+one op call and draws ONE normal at the end (KIND_LINEAR devices, whose per-pulse map is affine); version
+3 draws it with the counters (a = e >> 1, draw = 2·(e & 1)), two elements per Philox call.
 
 Checked here:
 * ``devices.step.aggregate_moments`` / ``aggregate_step`` against the moments evaluated in float64 by
@@ -508,6 +509,34 @@ def _parity_case(key, O=64, I=48, B=8):
     return s, params, x, d, w0, chop_in, chop_out
 
 
+def test_reference_final_draw_uses_the_documented_counters():
+    """Step 4a's one normal per touched element e is normal(seed, offset, PULSE_NOISE, a = e >> 1, b = 0,
+    draw = 2·(e & 1)): the reference result equals the one rebuilt from aggregate_moments / aggregate_finish
+    with exactly those draws (and differs from the per-element counters a = e, draw 0)."""
+    O, I = 5, 13
+    s = sample_device(device_from_config(dict(SB_MULT)), O, I, 0)
+    params = s.params.reshape(P.NP, -1)
+    g = torch.Generator().manual_seed(3)
+    x, d = torch.rand(1, I, generator=g) + 0.5, torch.rand(1, O, generator=g) + 0.5
+    w = torch.zeros(O, I)
+    seed, offset = 2**33 + 5, 9
+    n = pulsed_update_ref(w, None, s.params, s.gparams, x, d, 0.5, s.dw, AGG, seed, offset).reshape(-1)
+    e = torch.nonzero(n > 0).flatten()
+    assert e.numel() > 40 and bool((e % 2 != 0).any())
+    pe, ref = params[:, e], params[P.P_REF, e]
+    # x, d, lr > 0: every pulse goes down (w -= lr·x·d); the state starts at 0, so w_dev = ref
+    m, v = aggregate_moments(ref.clone(), torch.zeros_like(ref), n[e], torch.zeros_like(e, dtype=torch.bool), pe,
+                             s.gparams)
+    assert bool((v > 0).all())
+    z = R.normal(seed, offset, R.Stream.PULSE_NOISE, e >> 1, 0, 2 * (e & 1))
+    torch.testing.assert_close(w.reshape(-1)[e], aggregate_finish(m, v, pe, s.gparams, z) - ref, rtol=0, atol=0)
+    z_old = R.normal(seed, offset, R.Stream.PULSE_NOISE, e, 0, 0)
+    assert not torch.allclose(w.reshape(-1)[e], aggregate_finish(m, v, pe, s.gparams, z_old) - ref)
+    untouched = torch.ones(O * I, dtype=torch.bool)
+    untouched[e] = False
+    assert bool((w.reshape(-1)[untouched] == 0).all())
+
+
 def test_degenerate_device_with_mult_noise_stays_finite():
     s = sample_device(device_from_config({"name": "softbounds", "dw_min_std": 0.3}), 4, 3, 0)
     params = s.params.reshape(P.NP, -1).clone()
@@ -535,12 +564,13 @@ def _compiled_or_skip(fn):
         raise
 
 
-def _parity(device: str, key: str, spec=None, B: int = 8, lr0: float = 0.5):
+def _parity(device: str, key: str, spec=None, B: int = 8, lr0: float = 0.5, shape=(64, 48)):
     """Aggregated update, reference vs compiled: identical pulse counts, weights (and persistent weights)
     equal up to float rounding. lr0 0.5: dense (~25 pulses per element per sample); 0.0005: sparse (BL 1
-    under UBLM here, at most one pulse per element per sample)."""
+    under UBLM here, at most one pulse per element per sample). ``shape`` (O, I): an odd I puts row starts
+    off the four-element groups of the final draws and leaves a partial 16-lane tail."""
     spec = spec or AGG
-    s, params, x, d, w0, ci, co = _parity_case(key, B=B)
+    s, params, x, d, w0, ci, co = _parity_case(key, O=shape[0], I=shape[1], B=B)
     for lr, chop in ((lr0, False), (-lr0, True)):
         res = {}
         for backend in ("reference", "compiled"):
@@ -592,6 +622,17 @@ def test_compiled_cpu_one_sample_aggregated_matches_reference(key):
 def test_compiled_cpu_generic_path_aggregated_matches_reference(key):
     """Trains longer than 32 slots take the CPU kernel's generic job path (not the AVX-512 one)."""
     _parity("cpu", key, spec=dataclasses.replace(AGG, desired_bl=40, ublm=False))
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("key", ["softbounds_noisy", "linear_step_additive"])
+@pytest.mark.parametrize("case", ["dense", "sparse", "one_sample", "generic"])
+def test_compiled_cpu_aggregated_matches_reference_odd_width(key, case):
+    """I = 45: rows start at odd and even elements (the final draws' Philox pairs straddle rows) and every
+    row ends in a partial 16-lane group, on each kernel path."""
+    kw = {"dense": {}, "sparse": {"lr0": 0.0005}, "one_sample": {"B": 1},
+          "generic": {"spec": dataclasses.replace(AGG, desired_bl=40, ublm=False)}}[case]
+    _parity("cpu", key, shape=(9, 45), **kw)
 
 
 @pytest.mark.cuda
