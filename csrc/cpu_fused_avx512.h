@@ -488,6 +488,44 @@ inline void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword
   if (mk) agg_lanes_apply<MULT, NOISE>(L, n, sgn, mk, g);
 }
 
+// agg_lanes_sample for one-slot trains (BL = 1 in every sample of the call, as update-BL management sets
+// it in the sparse regime): a coincidence is exactly one pulse, so the lanes take agg_lanes_apply's n = 1
+// branch (the same float operations) without counting bits or testing for n >= 2, and d = ±(s·m + c)
+// flips the sign bit instead of multiplying by ±1 (exact either way).
+template <bool MULT, bool NOISE>
+inline void agg_lanes_sample_one(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
+  __mmask16 mk = _mm512_mask_test_epi32_mask(L.lm, xw, _mm512_set1_epi32(static_cast<int>(dword)));
+  if (!mk) return;
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 sgn = _mm512_mul_ps(_mm512_set1_ps(sdv), sxv);
+  mk = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_NEQ_UQ);
+  if (NOISE && !L.have_noise) {
+    L.du.noise<MULT>(g, L.c_up);
+    L.dd.noise<MULT>(g, L.c_dn);
+    L.have_noise = true;
+  }
+  L.touched |= mk;
+  L.cnt = _mm512_mask_add_epi32(L.cnt, mk, L.cnt, _mm512_set1_epi32(1));
+  const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_LT_OQ);  // sd·sx < 0: up pulses
+  const __mmask16 dn = mk & static_cast<__mmask16>(~up);
+  const __m512 s = _mm512_mask_blend_ps(up, L.s_dn, L.s_up);
+  const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
+  const __m512i y = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(s, L.m), c));
+  const __m512 d = _mm512_castsi512_ps(_mm512_mask_xor_epi32(y, dn, y, _mm512_set1_epi32(INT32_MIN)));
+  const __m512 mn = _mm512_add_ps(L.m, d);
+  __m512 vn = zero;
+  if (NOISE) {
+    const __m512 k1 = _mm512_mask_blend_ps(up, L.dd.k1, L.du.k1);
+    if (MULT) {
+      const __m512 t = _mm512_mul_ps(_mm512_set1_ps(g.sigma), d);
+      vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mul_ps(t, t));
+    } else {
+      vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mask_blend_ps(up, L.dd.q1, L.du.q1));
+    }
+  }
+  agg_lanes_store(L, mk, mn, vn);
+}
+
 // The end of the call for the touched lanes: one normal each, clip, store state / visible weight /
 // pulse counts. Returns the pulses of these lanes.
 template <bool NOISE>
@@ -518,18 +556,27 @@ inline int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, co
 
 // 16 columns from j0 through the row's active samples, their moments carried sample after sample.
 // (Interleaving 2 or 4 chunks per sample loop measured slower on Zen 4: the loop is throughput-bound.)
-template <bool MULT, bool NOISE>
+template <bool MULT, bool NOISE, bool ONE /* one-slot trains: agg_lanes_sample_one */>
 int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
                         float* wvis_noise /* w when the visible weight gets write noise, else null */,
                         const float* zrow /* the row's final normals (aggregate_normals), NOISE only */) {
   AggLanes L;
   agg_lanes_load(L, R, C.I, j0);
+  if (j0 + 16 < C.I) {  // the next group's state and planes (one line each), while this one runs its samples
+    const int64_t e = R.row + j0 + 16;
+    for (const float* pl : {static_cast<const float*>(R.state), R.ref, R.bmin, R.bmax, R.s_up, R.s_dn, R.sc_up, R.sc_dn})
+      _mm_prefetch(reinterpret_cast<const char*>(pl + e), _MM_HINT_T0);
+  }
   for (int t = 0; t < C.nsamples; ++t) {
     const int b = C.samples[t];
     const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
     const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
-    agg_lanes_sample<MULT, NOISE>(L, _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx), _mm512_maskz_loadu_ps(L.lm, C.sx + qx),
-                                  C.dbits[qd], C.sd[qd], g);
+    const __m512i xw = _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx);
+    const __m512 sxv = _mm512_maskz_loadu_ps(L.lm, C.sx + qx);
+    if (ONE)
+      agg_lanes_sample_one<MULT, NOISE>(L, xw, sxv, C.dbits[qd], C.sd[qd], g);
+    else
+      agg_lanes_sample<MULT, NOISE>(L, xw, sxv, C.dbits[qd], C.sd[qd], g);
   }
   return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise, zrow);
 }

@@ -152,6 +152,7 @@ struct Trains {
   std::vector<float> xact_sgn;
   // which phase 2 runs (decided before phase 1, which builds only what that path reads)
   enum Path { GENERIC, FUSED, AGG_FAST } path = GENERIC;
+  int maxbl = 0;  // the longest train of the call (1: every coincidence is exactly one pulse)
 };
 
 float entry_round_uniform(const UpdateArgs& u, uint32_t a, uint32_t b, uint32_t draw) {
@@ -643,7 +644,8 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
   }
   int64_t tot = 0;
   for (int j0 = 0; j0 < T.I; j0 += 16)
-    tot += aggregate_chunk<MULT, NOISE>(R, C, j0, g, u, wn ? w : nullptr, zrow.data());
+    tot += T.maxbl == 1 ? aggregate_chunk<MULT, NOISE, true>(R, C, j0, g, u, wn ? w : nullptr, zrow.data())
+                        : aggregate_chunk<MULT, NOISE, false>(R, C, j0, g, u, wn ? w : nullptr, zrow.data());
   if (rtot) rtot[i] += tot;
 }
 #endif
@@ -712,6 +714,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
     maxbl = std::max(maxbl, T.sc[b].bl);
   }
   if (maxbl == 0) return;
+  T.maxbl = maxbl;
   T.nw = u.mode == MODE_PULSED ? (maxbl + 31) / 32 : 0;
   const int64_t BI = static_cast<int64_t>(B) * I, BO = static_cast<int64_t>(B) * O;
   if (T.nw) {
