@@ -102,23 +102,25 @@ def _one_step(layer, opt, x, g) -> tuple[float, float, float]:
     return t1 - t0, t2 - t1, t3 - t2
 
 
-def time_step(layer, opt, x, g, reps: int, warmup: int = 1, digital=None) -> dict[str, float]:
+def time_step(layer, opt, x, g, reps: int, warmup: int = 1, digital=None, warm_each: bool = False) -> dict[str, float]:
     """Median ms of forward / backward / update / step over ``reps`` steps (after ``warmup``).
 
-    With ``digital`` = (layer, optimizer) of the digital baseline, every timed step is paired with one
-    digital step timed right before it (the second of two, so that it runs with warm caches like the
-    standalone baseline row), and ``paired`` is the median of the per-pair ratios step / digital step: a
-    shared machine whose speed drifts over seconds (other tenants, clock changes) moves both members of a
-    pair alike, so ``paired`` stays put where separately measured medians would not. (Right after an
-    analog step the digital step runs some 10% slower than in its own loop, so ``paired`` reads a little
-    lower than the ratio of medians when the machine is steady.)"""
+    With ``digital`` = (layer, optimizer) of the digital baseline, every timed step is paired with a
+    digital step timed just before it, and ``paired`` is the median of the per-pair ratios step / digital
+    step: a shared machine whose speed drifts over seconds (other tenants, clock changes) moves both
+    members of a pair alike, so ``paired`` stays put where the ratio of separately measured medians would
+    not. Each member is the second of two steps of its model (``warm_each`` runs the untimed analog one;
+    the reference backend, seconds per step, skips it), so both run with warm caches, as in their own
+    back-to-back loops."""
     x = x.detach().clone().requires_grad_(True)
     out = {"forward": [], "backward": [], "update": [], "step": [], "ratio": []}
     for r in range(warmup + reps):
         dig = None
-        if digital is not None:  # the second of two digital steps: warm caches, as the standalone baseline
+        if digital is not None:
             for _ in range(2):
                 dig = sum(_one_step(*digital, x, g))
+        if warm_each and digital is not None:
+            _one_step(layer, opt, x, g)
         f, b, u = _one_step(layer, opt, x, g)
         if r >= warmup:
             out["forward"].append(f)
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
                             continue
                         layer, opt = made
                         if backend == "compiled":
-                            t = time_step(layer, opt, x, g, a.reps, warmup=1, digital=dig_model)
+                            t = time_step(layer, opt, x, g, a.reps, warmup=1, digital=dig_model, warm_each=True)
                         else:  # pure torch: nothing to warm up, and one step can take seconds
                             t = time_step(layer, opt, x, g, a.ref_reps, warmup=0, digital=dig_model)
                         rows.append(dict(size=n, algo=algo, mode=mode, regime=regime, backend=backend,
