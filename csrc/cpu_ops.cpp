@@ -84,7 +84,8 @@ void philox_many(int n, const uint32_t* a, const uint32_t* blk, uint32_t stream,
   }
 }
 
-// z_cos[q] (and z_sin[q] when want_sin) = Box–Muller of the word pair (w0[q], w1[q]), double -> float.
+// z_cos[q] (and z_sin[q] when want_sin; z_sin may be null otherwise) = Box–Muller of the word pair
+// (w0[q], w1[q]), double -> float.
 void box_muller_many(int n, const uint32_t* w0, const uint32_t* w1, bool want_sin, float* z_cos, float* z_sin) {
   int q = 0;
 #if AT_VEC_WIDTH == 8
@@ -563,12 +564,12 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
     const bool draw = g.has_noise && nt > 0;
     if (draw) {  // aggregate_normal of element e: counter e >> 1, word pair (r0, r1) / (r2, r3) by e & 1
       JobScratch::fit(ns.r0, nt), JobScratch::fit(ns.r1, nt), JobScratch::fit(ns.r2, nt), JobScratch::fit(ns.r3, nt);
-      JobScratch::fit(ns.zc, nt), JobScratch::fit(ns.zs, nt);
+      JobScratch::fit(ns.zc, nt);
       philox_many(nt, ns.ea.data(), ns.blk.data(), S_PULSE_NOISE, 0u, u.seed, u.offset, ns.r0.data(), ns.r1.data(),
                   ns.r2.data(), ns.r3.data());
       for (int t = 0; t < nt; ++t)
         if ((row + ns.touched[t]) & 1) ns.r0[t] = ns.r2[t], ns.r1[t] = ns.r3[t];
-      box_muller_many(nt, ns.r0.data(), ns.r1.data(), false, ns.zc.data(), ns.zs.data());
+      box_muller_many(nt, ns.r0.data(), ns.r1.data(), false, ns.zc.data(), nullptr);  // cosines only
     }
     for (int t = 0; t < nt; ++t) {
       const int j = ns.touched[t];
