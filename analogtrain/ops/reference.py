@@ -49,8 +49,9 @@ Per call, the samples ``b = 0..B-1`` are applied **in batch order**, each as its
    ``(m, V) = devices.step.aggregate_moments(m, V, n_ij, up, ...)`` (a mean beyond a bound is clipped
    and its V reset to 0). After the last sample each touched element e = i*I+j draws ONE normal
    ``z = normal(seed, offset, Stream.PULSE_NOISE, a=e >> 1, b=0, draw=2*(e & 1))`` (not drawn when
-   dw_min_std == 0; two consecutive elements share one Philox call — the cosine branches of its two
-   word pairs —, so a vectorised kernel makes 32 normals per 16-lane call): ``w_dev = clip(m + sqrt(V)·z, b_min, b_max)``, ``w_state = w_dev − ref``; with write
+   dw_min_std == 0; e modulo 2**32 like every counter word; two consecutive elements share one Philox
+   call, the cosine branches of its two word pairs, so a vectorised kernel makes 32 normals per 16-lane
+   call): ``w_dev = clip(m + sqrt(V)·z, b_min, b_max)``, ``w_state = w_dev − ref``; with write
    noise the visible weight is redrawn once, ``w = w_p + G_WRITE_NOISE·normal(seed, offset,
    Stream.WRITE_NOISE, a=i*I+j, b=0, draw=0)`` (it is only read after the call, so one redraw has the
    distribution of the per-sample redraws). Exact in the first two moments (and noise-free devices
@@ -297,7 +298,8 @@ def pulsed_update_ref(
         idx = all_idx[agg_touched]
         z = None
         if float(gparams[P.G_DW_MIN_STD].item()) != 0.0:
-            z = R.normal(seed, offset, R.Stream.PULSE_NOISE, idx >> 1, 0, 2 * (idx & 1), device=dev)
+            e32 = idx & 0xFFFFFFFF  # the kernels' uint32 flat index
+            z = R.normal(seed, offset, R.Stream.PULSE_NOISE, e32 >> 1, 0, 2 * (e32 & 1), device=dev)
         state_flat[idx] = aggregate_finish(agg_m[idx], agg_v[idx], flat_params[:, idx], gparams, z) - ref[idx]
         if w_p is not None:
             if wn_std > 0:
