@@ -101,6 +101,12 @@ def _counters(a, b, stream: int, block, offset: int, device):
     return torch.broadcast_tensors(a_t, c1, b_t, c3)
 
 
+def _blocks(seed: int, offset: int, stream: int, a, b, block, device):
+    """The four words of the Philox calls at counters (a, stream/block, b, offset), broadcast."""
+    c0, c1, c2, c3 = _counters(a, b, stream, block, offset, device)
+    return philox4x32(c0, c1, c2, c3, seed)
+
+
 def uniform_words(words: torch.Tensor) -> torch.Tensor:
     """uint32 words (int64 tensor) -> float32 uniforms in (0, 1), top 24 bits plus half a bin."""
     return (((words >> 8).to(torch.float64) + 0.5) * (2.0**-24)).to(torch.float32)
@@ -130,11 +136,9 @@ def uniform(seed: int, offset: int, stream: int, a, b, draw, device=None) -> tor
     ``draw`` is the position inside the ``(a, b, stream)`` sequence (e.g. the pulse slot)."""
     k = _scalar_draw(draw)
     if k is not None:  # one word of every Philox output (the same numbers as the general path)
-        c0, c1, c2, c3 = _counters(a, b, stream, k >> 2, offset, device)
-        return uniform_words(philox4x32(c0, c1, c2, c3, seed)[k & 3])
+        return uniform_words(_blocks(seed, offset, stream, a, b, k >> 2, device)[k & 3])
     draw_t = torch.as_tensor(draw, dtype=torch.int64, device=device)
-    c0, c1, c2, c3 = _counters(a, b, stream, draw_t >> 2, offset, device)
-    r = philox4x32(c0, c1, c2, c3, seed)
+    r = _blocks(seed, offset, stream, a, b, draw_t >> 2, device)
     sel = (draw_t & 3).expand_as(r[0])
     words = torch.where(sel == 0, r[0], torch.where(sel == 1, r[1], torch.where(sel == 2, r[2], r[3])))
     return uniform_words(words)
@@ -144,13 +148,11 @@ def normal(seed: int, offset: int, stream: int, a, b, draw, device=None) -> torc
     """Standard-normal float32 numbers for broadcastable index tensors (see module docstring)."""
     k = _scalar_draw(draw)
     if k is not None:  # only the Box–Muller branch that is asked for (the same numbers)
-        c0, c1, c2, c3 = _counters(a, b, stream, k >> 2, offset, device)
-        r = philox4x32(c0, c1, c2, c3, seed)
+        r = _blocks(seed, offset, stream, a, b, k >> 2, device)
         first, second = (r[0], r[1]) if (k & 3) < 2 else (r[2], r[3])
         return normal_words(first, second, use_sin=bool(k & 1))
     draw_t = torch.as_tensor(draw, dtype=torch.int64, device=device)
-    c0, c1, c2, c3 = _counters(a, b, stream, draw_t >> 2, offset, device)
-    r = philox4x32(c0, c1, c2, c3, seed)
+    r = _blocks(seed, offset, stream, a, b, draw_t >> 2, device)
     k = (draw_t & 3).expand_as(r[0])
     z0 = normal_words(r[0], r[1], use_sin=False)
     z1 = normal_words(r[0], r[1], use_sin=True)
