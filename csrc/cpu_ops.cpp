@@ -170,73 +170,74 @@ inline bool element_fires(const UpdateArgs& u, uint32_t stream, int idx, int b, 
   return p > 0.0f;
 }
 
+// Phase 1, one side of sample b (x: the sample's I inputs, scale B, sign(lr), chop_in, stream X_TRAIN,
+// rounding draw 0; d: its O errors, scale A, 1, chop_out, stream D_TRAIN, draw 1). Writes the
+// probabilities p and signs sg = sign(v)·slr·chop of the n entries, their trains (nw words per entry,
+// pulsed mode) and on[k] = 1 where entry k takes part in the update (its train fires and its sign is
+// not 0).
+void build_side(const UpdateArgs& u, int b, int bl, double scale, const float* v, int n, float slr, const float* chop,
+                uint32_t stream, uint32_t round_draw, int nw, float* p, float* sg, uint32_t* bits, uint8_t* on) {
+  const auto entry = [&](int k) {
+    p[k] = probability(v[k], scale, u, entry_round_uniform(u, static_cast<uint32_t>(k), static_cast<uint32_t>(b),
+                                                           round_draw));
+    sg[k] = sign_f(v[k]) * slr;
+    if (chop) sg[k] = sg[k] * chop[k];
+  };
+#if AT_FUSED_AVX512
+  if (u.mode == MODE_PULSED && nw == 1) {
+    // one-word trains: thresholds first, then 16 entries per Philox call (trains16); without res, the
+    // probabilities, signs and thresholds are computed 16 at a time too (entries16)
+    thread_local std::vector<uint32_t> thr;
+    thr.resize(static_cast<size_t>(n));
+    if (!(u.res > 0)) {
+      entries16(v, n, scale, slr, chop, p, sg, thr.data());
+    } else {
+      for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
+    }
+    trains16(thr.data(), n, 0u, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
+    for (int k = 0; k < n; ++k) on[k] = (bits[k] != 0u && sg[k] != 0.0f) ? 1 : 0;
+    return;
+  }
+#endif
+  for (int k = 0; k < n; ++k) {
+    entry(k);
+    const bool fires = element_fires(u, stream, k, b, bl, p[k], bits + static_cast<int64_t>(k) * nw);
+    on[k] = (fires && sg[k] != 0.0f) ? 1 : 0;
+  }
+}
+
 // Phase 1 for one sample b.
 void build_sample(Trains& T, int b, const float* x, const float* d, const UpdateArgs& u, const float* cin,
                   const float* cout) {
   const int I = T.I, O = T.O, nw = T.nw;
-  const float* xb = x + static_cast<int64_t>(b) * I;
-  const float* db = d + static_cast<int64_t>(b) * O;
   const SampleScales s = T.sc[b];
-  int32_t* act = T.act.data() + static_cast<int64_t>(b) * I;
-  uint8_t* dact = T.dact.data() + static_cast<int64_t>(b) * O;
-  int na = 0;
   if (s.bl == 0) {
     T.nact[b] = 0;
     return;
   }
-  const float slr = static_cast<float>(u.sign_lr);
-#if AT_FUSED_AVX512
-  // one-word trains: thresholds first, then 16 entries per Philox call (trains16); without res, the
-  // probabilities, signs and thresholds are computed 16 at a time too (entries16)
-  const bool vec = u.mode == MODE_PULSED && nw == 1;
-  const bool vec_entries = vec && !(u.res > 0);
-  thread_local std::vector<uint32_t> thr;
-  if (vec) thr.resize(static_cast<size_t>(std::max(I, O)));
-  if (vec_entries)
-    entries16(xb, I, s.b, slr, cin, T.px.data() + static_cast<int64_t>(b) * I, T.sx.data() + static_cast<int64_t>(b) * I,
-              thr.data());
-#else
-  const bool vec_entries = false;
-#endif
-  for (int j = 0; j < I && !vec_entries; ++j) {
-    const int64_t q = static_cast<int64_t>(b) * I + j;
-    const float p = probability(xb[j], s.b, u, entry_round_uniform(u, j, b, 0));  // x uses B
-    T.px[q] = p;
-    float sg = sign_f(xb[j]) * slr;
-    if (cin) sg = sg * cin[j];
-    T.sx[q] = sg;
-#if AT_FUSED_AVX512
-    if (vec) {
-      thr[j] = bernoulli_threshold(p);
-      continue;
-    }
-#endif
-    const bool on = element_fires(u, S_X_TRAIN, j, b, s.bl, p, T.xbits.data() + q * nw);
-    if (on && sg != 0.0f) act[na++] = j;
-  }
-#if AT_FUSED_AVX512
-  if (vec) {
-    uint32_t* xw = T.xbits.data() + static_cast<int64_t>(b) * I;
-    trains16(thr.data(), I, 0u, S_X_TRAIN, static_cast<uint32_t>(b), s.bl, u.seed, u.offset, xw);
-    const float* sxb = T.sx.data() + static_cast<int64_t>(b) * I;
-    for (int j = 0; j < I; ++j)
-      if (xw[j] != 0u && sxb[j] != 0.0f) act[na++] = j;
-  }
-#endif
+  const int64_t qx = static_cast<int64_t>(b) * I, qd = static_cast<int64_t>(b) * O;
+  int32_t* act = T.act.data() + qx;
+  thread_local std::vector<uint8_t> xon;
+  xon.resize(static_cast<size_t>(I));
+  build_side(u, b, s.bl, s.b, x + qx, I, static_cast<float>(u.sign_lr), cin, S_X_TRAIN, 0u, nw, T.px.data() + qx,
+             T.sx.data() + qx, T.xbits.data() + qx * nw, xon.data());
+  int na = 0;
+  for (int j = 0; j < I; ++j)
+    if (xon[j]) act[na++] = j;
   T.nact[b] = na;
   if (T.path == Trains::FUSED) {
-    uint32_t* xa = T.xact_bits.data() + static_cast<int64_t>(b) * I;
-    float* xs = T.xact_sgn.data() + static_cast<int64_t>(b) * I;
+    uint32_t* xa = T.xact_bits.data() + qx;
+    float* xs = T.xact_sgn.data() + qx;
     for (int t = 0; t < na; ++t) {
-      xa[t] = T.xbits[static_cast<int64_t>(b) * I + act[t]];
-      xs[t] = T.sx[static_cast<int64_t>(b) * I + act[t]];
+      xa[t] = T.xbits[qx + act[t]];
+      xs[t] = T.sx[qx + act[t]];
     }
   }
   if (T.path == Trains::GENERIC && u.mode == MODE_PULSED && nw == 1) {  // slot lists (counting sort by slot)
     int32_t* so = T.slot_off.data() + static_cast<int64_t>(b) * 33;
     int cnt[33] = {0};
     for (int t = 0; t < na; ++t)
-      for (uint32_t m = T.xbits[static_cast<int64_t>(b) * I + act[t]]; m; m &= m - 1) cnt[__builtin_ctz(m) + 1]++;
+      for (uint32_t m = T.xbits[qx + act[t]]; m; m &= m - 1) cnt[__builtin_ctz(m) + 1]++;
     so[0] = 0;
     for (int k = 0; k < 32; ++k) so[k + 1] = so[k] + cnt[k + 1];
     std::vector<int32_t>& cols = T.slot_cols[b];
@@ -244,37 +245,10 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
     int pos[32];
     for (int k = 0; k < 32; ++k) pos[k] = so[k];
     for (int t = 0; t < na; ++t)
-      for (uint32_t m = T.xbits[static_cast<int64_t>(b) * I + act[t]]; m; m &= m - 1) cols[pos[__builtin_ctz(m)]++] = act[t];
+      for (uint32_t m = T.xbits[qx + act[t]]; m; m &= m - 1) cols[pos[__builtin_ctz(m)]++] = act[t];
   }
-#if AT_FUSED_AVX512
-  if (vec_entries)
-    entries16(db, O, s.a, 1.0f, cout, T.pd.data() + static_cast<int64_t>(b) * O, T.sd.data() + static_cast<int64_t>(b) * O,
-              thr.data());
-#endif
-  for (int i = 0; i < O && !vec_entries; ++i) {
-    const int64_t q = static_cast<int64_t>(b) * O + i;
-    const float p = probability(db[i], s.a, u, entry_round_uniform(u, i, b, 1));  // d uses A
-    T.pd[q] = p;
-    float sg = sign_f(db[i]);
-    if (cout) sg = sg * cout[i];
-    T.sd[q] = sg;
-#if AT_FUSED_AVX512
-    if (vec) {
-      thr[i] = bernoulli_threshold(p);
-      continue;
-    }
-#endif
-    const bool on = element_fires(u, S_D_TRAIN, i, b, s.bl, p, T.dbits.data() + q * nw);
-    dact[i] = (on && sg != 0.0f) ? 1 : 0;
-  }
-#if AT_FUSED_AVX512
-  if (vec) {
-    uint32_t* dw = T.dbits.data() + static_cast<int64_t>(b) * O;
-    trains16(thr.data(), O, 0u, S_D_TRAIN, static_cast<uint32_t>(b), s.bl, u.seed, u.offset, dw);
-    const float* sdb = T.sd.data() + static_cast<int64_t>(b) * O;
-    for (int i = 0; i < O; ++i) dact[i] = (dw[i] != 0u && sdb[i] != 0.0f) ? 1 : 0;
-  }
-#endif
+  build_side(u, b, s.bl, s.a, d + qd, O, 1.0f, cout, S_D_TRAIN, 1u, nw, T.pd.data() + qd, T.sd.data() + qd,
+             T.dbits.data() + qd * nw, T.dact.data() + qd);
 }
 
 
