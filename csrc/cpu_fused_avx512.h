@@ -387,11 +387,10 @@ inline void agg_lanes_store(AggLanes& L, __mmask16 mk, __m512 mn, __m512 vn) {
   L.v = _mm512_mask_mov_ps(L.v, mk, vn);
 }
 
-// One sample on the lanes mk of L (n > 0 pulses, sign sgn = sd·sx != 0): the moments' update.
+// Lanes mk of L take part in this sample with n pulses each: the one-pulse noise factors (once per
+// group), the touched set and the pulse counts.
 template <bool MULT, bool NOISE>
-inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, const DeviceGlobals& g) {
-  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
-  const __m512 sigma = _mm512_set1_ps(g.sigma);
+inline void agg_lanes_touch(AggLanes& L, __mmask16 mk, __m512i n, const DeviceGlobals& g) {
   if (NOISE && !L.have_noise) {
     L.du.noise<MULT>(g, L.c_up);
     L.dd.noise<MULT>(g, L.c_dn);
@@ -399,27 +398,50 @@ inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, co
   }
   L.touched |= mk;
   L.cnt = _mm512_mask_add_epi32(L.cnt, mk, L.cnt, n);
-  const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_LT_OQ);                 // sd·sx < 0: up pulses
-  const __mmask16 multi = _mm512_mask_cmpgt_epi32_mask(mk, n, _mm512_set1_epi32(1));     // n >= 2
-  const __m512 gs = _mm512_mask_blend_ps(up, _mm512_set1_ps(-1.0f), one);
+}
+
+// The mean step of one pulse, d = +(s·m + c) on the up lanes and −(s·m + c) on the other lanes of mk
+// (the sign bit flipped: exactly the product with −1), s and c of each lane's direction.
+inline __m512 agg_lanes_step(const AggLanes& L, __mmask16 mk, __mmask16 up) {
   const __m512 s = _mm512_mask_blend_ps(up, L.s_dn, L.s_up);
   const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
-  const __m512 d = _mm512_mul_ps(gs, _mm512_add_ps(_mm512_mul_ps(s, L.m), c));
-  if (!multi) {  // every lane takes one pulse (the sparse regime): m' = m + d, v' = k1·v + (σd)² or + q1
-    __m512 mn = _mm512_add_ps(L.m, d);
-    __m512 vn = zero;
-    if (NOISE) {
-      const __m512 k1 = _mm512_mask_blend_ps(up, L.dd.k1, L.du.k1);
-      if (MULT) {
-        const __m512 t = _mm512_mul_ps(sigma, d);
-        vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mul_ps(t, t));
-      } else {
-        vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mask_blend_ps(up, L.dd.q1, L.du.q1));
-      }
+  const __m512i y = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(s, L.m), c));
+  const __mmask16 dn = mk & static_cast<__mmask16>(~up);
+  return _mm512_castsi512_ps(_mm512_mask_xor_epi32(y, dn, y, _mm512_set1_epi32(INT32_MIN)));
+}
+
+// One pulse on lanes mk (up: their up lanes) with mean step d: m' = m + d, v' = k1·v + (σd)² (mult) or
+// k1·v + q1 (additive): the n = 1 values of agg_lanes_apply's general factors.
+template <bool MULT, bool NOISE>
+inline void agg_lanes_one_pulse(AggLanes& L, __mmask16 mk, __mmask16 up, __m512 d, const DeviceGlobals& g) {
+  const __m512 mn = _mm512_add_ps(L.m, d);
+  __m512 vn = _mm512_setzero_ps();
+  if (NOISE) {
+    const __m512 k1 = _mm512_mask_blend_ps(up, L.dd.k1, L.du.k1);
+    if (MULT) {
+      const __m512 t = _mm512_mul_ps(_mm512_set1_ps(g.sigma), d);
+      vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mul_ps(t, t));
+    } else {
+      vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mask_blend_ps(up, L.dd.q1, L.du.q1));
     }
-    agg_lanes_store(L, mk, mn, vn);
+  }
+  agg_lanes_store(L, mk, mn, vn);
+}
+
+// One sample on the lanes mk of L (n > 0 pulses, sign sgn = sd·sx != 0): the moments' update.
+template <bool MULT, bool NOISE>
+inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, const DeviceGlobals& g) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+  const __m512 sigma = _mm512_set1_ps(g.sigma);
+  agg_lanes_touch<MULT, NOISE>(L, mk, n, g);
+  const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_LT_OQ);                 // sd·sx < 0: up pulses
+  const __mmask16 multi = _mm512_mask_cmpgt_epi32_mask(mk, n, _mm512_set1_epi32(1));     // n >= 2
+  const __m512 d = agg_lanes_step(L, mk, up);
+  if (!multi) {  // every lane takes one pulse (the sparse regime)
+    agg_lanes_one_pulse<MULT, NOISE>(L, mk, up, d, g);
     return;
   }
+  const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
   const __m512 alpha = _mm512_mask_blend_ps(up, L.dd.alpha, L.du.alpha);
   const __m512 nf = _mm512_cvtepi32_ps(n);
   const __mmask16 a0 = _mm512_cmp_ps_mask(alpha, zero, _CMP_EQ_OQ);
@@ -489,9 +511,8 @@ inline void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword
 }
 
 // agg_lanes_sample for one-slot trains (BL = 1 in every sample of the call, as update-BL management sets
-// it in the sparse regime): a coincidence is exactly one pulse, so the lanes take agg_lanes_apply's n = 1
-// branch (the same float operations) without counting bits or testing for n >= 2, and d = ±(s·m + c)
-// flips the sign bit instead of multiplying by ±1 (exact either way).
+// it in the sparse regime): a coincidence is exactly one pulse, so the lanes take agg_lanes_one_pulse
+// without counting bits or testing for n >= 2.
 template <bool MULT, bool NOISE>
 inline void agg_lanes_sample_one(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
   __mmask16 mk = _mm512_mask_test_epi32_mask(L.lm, xw, _mm512_set1_epi32(static_cast<int>(dword)));
@@ -499,31 +520,9 @@ inline void agg_lanes_sample_one(AggLanes& L, __m512i xw, __m512 sxv, uint32_t d
   const __m512 zero = _mm512_setzero_ps();
   const __m512 sgn = _mm512_mul_ps(_mm512_set1_ps(sdv), sxv);
   mk = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_NEQ_UQ);
-  if (NOISE && !L.have_noise) {
-    L.du.noise<MULT>(g, L.c_up);
-    L.dd.noise<MULT>(g, L.c_dn);
-    L.have_noise = true;
-  }
-  L.touched |= mk;
-  L.cnt = _mm512_mask_add_epi32(L.cnt, mk, L.cnt, _mm512_set1_epi32(1));
+  agg_lanes_touch<MULT, NOISE>(L, mk, _mm512_set1_epi32(1), g);
   const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_LT_OQ);  // sd·sx < 0: up pulses
-  const __mmask16 dn = mk & static_cast<__mmask16>(~up);
-  const __m512 s = _mm512_mask_blend_ps(up, L.s_dn, L.s_up);
-  const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
-  const __m512i y = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(s, L.m), c));
-  const __m512 d = _mm512_castsi512_ps(_mm512_mask_xor_epi32(y, dn, y, _mm512_set1_epi32(INT32_MIN)));
-  const __m512 mn = _mm512_add_ps(L.m, d);
-  __m512 vn = zero;
-  if (NOISE) {
-    const __m512 k1 = _mm512_mask_blend_ps(up, L.dd.k1, L.du.k1);
-    if (MULT) {
-      const __m512 t = _mm512_mul_ps(_mm512_set1_ps(g.sigma), d);
-      vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mul_ps(t, t));
-    } else {
-      vn = _mm512_add_ps(_mm512_mul_ps(k1, L.v), _mm512_mask_blend_ps(up, L.dd.q1, L.du.q1));
-    }
-  }
-  agg_lanes_store(L, mk, mn, vn);
+  agg_lanes_one_pulse<MULT, NOISE>(L, mk, up, agg_lanes_step(L, mk, up), g);
 }
 
 // The end of the call for the touched lanes: one normal each, clip, store state / visible weight /
