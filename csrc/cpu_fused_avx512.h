@@ -22,6 +22,29 @@
 
 #include "device_step.h"
 
+namespace analogtrain {
+
+// The carry mode of the aggregated chopped_update_snapshots (both CPU paths): one pass over all samples
+// of the batch's C calls, each element's moments carried across calls and finished (one normal, clip,
+// store; moments restart from the stored value) only at an event — a transfer read of its slice — or
+// at the end. Event q happens after the first pos[q] samples: the touched elements of slice slice[q]
+// (column with `columns`, else row) are finished with the draws of op-call counter offset[q], then the
+// slice's visible weight is copied to snaps[call[q]·L ..] (L = slice length). z: (nev, L) the finish
+// normals of the slice's elements (filled when the device has noise). w: the visible weight (O, I).
+struct CarryPlan {
+  int nev = 0;
+  std::vector<int> pos;
+  std::vector<int64_t> slice, call;
+  std::vector<uint64_t> offset;
+  std::vector<float> z;
+  bool columns = true;
+  int64_t L = 0;
+  float* snaps = nullptr;
+  const float* w = nullptr;
+};
+
+}  // namespace analogtrain
+
 #if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && \
     defined(__AVX512DQ__) && !defined(ANALOGTRAIN_GENERIC_ONLY)
 #define AT_FUSED_AVX512 1
@@ -553,12 +576,60 @@ inline int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, co
   return _mm512_mask_reduce_add_epi32(L.touched, L.cnt);
 }
 
-// 16 columns from j0 through the row's active samples, their moments carried sample after sample.
+// Carry-mode event q (CarryPlan) on the 16 lanes from j0 of row row_i: finish the touched lanes of the
+// slice (clip(m + sqrt(v)·z), store, moments restart from the stored value), then copy the slice's
+// visible weight in these lanes to the snapshot.
+template <bool NOISE>
+inline void agg_lanes_event(AggLanes& L, const FusedRow& R, int j0, int row_i, const CarryPlan& P, int q,
+                            const DeviceGlobals& g, const UpdateArgs& u, float* wvis_noise) {
+  const int64_t k = P.slice[q];
+  const __mmask16 fm = P.columns ? static_cast<__mmask16>(L.lm & (1u << (k - j0))) : L.lm;
+  const __mmask16 tm = fm & L.touched;
+  if (tm) {
+    __m512 wd = L.m;
+    if (NOISE) {
+      const float* zq = P.z.data() + q * P.L;
+      const __m512 z = P.columns ? _mm512_set1_ps(zq[row_i]) : _mm512_maskz_loadu_ps(L.lm, zq + j0);
+      wd = _mm512_add_ps(L.m, _mm512_mul_ps(_mm512_sqrt_ps(L.v), z));
+    }
+    wd = _mm512_min_ps(_mm512_max_ps(wd, L.bmn), L.bmx);
+    const __m512 st = _mm512_sub_ps(wd, L.ref);
+    _mm512_mask_storeu_ps(R.state + L.e0, tm, st);
+    if (R.vis) _mm512_mask_storeu_ps(R.vis + L.e0, tm, st);
+    if (wvis_noise) {
+      alignas(64) float sa[16];
+      _mm512_store_ps(sa, st);
+      for (int l = 0; l < 16; ++l)
+        if ((tm >> l) & 1)
+          wvis_noise[L.e0 + l] = sa[l] + g.write_noise * normal_draw(u.seed, P.offset[q], S_WRITE_NOISE,
+                                                                     static_cast<uint32_t>(L.e0 + l), 0u, 0);
+    }
+    L.m = _mm512_mask_mov_ps(L.m, tm, _mm512_add_ps(st, L.ref));  // m = state + ref, as a fresh call
+    L.v = _mm512_mask_mov_ps(L.v, tm, _mm512_setzero_ps());
+    L.touched &= static_cast<__mmask16>(~tm);
+  }
+  float* dst = P.snaps + P.call[q] * P.L;
+  if (P.columns)
+    dst[row_i] = P.w[L.e0 + (k - j0)];
+  else
+    _mm512_mask_storeu_ps(dst + j0, L.lm, _mm512_maskz_loadu_ps(L.lm, P.w + L.e0));
+}
+
+// The carry-mode events that concern one 16-lane group of a row (indices into CarryPlan, in order).
+struct AggEvents {
+  const CarryPlan* plan = nullptr;
+  const int* idx = nullptr;
+  int n = 0;
+};
+
+// 16 columns from j0 through the row's active samples, their moments carried sample after sample
+// (carry mode: with the events of `ev` between samples; ev.n == 0 otherwise).
 // (Interleaving 2 or 4 chunks per sample loop measured slower on Zen 4: the loop is throughput-bound.)
 template <bool MULT, bool NOISE, bool ONE /* one-slot trains: agg_lanes_sample_one */>
 int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
                         float* wvis_noise /* w when the visible weight gets write noise, else null */,
-                        const float* zrow /* the row's final normals (aggregate_normals), NOISE only */) {
+                        const float* zrow /* the row's final normals (aggregate_normals), NOISE only */,
+                        const AggEvents& ev = AggEvents{}) {
   AggLanes L;
   agg_lanes_load(L, R, C.I, j0);
   if (j0 + 16 < C.I) {  // the next group's state and planes (one line each), while this one runs its samples
@@ -566,8 +637,11 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
     for (const float* pl : {static_cast<const float*>(R.state), R.ref, R.bmin, R.bmax, R.s_up, R.s_dn, R.sc_up, R.sc_dn})
       _mm_prefetch(reinterpret_cast<const char*>(pl + e), _MM_HINT_T0);
   }
+  int qe = 0;  // next event
   for (int t = 0; t < C.nsamples; ++t) {
     const int b = C.samples[t];
+    for (; qe < ev.n && ev.plan->pos[ev.idx[qe]] <= b; ++qe)
+      agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
     const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
     const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
     const __m512i xw = _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx);
@@ -577,6 +651,7 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
     else
       agg_lanes_sample<MULT, NOISE>(L, xw, sxv, C.dbits[qd], C.sd[qd], g);
   }
+  for (; qe < ev.n; ++qe) agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
   return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise, zrow);
 }
 

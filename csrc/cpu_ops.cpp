@@ -135,6 +135,19 @@ void box_muller_many(int n, const uint32_t* w0, const uint32_t* w1, bool want_si
   }
 }
 
+// z[t] = aggregate_normal(seed, offset, e[t]) (device_step.h) for t < n, vectorised: one philox_many
+// over the counters e >> 1, the word pair (r0, r1) or (r2, r3) by the parity of e, cosine Box–Muller.
+void aggregate_normals_of(uint64_t seed, uint64_t offset, const uint32_t* e, int n, float* z) {
+  thread_local std::vector<uint32_t> a, blk, r0, r1, r2, r3;
+  for (auto* v : {&a, &blk, &r0, &r1, &r2, &r3})
+    if (v->size() < static_cast<size_t>(n)) v->resize(static_cast<size_t>(n));
+  for (int t = 0; t < n; ++t) a[t] = e[t] >> 1, blk[t] = 0u;
+  philox_many(n, a.data(), blk.data(), S_PULSE_NOISE, 0u, seed, offset, r0.data(), r1.data(), r2.data(), r3.data());
+  for (int t = 0; t < n; ++t)
+    if (e[t] & 1u) r0[t] = r2[t], r1[t] = r3[t];
+  box_muller_many(n, r0.data(), r1.data(), false, z, nullptr);  // cosines only
+}
+
 struct Trains {
   int B = 0, I = 0, O = 0, nw = 0;
   std::vector<SampleScales> sc;
@@ -154,6 +167,10 @@ struct Trains {
   // which phase 2 runs (decided before phase 1, which builds only what that path reads)
   enum Path { GENERIC, FUSED, AGG_FAST } path = GENERIC;
   int maxbl = 0;  // the longest train of the call (1: every coincidence is exactly one pulse)
+  // carry mode (aggregated chopped_update_snapshots): the finish events between samples, and per
+  // 16-column group the events of its columns (columns mode, AVX-512 path)
+  const CarryPlan* carry = nullptr;
+  std::vector<std::vector<int>> gev;
 };
 
 float entry_round_uniform(const UpdateArgs& u, uint32_t a, uint32_t b, uint32_t draw) {
@@ -206,9 +223,10 @@ void build_side(const UpdateArgs& u, int b, int bl, double scale, const float* v
   }
 }
 
-// Phase 1 for one sample b.
-void build_sample(Trains& T, int b, const float* x, const float* d, const UpdateArgs& u, const float* cin,
-                  const float* cout) {
+// Phase 1 for one sample: stored at index b of T (x, d: the rows of T's samples), drawn with sample
+// counter bc (its index inside its pulsed-update call; b itself for a single call).
+void build_sample(Trains& T, int b, uint32_t bc, const float* x, const float* d, const UpdateArgs& u,
+                  const float* cin, const float* cout) {
   const int I = T.I, O = T.O, nw = T.nw;
   const SampleScales s = T.sc[b];
   if (s.bl == 0) {
@@ -219,7 +237,7 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
   int32_t* act = T.act.data() + qx;
   thread_local std::vector<uint8_t> xon;
   xon.resize(static_cast<size_t>(I));
-  build_side(u, b, s.bl, s.b, x + qx, I, static_cast<float>(u.sign_lr), cin, S_X_TRAIN, 0u, nw, T.px.data() + qx,
+  build_side(u, static_cast<int>(bc), s.bl, s.b, x + qx, I, static_cast<float>(u.sign_lr), cin, S_X_TRAIN, 0u, nw, T.px.data() + qx,
              T.sx.data() + qx, T.xbits.data() + qx * nw, xon.data());
   int na = 0;
   for (int j = 0; j < I; ++j)
@@ -247,7 +265,7 @@ void build_sample(Trains& T, int b, const float* x, const float* d, const Update
     for (int t = 0; t < na; ++t)
       for (uint32_t m = T.xbits[qx + act[t]]; m; m &= m - 1) cols[pos[__builtin_ctz(m)]++] = act[t];
   }
-  build_side(u, b, s.bl, s.a, d + qd, O, 1.0f, cout, S_D_TRAIN, 1u, nw, T.pd.data() + qd, T.sd.data() + qd,
+  build_side(u, static_cast<int>(bc), s.bl, s.a, d + qd, O, 1.0f, cout, S_D_TRAIN, 1u, nw, T.pd.data() + qd, T.sd.data() + qd,
              T.dbits.data() + qd * nw, T.dact.data() + qd);
 }
 
@@ -407,7 +425,31 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
     JobScratch::fit(ns.agg_up, I), JobScratch::fit(ns.agg_dn, I);
     std::fill(ns.agg_touched.begin(), ns.agg_touched.begin() + I, 0);
   }
+  // carry mode (CarryPlan): event q finishes this row's touched elements of its slice, then copies the
+  // slice's visible weight in this row to the snapshot
+  const CarryPlan* cp = T.carry;
+  int qe = 0;
+  const auto event = [&](int q) {
+    const int64_t k = cp->slice[q];
+    if (!cp->columns && k != i) return;
+    const int jb = cp->columns ? static_cast<int>(k) : 0, je = cp->columns ? static_cast<int>(k) + 1 : I;
+    for (int j = jb; j < je; ++j) {
+      if (!(ns.agg_touched[j] & 1)) continue;
+      const int64_t e = row + j;
+      const ElemParams p = load_params(params, plane, e);
+      const float z = NOISE ? cp->z[q * cp->L + (cp->columns ? i : j)] : 0.0f;
+      store_state(w, w_p, e, aggregate_draw(ns.agg_m[j], ns.agg_v[j], p, g, z) - p.ref, g, u.seed, cp->offset[q], 0u);
+      ns.agg_touched[j] = 0;  // the next pulse restarts from the stored value
+    }
+    float* dst = cp->snaps + cp->call[q] * cp->L;
+    if (cp->columns)
+      dst[i] = w[row + k];
+    else
+      std::memcpy(dst, w + row, sizeof(float) * static_cast<size_t>(I));
+  };
   for (int b = 0; b < T.B; ++b) {
+    if (cp)
+      for (; qe < cp->nev && cp->pos[qe] <= b; ++qe) event(qe);
     const SampleScales s = T.sc[b];
     if (s.bl == 0) continue;
     const int64_t qd = static_cast<int64_t>(b) * O + i;
@@ -530,20 +572,17 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
     }
     apply_jobs<KIND, MULT, NOISE>(ns, nj, row, static_cast<uint32_t>(b), w, w_p, params, plane, g, u, prow);
   }
+  if (cp)
+    for (; qe < cp->nev; ++qe) event(qe);
   if (u.aggregate) {  // the end of the call: one normal per touched element, drawn in batches (SIMD)
     int nt = 0;
-    JobScratch::fit(ns.touched, I), JobScratch::fit(ns.ea, I), JobScratch::fit(ns.blk, I);
+    JobScratch::fit(ns.touched, I), JobScratch::fit(ns.ea, I);
     for (int j = 0; j < I; ++j)
-      if (ns.agg_touched[j]) ns.touched[nt] = j, ns.ea[nt] = static_cast<uint32_t>(row + j) >> 1, ns.blk[nt++] = 0u;
+      if (ns.agg_touched[j] & 1) ns.touched[nt] = j, ns.ea[nt++] = static_cast<uint32_t>(row + j);
     const bool draw = g.has_noise && nt > 0;
-    if (draw) {  // aggregate_normal of element e: counter e >> 1, word pair (r0, r1) / (r2, r3) by e & 1
-      JobScratch::fit(ns.r0, nt), JobScratch::fit(ns.r1, nt), JobScratch::fit(ns.r2, nt), JobScratch::fit(ns.r3, nt);
+    if (draw) {
       JobScratch::fit(ns.zc, nt);
-      philox_many(nt, ns.ea.data(), ns.blk.data(), S_PULSE_NOISE, 0u, u.seed, u.offset, ns.r0.data(), ns.r1.data(),
-                  ns.r2.data(), ns.r3.data());
-      for (int t = 0; t < nt; ++t)
-        if ((row + ns.touched[t]) & 1) ns.r0[t] = ns.r2[t], ns.r1[t] = ns.r3[t];
-      box_muller_many(nt, ns.r0.data(), ns.r1.data(), false, ns.zc.data(), nullptr);  // cosines only
+      aggregate_normals_of(u.seed, u.offset, ns.ea.data(), nt, ns.zc.data());
     }
     for (int t = 0; t < nt; ++t) {
       const int j = ns.touched[t];
@@ -598,6 +637,44 @@ void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* pa
   if (rtot) rtot[i] += tot;
 }
 
+// One-sample calls on the fused path with few active columns (the TT family's one-hot C writes, x = e_k):
+// the jobs of ALL rows in one list with flat element indices (j = i·I + column, sign sd_i·sx_j: a ±1
+// product, exact either way round), applied 16 at a time by fused_apply with R.row = 0 and sdi = 1 —
+// lanes then span rows (elements are independent within a sample) instead of one short list per row.
+// Same numbers as run_row_fused. Returns the pulses applied.
+constexpr int FLAT_MAX_ACTIVE = 4;
+template <bool MULT, bool NOISE, bool AGG>
+int64_t run_flat_fused(const Trains& T, float* w, float* w_p, const float* params, int64_t plane,
+                       const DeviceGlobals& g, const UpdateArgs& u, float* pulses) {
+  thread_local FusedJobs J;
+  const int I = T.I, O = T.O, na = T.nact[0];
+  const size_t cap = static_cast<size_t>(O) * static_cast<size_t>(na) + 16;
+  if (J.j.size() < cap) J.j.resize(cap), J.n.resize(cap), J.sx.resize(cap);
+  int nj = 0;
+  for (int i = 0; i < O; ++i) {
+    if (!T.dact[i]) continue;
+    const uint32_t d0 = T.dbits[i];
+    for (int t = 0; t < na; ++t) {
+      const int n = __builtin_popcount(T.xact_bits[t] & d0);
+      if (n <= 0) continue;
+      J.j[nj] = i * I + T.act[t];
+      J.n[nj] = n;
+      J.sx[nj] = T.xact_sgn[t] * T.sd[i];
+      ++nj;
+    }
+  }
+  const FusedRow R = fused_row(0, I, w, w_p, params, plane, pulses, true);
+  return nj ? fused_apply<MULT, NOISE, AGG>(R, J, nj, 1.0f, 0u, g, u) : 0;
+}
+
+template <bool AGG>
+int64_t run_flat_fused_rt(const Trains& T, float* w, float* w_p, const float* params, int64_t plane,
+                          const DeviceGlobals& g, const UpdateArgs& u, float* pulses) {
+  if (!g.has_noise) return run_flat_fused<true, false, AGG>(T, w, w_p, params, plane, g, u, pulses);
+  return g.mult_noise ? run_flat_fused<true, true, AGG>(T, w, w_p, params, plane, g, u, pulses)
+                      : run_flat_fused<false, true, AGG>(T, w, w_p, params, plane, g, u, pulses);
+}
+
 // Phase 2 for one row in the aggregated mode on the AVX-512 path: 16 columns at a time, moments in
 // registers through the samples (cpu_fused_avx512.h aggregate_chunk).
 template <bool MULT, bool NOISE>
@@ -609,7 +686,15 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
   act_b.clear();
   for (int b = 0; b < T.B; ++b)
     if (T.sc[b].bl != 0 && T.dact[static_cast<int64_t>(b) * T.O + i]) act_b.push_back(b);
-  if (act_b.empty()) return;
+  if (act_b.empty() && !T.carry) return;  // (carry mode: the row's snapshots are still taken)
+  thread_local std::vector<int> rev;  // carry mode, rows: the events of this row
+  AggEvents ev_row;
+  if (T.carry && !T.carry->columns) {
+    rev.clear();
+    for (int q = 0; q < T.carry->nev; ++q)
+      if (T.carry->slice[q] == i) rev.push_back(q);
+    ev_row = AggEvents{T.carry, rev.data(), static_cast<int>(rev.size())};
+  }
   const AggCall C{T.O, T.I, i, T.xbits.data(), T.sx.data(), T.dbits.data(), T.sd.data(), act_b.data(),
                   static_cast<int>(act_b.size())};
   thread_local std::vector<float> zrow;
@@ -618,9 +703,15 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
     aggregate_normals(u.seed, u.offset, R.row, T.I, zrow.data());
   }
   int64_t tot = 0;
-  for (int j0 = 0; j0 < T.I; j0 += 16)
-    tot += T.maxbl == 1 ? aggregate_chunk<MULT, NOISE, true>(R, C, j0, g, u, wn ? w : nullptr, zrow.data())
-                        : aggregate_chunk<MULT, NOISE, false>(R, C, j0, g, u, wn ? w : nullptr, zrow.data());
+  for (int j0 = 0; j0 < T.I; j0 += 16) {
+    AggEvents ev = ev_row;
+    if (T.carry && T.carry->columns) {
+      const std::vector<int>& gq = T.gev[static_cast<size_t>(j0 / 16)];
+      ev = AggEvents{T.carry, gq.data(), static_cast<int>(gq.size())};
+    }
+    tot += T.maxbl == 1 ? aggregate_chunk<MULT, NOISE, true>(R, C, j0, g, u, wn ? w : nullptr, zrow.data(), ev)
+                        : aggregate_chunk<MULT, NOISE, false>(R, C, j0, g, u, wn ? w : nullptr, zrow.data(), ev);
+  }
   if (rtot) rtot[i] += tot;
 }
 #endif
@@ -630,16 +721,17 @@ using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t
 
 // Phase 2's path: the AVX-512 ones for KIND_LINEAR, pulsed, one-word trains (aggregated: any write
 // noise; exact: without write noise), else the generic job path.
-Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int nw, int O, int I, const float* w_p) {
+Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int nw, int O, int I, const float* w_p,
+                       bool carry = false) {
 #if AT_FUSED_AVX512
   const bool fast = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1 &&
                     static_cast<int64_t>(NP_PLANES) * O * I < (int64_t{1} << 31);  // 32-bit gather indices
   const bool write_noise = w_p && g.write_noise > 0.0f;
   // aggregated one-sample calls (c-TTv2/AGAD A updates): the job path, on the touched lanes only
-  if (fast && u.aggregate) return (B == 1 && !write_noise) ? Trains::FUSED : Trains::AGG_FAST;
+  if (fast && u.aggregate) return (B == 1 && !write_noise && !carry) ? Trains::FUSED : Trains::AGG_FAST;
   if (fast && !write_noise) return Trains::FUSED;
 #else
-  (void)g, (void)u, (void)B, (void)nw, (void)O, (void)I, (void)w_p;
+  (void)g, (void)u, (void)B, (void)nw, (void)O, (void)I, (void)w_p, (void)carry;
 #endif
   return Trains::GENERIC;
 }
@@ -667,30 +759,10 @@ RowFn pick_row_fn(const DeviceGlobals& g, const UpdateArgs& u, const Trains& T) 
   return g.has_noise ? &run_row<KIND_POW, true, true> : &run_row<KIND_POW, true, false>;
 }
 
-// The whole update on raw CPU buffers. x (B, I), d (B, O) row-major; pulses (O, I) accumulated.
-void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGlobals& g, const float* x,
-                       const float* d, int B, int O, int I, const UpdateArgs& u, const float* cin, const float* cout,
-                       float* pulses, int nthreads, int64_t* row_tot = nullptr) {
-  if (const char* msg = args_error(u, g)) TORCH_CHECK(false, msg);
-  if (u.lr_abs == 0.0 || B == 0 || O == 0 || I == 0) return;
-  Trains T;
-  T.B = B;
-  T.I = I;
-  T.O = O;
-  T.sc.resize(B);
-  int maxbl = 0;
-  for (int b = 0; b < B; ++b) {
-    float xm = 0.0f, dm = 0.0f;
-    const float* xb = x + static_cast<int64_t>(b) * I;
-    const float* db = d + static_cast<int64_t>(b) * O;
-    for (int j = 0; j < I; ++j) xm = std::max(xm, std::fabs(xb[j]));
-    for (int i = 0; i < O; ++i) dm = std::max(dm, std::fabs(db[i]));
-    T.sc[b] = update_scales(u, static_cast<double>(xm), static_cast<double>(dm));
-    maxbl = std::max(maxbl, T.sc[b].bl);
-  }
-  if (maxbl == 0) return;
-  T.maxbl = maxbl;
-  T.nw = u.mode == MODE_PULSED ? (maxbl + 31) / 32 : 0;
+// T's buffers for T.B samples once T.sc and T.maxbl are set (path: which phase 2 runs).
+void size_trains(Trains& T, const UpdateArgs& u, Trains::Path path) {
+  const int B = T.B, I = T.I, O = T.O;
+  T.nw = u.mode == MODE_PULSED ? (T.maxbl + 31) / 32 : 0;
   const int64_t BI = static_cast<int64_t>(B) * I, BO = static_cast<int64_t>(B) * O;
   if (T.nw) {
     T.xbits.assign(BI * T.nw, 0u);
@@ -703,7 +775,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
   T.act.resize(BI);
   T.nact.assign(B, 0);
   T.dact.assign(BO, 0);
-  T.path = pick_path(g, u, B, T.nw, O, I, w_p);
+  T.path = path;
   if (T.nw == 1 && T.path == Trains::GENERIC) {
     T.slot_off.assign(static_cast<size_t>(B) * 33, 0);
     T.slot_cols.resize(B);
@@ -712,12 +784,29 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
     T.xact_bits.resize(BI);
     T.xact_sgn.resize(BI);
   }
-  const int64_t plane = static_cast<int64_t>(O) * I;
+}
 
-  const int nt1 = std::max(1, std::min(nthreads, B));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt1)
-  for (int b = 0; b < B; ++b) build_sample(T, b, x, d, u, cin, cout);
+// max_j |v_j| of n floats.
+float abs_max(const float* v, int n) {
+  float m = 0.0f;
+  for (int j = 0; j < n; ++j) m = std::max(m, std::fabs(v[j]));
+  return m;
+}
 
+// Phase 2 over the rows of T (u: the call's arguments; in carry mode the last call's, whose offset the
+// final draws use).
+void run_rows(const Trains& T, float* w, float* w_p, const float* params, const DeviceGlobals& g, const UpdateArgs& u,
+              float* pulses, int nthreads, int64_t* row_tot) {
+  const int B = T.B, O = T.O;
+  const int64_t plane = static_cast<int64_t>(O) * T.I;
+#if AT_FUSED_AVX512
+  if (T.path == Trains::FUSED && B == 1 && T.nact[0] <= FLAT_MAX_ACTIVE) {  // e.g. one-hot C writes
+    const int64_t tot = u.aggregate ? run_flat_fused_rt<true>(T, w, w_p, params, plane, g, u, pulses)
+                                    : run_flat_fused_rt<false>(T, w, w_p, params, plane, g, u, pulses);
+    if (row_tot) row_tot[0] += tot;
+    return;
+  }
+#endif
   // Small calls (e.g. one-sample updates with few active entries) run on one thread: an OpenMP team
   // costs more than it saves there, and on a shared, loaded machine a barrier can stall for a time slice.
   int64_t work = 0;
@@ -736,6 +825,130 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
 #pragma omp for schedule(dynamic, 4)
     for (int i = 0; i < O; ++i) row_fn(T, i, w, w_p, params, plane, g, u, pulses, &scratch, row_tot);
   }
+}
+
+// The whole update on raw CPU buffers. x (B, I), d (B, O) row-major; pulses (O, I) accumulated.
+void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGlobals& g, const float* x,
+                       const float* d, int B, int O, int I, const UpdateArgs& u, const float* cin, const float* cout,
+                       float* pulses, int nthreads, int64_t* row_tot = nullptr) {
+  if (const char* msg = args_error(u, g)) TORCH_CHECK(false, msg);
+  if (u.lr_abs == 0.0 || B == 0 || O == 0 || I == 0) return;
+  Trains T;
+  T.B = B;
+  T.I = I;
+  T.O = O;
+  T.sc.resize(B);
+  int maxbl = 0;
+  for (int b = 0; b < B; ++b) {
+    T.sc[b] = update_scales(u, static_cast<double>(abs_max(x + static_cast<int64_t>(b) * I, I)),
+                            static_cast<double>(abs_max(d + static_cast<int64_t>(b) * O, O)));
+    maxbl = std::max(maxbl, T.sc[b].bl);
+  }
+  if (maxbl == 0) return;
+  T.maxbl = maxbl;
+  size_trains(T, u, pick_path(g, u, B, u.mode == MODE_PULSED ? (maxbl + 31) / 32 : 0, O, I, w_p));
+
+  const int nt1 = std::max(1, std::min(nthreads, B));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt1)
+  for (int b = 0; b < B; ++b) build_sample(T, b, static_cast<uint32_t>(b), x, d, u, cin, cout);
+  run_rows(T, w, w_p, params, g, u, pulses, nthreads, row_tot);
+}
+
+// The aggregated mode of chopped_update_snapshots (CarryPlan): the samples of the C calls of one batch
+// in ONE pass. Phase 1 builds every sample's trains with its own call's counters (offset uc[c].offset,
+// sample counter b − starts[c], lr, choppers: the pulse counts of the separate calls); phase 2 carries
+// each element's moments across the calls and finishes it only at the events (the snapshots: the
+// slice's touched elements with the draws of the snapshotting call's offset) and after the last call
+// (the draws of the last call's offset). Writes snaps (C, L) and the exact pulse total of each call
+// (cp, as the float32 sum of its integer counts).
+void chopped_carry_raw(float* w, float* w_p, const float* params, const DeviceGlobals& g, const float* x,
+                       const float* d, int O, int I, int64_t C, const int64_t* stp, const std::vector<UpdateArgs>& uc,
+                       const float* ci, const float* co, const int64_t* snp, bool columns, float* snaps, double* cp,
+                       float* pulses, int nthreads) {
+  if (const char* msg = args_error(uc[0], g)) TORCH_CHECK(false, msg);
+  const int64_t s0 = stp[0];
+  const int S = static_cast<int>(stp[C] - s0);
+  const int64_t L = columns ? O : I;
+  CarryPlan P;
+  P.columns = columns;
+  P.L = L;
+  P.snaps = snaps;
+  P.w = w;
+  for (int64_t c = 0; c < C; ++c) {
+    if (snp[c] < 0) continue;
+    P.pos.push_back(static_cast<int>(stp[c + 1] - s0));
+    P.slice.push_back(snp[c]);
+    P.call.push_back(c);
+    P.offset.push_back(uc[static_cast<size_t>(c)].offset);
+  }
+  P.nev = static_cast<int>(P.pos.size());
+  std::vector<int> scall(static_cast<size_t>(S));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t q = stp[c]; q < stp[c + 1]; ++q) scall[static_cast<size_t>(q - s0)] = static_cast<int>(c);
+  Trains T;
+  T.B = S;
+  T.I = I;
+  T.O = O;
+  T.sc.resize(static_cast<size_t>(S));
+  int maxbl = 0;
+  for (int s = 0; s < S; ++s) {
+    T.sc[s] = update_scales(uc[static_cast<size_t>(scall[s])],
+                            static_cast<double>(abs_max(x + (s0 + s) * I, I)),
+                            static_cast<double>(abs_max(d + (s0 + s) * O, O)));
+    maxbl = std::max(maxbl, T.sc[s].bl);
+  }
+  if (maxbl == 0 || O == 0 || I == 0) {  // no pulse anywhere: every snapshot is the unchanged slice
+    for (int q = 0; q < P.nev; ++q) {
+      float* dst = snaps + P.call[q] * L;
+      for (int64_t r = 0; r < L; ++r) dst[r] = columns ? w[r * I + P.slice[q]] : w[P.slice[q] * I + r];
+    }
+    return;
+  }
+  T.maxbl = maxbl;
+  const UpdateArgs& ul = uc[static_cast<size_t>(C - 1)];
+  size_trains(T, ul, pick_path(g, ul, S, (maxbl + 31) / 32, O, I, w_p, /*carry=*/true));
+  const int nt1 = std::max(1, std::min(nthreads, S));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt1)
+  for (int s = 0; s < S; ++s) {
+    const int c = scall[s];
+    build_sample(T, s, static_cast<uint32_t>(s0 + s - stp[c]), x + s0 * I, d + s0 * O, uc[static_cast<size_t>(c)],
+                 ci ? ci + static_cast<int64_t>(c) * I : nullptr, co ? co + static_cast<int64_t>(c) * O : nullptr);
+  }
+  // pulse totals: Σ_ij popcount(x_j & d_i) over the active entries = Σ_slots (#x firing)·(#d firing)
+  std::vector<int64_t> ctot(static_cast<size_t>(C), 0);
+  std::vector<int64_t> cx(static_cast<size_t>(32 * T.nw)), cd(static_cast<size_t>(32 * T.nw));
+  for (int s = 0; s < S; ++s) {
+    if (T.sc[s].bl == 0 || T.nact[s] == 0) continue;
+    std::fill(cx.begin(), cx.end(), 0);
+    std::fill(cd.begin(), cd.end(), 0);
+    const int64_t qx = static_cast<int64_t>(s) * I, qd = static_cast<int64_t>(s) * O;
+    for (int t = 0; t < T.nact[s]; ++t)
+      for (int k = 0; k < T.nw; ++k)
+        for (uint32_t m = T.xbits[(qx + T.act[qx + t]) * T.nw + k]; m; m &= m - 1) cx[32 * k + __builtin_ctz(m)]++;
+    for (int i = 0; i < O; ++i)
+      if (T.dact[qd + i])
+        for (int k = 0; k < T.nw; ++k)
+          for (uint32_t m = T.dbits[(qd + i) * T.nw + k]; m; m &= m - 1) cd[32 * k + __builtin_ctz(m)]++;
+    int64_t tot = 0;
+    for (size_t k = 0; k < cx.size(); ++k) tot += cx[k] * cd[k];
+    ctot[static_cast<size_t>(scall[s])] += tot;
+  }
+  for (int64_t c = 0; c < C; ++c) cp[c] = static_cast<double>(static_cast<float>(ctot[static_cast<size_t>(c)]));
+  if (g.has_noise && P.nev) {  // the events' finish normals, (nev, L)
+    P.z.resize(static_cast<size_t>(P.nev) * L);
+    std::vector<uint32_t> e(static_cast<size_t>(L));
+    for (int q = 0; q < P.nev; ++q) {
+      for (int64_t r = 0; r < L; ++r)
+        e[r] = static_cast<uint32_t>(columns ? r * I + P.slice[q] : P.slice[q] * I + r);
+      aggregate_normals_of(ul.seed, P.offset[q], e.data(), static_cast<int>(L), P.z.data() + q * L);
+    }
+  }
+  if (columns) {
+    T.gev.assign(static_cast<size_t>((I + 15) / 16), {});
+    for (int q = 0; q < P.nev; ++q) T.gev[static_cast<size_t>(P.slice[q] / 16)].push_back(q);
+  }
+  T.carry = &P;
+  run_rows(T, w, w_p, params, g, ul, pulses, nthreads, nullptr);
 }
 
 
@@ -936,6 +1149,17 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   std::vector<int64_t> rtot(static_cast<size_t>(O));
   float* wv = w.data_ptr<float>();
   const int nthreads = at::get_num_threads();
+  if ((mode & AGGREGATE_BIT) && C > 0) {  // moments carried across the calls (chopped_carry_raw)
+    for (int64_t c = 0; c < C; ++c)
+      TORCH_CHECK(snp[c] < S, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
+    std::vector<UpdateArgs> uc;
+    for (int64_t c = 0; c < C; ++c)
+      uc.push_back(make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
+                             ofp[c]));
+    chopped_carry_raw(wv, wp, params.data_ptr<float>(), g, x.data_ptr<float>(), d.data_ptr<float>(), O, I, C, stp,
+                      uc, ci, co, snp, columns, sp, cp, ws.data_ptr<float>(), nthreads);
+    return std::make_tuple(snaps, call_pulses);
+  }
   for (int64_t c = 0; c < C; ++c) {
     const int64_t s0 = stp[c];
     const int n = static_cast<int>(stp[c + 1] - s0);

@@ -15,7 +15,8 @@ Checked here:
 * config: the mode maps to ``UpdateSpec(mode=MODE_PULSED, aggregate=True)``, the op encodes it as
   ``mode | AGGREGATE_BIT``, and non-linear devices are rejected naming ``tile.update_mode``;
 * rules (SGD, c-TTv2 batched schedule) and the compiled CPU / CUDA kernels against the reference
-  (skipped while the kernel lacks the mode).
+  (skipped while the kernel lacks the mode). The batched TT-family op, whose moments are carried across
+  its calls, has its own tests: tests/test_chopped_carry.py.
 """
 
 from __future__ import annotations
@@ -458,15 +459,15 @@ def _rule_run(algo, backend, batched=True):
 @pytest.mark.parametrize("algo", ["sgd", "cttv2"])
 def test_rules_train_in_aggregated_mode_on_every_backend(algo):
     """The mode reaches every op a rule uses (pulsed update, batched chopped updates, fused transfer
-    writes): the batched c-TTv2 schedule equals its per-sample loop bit for bit, and the compiled kernel
-    (when it builds and supports the mode) gives the same pulse statistics and weights up to libm rounding."""
+    writes): the compiled kernel (when it builds and supports the mode) gives the same pulse statistics and
+    weights as the reference up to libm rounding. (The batched c-TTv2 schedule carries A's moments across
+    the batch's calls, so on a noisy device it draws other numbers than its per-sample loop; on a
+    noise-free one both agree bit for bit: tests/test_chopped_carry.py.)"""
     ref = _rule_run(algo, "reference")
     state = ref.state_dict()
     assert any(float(v.abs().sum()) > 0 for k, v in state.items() if k.endswith(".w"))
-    if algo == "cttv2":
-        loop = _rule_run(algo, "reference", batched=False).state_dict()
-        for k in state:
-            assert torch.equal(state[k], loop[k]), k
+    if algo == "cttv2":  # the batched schedule ran and transferred
+        assert int(ref.transfers) > 0 and float(ref.pulses_c) > 0
     if not ops.compiled_available("cpu"):
         return
     comp = _compiled_or_skip(lambda: _rule_run(algo, "compiled")).state_dict()

@@ -37,6 +37,7 @@ def test_generic_only_kernel_passes_the_parity_suites():
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not cuda and not slow",
          "tests/test_kernel.py", "tests/test_aggregated_pulses.py", "tests/test_chopped_op.py",
+         "tests/test_chopped_carry.py",
          "tests/test_transfer_op.py"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

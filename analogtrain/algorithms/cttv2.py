@@ -26,7 +26,10 @@ indexed by read event / sweep, or the regular pattern — never by A), then one 
 with their per-call choppers and snapshots each read column, one pass reads the snapshots, and one op
 runs the buffer steps and C writes in read order. RNG counters (documented in ``algorithms/transfer.py``)
 are those of the one-by-one loop, so both give bit-identical A, C, H, choppers and counters
-(``tests/test_chopped_op.py``).
+(``tests/test_chopped_op.py``). In the aggregated update mode the batched op carries A's moments across
+the batch and finishes an element only when a read observes it (``ops.chopped_update_snapshots``): one
+normal per element per read instead of per sample, the same statistics, other random numbers than the
+loop (``tests/test_chopped_carry.py``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ Per mini-batch (x (B, I), d (B, O), optimizer lr)::
 
 Batched schedule (``BATCHED_TRANSFERS``, on by default; rules with one slice per read: ttv2 with
 ``n_reads_per_transfer = 1``, cttv2, agad — not for transfer IO with input noise): the same loop, with
-the same numbers, in a handful of calls per batch (``_update_batched``, ``ops.reference_chopped``).
+the same numbers, in a handful of calls per batch (``_update_batched``, ``ops.reference_chopped``) —
+except in the aggregated update mode, where the batched op carries A's moments across its calls and
+finishes elements only where reads observe them (same statistics, other random numbers).
 Counter assignment (identical in both paths, the per-sample path defines it)::
 
     A update call c of the batch      pulsed_update at offset A.offset + c, samples b = 0.. inside the call
@@ -331,7 +333,8 @@ class TransferRule(TileRule):
            pulsed-update calls (``_plan_calls``), the slices read (sequential from ``slice_idx``) and the
            chopper state of every call (``_plan_choppers``: chopper flips are schedule-indexed draws);
         2. ONE ``ops.chopped_update_snapshots``: all A updates with the per-sample path's counters (call c
-           at ``A.offset + c``) and a snapshot of the slice read after each transferring call;
+           at ``A.offset + c``) and a snapshot of the slice read after each transferring call (aggregated
+           mode: A's moments carried across the calls, finished only where a read observes them);
         3. ONE batched read of the snapshots (``snapshot_reads``: read r at ``read_offset + r``);
         4. the transfers in order (``_transfer_read``: buffer, threshold, C write, choppers)."""
         from analogtrain.ops.reference_chopped import snapshot_reads

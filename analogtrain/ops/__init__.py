@@ -295,9 +295,22 @@ def chopped_update_snapshots(w, w_p, params, gparams, x, d, starts, offsets, lrs
     returns  (snaps (C, L) float32 — zero rows where snap < 0 —, call_pulses (C,) float64 — the value
              ``float(pulses.sum())`` of each separate call)
 
+    Aggregated mode (``spec.aggregate``): the calls keep their pulse trains (same counters, so the same
+    pulse counts as the pulsed mode), but each element's mean and variance are carried across ALL calls
+    instead of being finished at every call's end. An element is finished (one normal, clip, store, as
+    step 4a of ``reference.py``) only when it is observed: right before the snapshot after call c, the
+    touched elements of slice ``snap[c]`` with call c's counters (``offsets[c]``: the draws call c's own
+    finish would make), and after the last call every other touched element with ``offsets[C−1]``'s.
+    A finished element restarts from its stored value (m = state + ref, v = 0). So the A array pays one
+    normal per element per read instead of one per element per call (c-TTv2 reads one column per sample:
+    ~B calls of one sample each); the first two moments of what every read sees are still exact. The
+    per-sample loop (rules whose reads cannot be snapshotted) finishes at every call; on noise-free,
+    reference-free devices both are bit-identical.
+
     No CUDA kernel for this op yet: CUDA tensors run the same loop of calls in Python, each call through
     ``pulsed_update`` (the compiled CUDA kernel when available, so the numbers are those of the per-sample
-    path on the same backend); the ``reference`` backend runs the torch twin."""
+    path on the same backend) — in the aggregated mode the torch twin on the GPU (the carry is not in the
+    CUDA kernel); the ``reference`` backend runs the torch twin."""
     dev = w.device
     if dev.type == "cpu" and _compiled("cpu", backend or _BACKEND):
         if not dw > 0:

@@ -56,6 +56,8 @@ Per call, the samples ``b = 0..B-1`` are applied **in batch order**, each as its
    Stream.WRITE_NOISE, a=i*I+j, b=0, draw=0)`` (it is only read after the call, so one redraw has the
    distribution of the per-sample redraws). Exact in the first two moments (and noise-free devices
    exact up to float rounding); the shape is Gaussian and noisy excursions clip only at the end.
+   With ``carry`` (an ``AggregateCarry``: the batched TT-family op) the moments start from and stay in
+   the carry, and the finish happens when the carry's owner calls ``AggregateCarry.finish``.
 
 5. MODE_EXPECTED (the theory papers' dynamic model, noise-free, vectorised over elements): with
    ``E[n_ij] = BL·min(p_x(j), 1)·min(p_d(i), 1)`` from the same scales (res applied as ``rint`` unless
@@ -180,11 +182,14 @@ def pulsed_update_ref(
     offset: int,
     chop_in: torch.Tensor | None = None,
     chop_out: torch.Tensor | None = None,
+    carry: "AggregateCarry | None" = None,
 ) -> torch.Tensor:
     """Pulsed outer-product update ``W ← W − lr·Σ_b d_b x_bᵀ`` through the devices (module docstring).
 
     w (O, I) float32 and w_p (O, I) or None are updated in place; params (NP, O, I); gparams (NG,);
-    x (B, I); d (B, O); chop_in (I,) / chop_out (O,) ±1 or None. Returns (O, I) float32 pulse counts."""
+    x (B, I); d (B, O); chop_in (I,) / chop_out (O,) ±1 or None. Returns (O, I) float32 pulse counts.
+    ``carry`` (aggregated mode only): the moments continue from, and stay in, this carry instead of being
+    finished at the end of the call (``AggregateCarry``; w and w_p are then left untouched)."""
     O, I = w.shape
     dev = w.device
     pulses = torch.zeros(O, I, dtype=torch.float32, device=dev)
@@ -216,10 +221,15 @@ def pulsed_update_ref(
     all_idx = torch.arange(O * I, dtype=torch.int64, device=dev)
 
     sign_lr = 1.0 if lr > 0 else -1.0
+    if carry is not None and not aggregate:
+        raise ValueError("carry needs the aggregated mode (spec.aggregate)")
     if aggregate:  # step 4a: moments of every element's conductance through the call
-        agg_m = state_flat + ref
-        agg_v = torch.zeros_like(agg_m)
-        agg_touched = torch.zeros(O * I, dtype=torch.bool, device=dev)
+        if carry is None:
+            agg_m = state_flat + ref
+            agg_v = torch.zeros_like(agg_m)
+            agg_touched = torch.zeros(O * I, dtype=torch.bool, device=dev)
+        else:
+            agg_m, agg_v, agg_touched = carry.m, carry.v, carry.touched
     cin = None if chop_in is None else chop_in.to(device=dev, dtype=torch.float32)
     cout = None if chop_out is None else chop_out.to(device=dev, dtype=torch.float32)
 
@@ -294,17 +304,60 @@ def pulsed_update_ref(
             else:
                 w_flat[idx] = state_flat[idx]
         pulses += n.view(O, I)
-    if aggregate and bool(agg_touched.any()):  # one draw per touched element at the end of the call
-        idx = all_idx[agg_touched]
-        z = None
-        if float(gparams[P.G_DW_MIN_STD].item()) != 0.0:
-            e32 = idx & 0xFFFFFFFF  # the kernels' uint32 flat index
-            z = R.normal(seed, offset, R.Stream.PULSE_NOISE, e32 >> 1, 0, 2 * (e32 & 1), device=dev)
-        state_flat[idx] = aggregate_finish(agg_m[idx], agg_v[idx], flat_params[:, idx], gparams, z) - ref[idx]
-        if w_p is not None:
-            if wn_std > 0:
-                xi = R.normal(seed, offset, R.Stream.WRITE_NOISE, idx, 0, 0, device=dev)
-                w_flat[idx] = state_flat[idx] + torch.tensor(wn_std, dtype=torch.float32, device=dev) * xi
-            else:
-                w_flat[idx] = state_flat[idx]
+    if aggregate and carry is None and bool(agg_touched.any()):  # one draw per touched element at the end
+        _finish_elements(w, w_p, flat_params, gparams, agg_m, agg_v, all_idx[agg_touched], seed, offset)
     return pulses
+
+
+def _finish_elements(w, w_p, flat_params, gparams, agg_m, agg_v, idx, seed, offset) -> None:
+    """Step 4a's finish of the elements ``idx`` (flat, int64) from their moments: one normal each,
+    ``normal(seed, offset, PULSE_NOISE, a = e >> 1, b = 0, draw = 2·(e & 1))``, clip, store the state and
+    the visible weight (write noise: ``WRITE_NOISE`` at (offset, a = e, b = 0, draw 0))."""
+    dev = w.device
+    state_flat = (w_p if w_p is not None else w).view(-1)
+    ref = flat_params[P.P_REF]
+    z = None
+    if float(gparams[P.G_DW_MIN_STD].item()) != 0.0:
+        e32 = idx & 0xFFFFFFFF  # the kernels' uint32 flat index
+        z = R.normal(seed, offset, R.Stream.PULSE_NOISE, e32 >> 1, 0, 2 * (e32 & 1), device=dev)
+    state_flat[idx] = aggregate_finish(agg_m[idx], agg_v[idx], flat_params[:, idx], gparams, z) - ref[idx]
+    if w_p is not None:
+        w_flat = w.view(-1)
+        wn_std = float(gparams[P.G_WRITE_NOISE].item())
+        if wn_std > 0:
+            xi = R.normal(seed, offset, R.Stream.WRITE_NOISE, idx, 0, 0, device=dev)
+            w_flat[idx] = state_flat[idx] + torch.tensor(wn_std, dtype=torch.float32, device=dev) * xi
+        else:
+            w_flat[idx] = state_flat[idx]
+
+
+class AggregateCarry:
+    """Moments of an (O, I) tile carried across several aggregated ``pulsed_update_ref`` calls (the
+    batched TT-family schedule, ``reference_chopped.chopped_update_snapshots_ref``): an element is
+    finished — one normal, clip, store — only when ``finish`` is called for it, not at every call's end.
+
+    m, v      (O·I,) float32 mean and variance of each element's conductance (w_dev = state + ref)
+    touched   (O·I,) bool: pulsed since its last finish (only these are finished and drawn)
+    Untouched elements keep m = state + ref, v = 0, so the tile's memory is their exact value."""
+
+    def __init__(self, w: torch.Tensor, w_p: torch.Tensor | None, params: torch.Tensor):
+        O, I = w.shape
+        self.flat_params = params.to(w.device).reshape(params.shape[0], O * I)
+        state = (w_p if w_p is not None else w).reshape(-1)
+        self.m = state + self.flat_params[P.P_REF]
+        self.v = torch.zeros_like(self.m)
+        self.touched = torch.zeros(O * I, dtype=torch.bool, device=w.device)
+
+    @torch.no_grad()
+    def finish(self, w, w_p, gparams, seed: int, offset: int, mask: torch.Tensor | None = None) -> None:
+        """Finish the touched elements (of ``mask``, (O·I,) bool; all when None) with the draws of op-call
+        counter ``offset``; they restart from their stored value (m = state + ref, v = 0)."""
+        sel = self.touched if mask is None else self.touched & mask
+        if not bool(sel.any()):
+            return
+        idx = torch.nonzero(sel).view(-1)
+        _finish_elements(w, w_p, self.flat_params, gparams, self.m, self.v, idx, seed, offset)
+        state_flat = (w_p if w_p is not None else w).view(-1)
+        self.m[idx] = state_flat[idx] + self.flat_params[P.P_REF][idx]
+        self.v[idx] = 0.0
+        self.touched[idx] = False

@@ -17,6 +17,12 @@ path uses:
 
 ``chopped_update_snapshots_ref`` literally makes those calls (``pulsed_update_ref``); the C++ kernel
 (``csrc/cpu_ops.cpp``) loops over the same calls in C++.
+
+The aggregated mode (``tile.update_mode=aggregated``) is the exception to "nothing changes": there the op
+carries every element's moments across the calls (``reference.AggregateCarry``) and finishes an element
+only when a read observes it (before the snapshot of its slice) or after the last call — one normal per
+element per read instead of per call (contract: ``ops.chopped_update_snapshots``). The C++ kernel does
+it in one pass over all samples (``chopped_carry_raw``).
 """
 
 from __future__ import annotations
@@ -37,9 +43,18 @@ def chopped_update_snapshots_ref(w, w_p, params, gparams, x, d, starts, offsets,
     """Torch twin of ``ops.chopped_update_snapshots`` (contract there): C ``pulsed_update_ref`` calls in
     order, each followed by the snapshot of slice ``snap[c]`` of ``w``. Returns (snaps (C, L) float32,
     call_pulses (C,) float64). ``update_fn`` replaces ``pulsed_update_ref`` (same signature; the dispatcher
-    passes the CUDA kernel for CUDA tensors)."""
+    passes the CUDA kernel for CUDA tensors) except in the aggregated mode, whose moments are carried
+    across the calls in an ``AggregateCarry``: each snapshot first finishes its slice with the snapshotting
+    call's offset, and the rest is finished after the last call with its offset."""
     from analogtrain.ops.reference import pulsed_update_ref
 
+    aggregate = bool(getattr(spec, "aggregate", False))
+    carry = None
+    if aggregate:  # moments carried across the calls: the torch twin of every backend (no update_fn)
+        from analogtrain.ops.reference import AggregateCarry
+
+        update_fn = pulsed_update_ref
+        carry = AggregateCarry(w, w_p, params)
     update_fn = update_fn or pulsed_update_ref
 
     starts = [int(s) for s in torch.as_tensor(starts).tolist()]
@@ -54,12 +69,22 @@ def chopped_update_snapshots_ref(w, w_p, params, gparams, x, d, starts, offsets,
     for c in range(C):
         s0, s1 = starts[c], starts[c + 1]
         if s1 > s0:
+            kw = {} if carry is None else {"carry": carry}
             p = update_fn(w, w_p, params, gparams, x[s0:s1], d[s0:s1], lrs[c], dw, spec, seed, offsets[c],
-                                  chop_in=None if chop_in is None else chop_in[c],
-                                  chop_out=None if chop_out is None else chop_out[c])
+                          chop_in=None if chop_in is None else chop_in[c],
+                          chop_out=None if chop_out is None else chop_out[c], **kw)
             sums[c] = float(p.sum())
         if snap[c] >= 0:
+            if carry is not None:  # the read observes the slice: its elements are finished first
+                mask = torch.zeros(O, I, dtype=torch.bool, device=w.device)
+                if columns:
+                    mask[:, snap[c]] = True
+                else:
+                    mask[snap[c], :] = True
+                carry.finish(w, w_p, gparams, seed, offsets[c], mask.view(-1))
             snaps[c] = w[:, snap[c]] if columns else w[snap[c], :]
+    if carry is not None and C > 0:
+        carry.finish(w, w_p, gparams, seed, offsets[C - 1])
     return snaps, sums
 
 
