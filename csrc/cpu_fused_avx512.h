@@ -451,48 +451,65 @@ inline void agg_lanes_one_pulse(AggLanes& L, __mmask16 mk, __mmask16 up, __m512 
   agg_lanes_store(L, mk, mn, vn);
 }
 
-// One sample on the lanes mk of L (n > 0 pulses, sign sgn = sd·sx != 0): the moments' update.
-template <bool MULT, bool NOISE>
-inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, const DeviceGlobals& g) {
+// Σ_{k<n}(1+x)^k on 16 lanes for n <= AGG_POLY_MAX (device_step.h agg_poly_sum, same operations):
+// nf + x(c2 + x(c3 + x·c4)) with the lanes' binomial coefficients c = (c2, c3, c4).
+struct AggPoly {
+  __m512 nf, c2, c3, c4;
+  explicit AggPoly(__m512 n_f) : nf(n_f) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    c2 = _mm512_mul_ps(_mm512_mul_ps(nf, _mm512_sub_ps(nf, one)), _mm512_set1_ps(0.5f));
+    c3 = _mm512_div_ps(_mm512_mul_ps(c2, _mm512_sub_ps(nf, _mm512_set1_ps(2.0f))), _mm512_set1_ps(3.0f));
+    c4 = _mm512_mul_ps(_mm512_mul_ps(c3, _mm512_sub_ps(nf, _mm512_set1_ps(3.0f))), _mm512_set1_ps(0.25f));
+  }
+  __m512 sum(__m512 x) const {
+    return _mm512_add_ps(nf, _mm512_mul_ps(x, _mm512_add_ps(c2, _mm512_mul_ps(x, _mm512_add_ps(c3, _mm512_mul_ps(x, c4))))));
+  }
+};
+
+// agg_lanes_apply for a sample in which some lane takes n >= 2 pulses (lanes `multi`): the binomial
+// polynomials on lanes with n <= AGG_POLY_MAX, and — BIG: some lane (`big`) takes more — the closed
+// form with expm1 (libmvec) there. The BIG variant is kept out of line: vector-libm calls clobber every
+// zmm register, and the sparse updates this loop serves (a few pulses per sample) never need it.
+template <bool MULT, bool NOISE, bool BIG>
+inline void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmask16 up, __mmask16 multi, __mmask16 big,
+                             __m512 d, const DeviceGlobals& g) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
   const __m512 sigma = _mm512_set1_ps(g.sigma);
-  agg_lanes_touch<MULT, NOISE>(L, mk, n, g);
-  const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_LT_OQ);                 // sd·sx < 0: up pulses
-  const __mmask16 multi = _mm512_mask_cmpgt_epi32_mask(mk, n, _mm512_set1_epi32(1));     // n >= 2
-  const __m512 d = agg_lanes_step(L, mk, up);
-  if (!multi) {  // every lane takes one pulse (the sparse regime)
-    agg_lanes_one_pulse<MULT, NOISE>(L, mk, up, d, g);
-    return;
-  }
+  const __mmask16 small = multi & static_cast<__mmask16>(~big);  // 2 <= n <= AGG_POLY_MAX
   const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
   const __m512 alpha = _mm512_mask_blend_ps(up, L.dd.alpha, L.du.alpha);
   const __m512 nf = _mm512_cvtepi32_ps(n);
-  const __mmask16 a0 = _mm512_cmp_ps_mask(alpha, zero, _CMP_EQ_OQ);
-  __m512 e = alpha, r = one, an1 = one;
-  if (multi && !L.have_multi) {
-    L.du.multi<MULT, NOISE>();
-    L.dd.multi<MULT, NOISE>();
-    L.have_multi = true;
-  }
-  if (multi) {
+  const AggPoly P(nf);
+  const __m512 r_p = P.sum(alpha);
+  __m512 e = _mm512_mask_mov_ps(alpha, small, _mm512_mul_ps(alpha, r_p));  // A^n − 1 (n = 1: α)
+  __m512 r = _mm512_mask_mov_ps(one, small, r_p);                          // Σ_{k<n} A^k
+  __mmask16 a0 = 0;
+  if (BIG) {
+    a0 = _mm512_cmp_ps_mask(alpha, zero, _CMP_EQ_OQ);
+    if (!L.have_multi) {
+      L.du.multi<MULT, NOISE>();
+      L.dd.multi<MULT, NOISE>();
+      L.have_multi = true;
+    }
     const __m512 l = _mm512_mask_blend_ps(up, L.dd.l, L.du.l);
     const __m512 ia = _mm512_mask_blend_ps(up, L.dd.ia, L.du.ia);
-    e = _mm512_mask_mov_ps(alpha, multi, _ZGVeN16v_expm1f(_mm512_mul_ps(nf, l)));
-    r = _mm512_mask_mov_ps(one, multi, _mm512_mask_mov_ps(_mm512_mul_ps(e, ia), a0, nf));
+    const __m512 e_x = _ZGVeN16v_expm1f(_mm512_mul_ps(nf, l));
+    e = _mm512_mask_mov_ps(e, big, e_x);
+    r = _mm512_mask_mov_ps(r, big, _mm512_mask_mov_ps(_mm512_mul_ps(e_x, ia), a0, nf));
   }
-  __m512 mn = _mm512_add_ps(L.m, _mm512_mul_ps(d, r));
+  const __m512 mn = _mm512_add_ps(L.m, _mm512_mul_ps(d, r));
   __m512 vn = zero;
   if (NOISE) {
     const __m512 an = _mm512_add_ps(one, e);
     if (MULT) {
       const __m512 eps = _mm512_mask_blend_ps(up, L.dd.eps, L.du.eps);
-      __m512 sq = one;
-      if (multi) {
+      __m512 sq = _mm512_mask_mov_ps(one, small, P.sum(eps));  // Σ_{j<n} (1 + ε)^j
+      if (BIG) {
         const __m512 ne = _mm512_mul_ps(nf, eps);
         const __mmask16 e0m = _mm512_cmp_ps_mask(eps, zero, _CMP_EQ_OQ);
         const __mmask16 ser = _mm512_cmp_ps_mask(ne, _mm512_set1_ps(AGG_SERIES_MAX), _CMP_LT_OQ) &
                               static_cast<__mmask16>(~e0m);
-        const __mmask16 full = multi & static_cast<__mmask16>(~(ser | e0m));
+        const __mmask16 full = big & static_cast<__mmask16>(~(ser | e0m));
         // series n(1 + ((n − 1)ε)·0.5)
         __m512 sqm = _mm512_mul_ps(
             nf, _mm512_add_ps(one, _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(nf, one), eps), _mm512_set1_ps(0.5f))));
@@ -502,25 +519,49 @@ inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, co
           const __m512 ie = _mm512_mask_blend_ps(up, L.dd.ie, L.du.ie);
           sqm = _mm512_mask_mov_ps(sqm, full, _mm512_mul_ps(_ZGVeN16v_expm1f(_mm512_mul_ps(nf, lq)), ie));
         }
-        sq = _mm512_mask_mov_ps(one, multi, sqm);
-        const __m512 iA = _mm512_mask_blend_ps(up, L.dd.iA, L.du.iA);
-        an1 = _mm512_mask_mov_ps(one, multi, _mm512_mul_ps(an, iA));
+        sq = _mm512_mask_mov_ps(sq, big, sqm);
       }
+      const __m512 iA = _mm512_mask_blend_ps(up, L.dd.iA, L.du.iA);
+      const __m512 an1 = _mm512_mask_mov_ps(one, multi, _mm512_mul_ps(an, iA));  // A^{n−1}
       const __m512 t = _mm512_mul_ps(_mm512_mul_ps(sigma, d), an1);
       vn = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(an, an), _mm512_add_ps(one, _mm512_mul_ps(eps, sq))), L.v),
                          _mm512_mul_ps(_mm512_mul_ps(t, t), sq));
     } else {
-      __m512 sa = one;
-      if (multi) {
+      // Σ_{k<n} A^{2k}: the polynomial in β = α(α + 2) = A² − 1, or E(E + 2)/(α(α + 2))
+      __m512 sa = _mm512_mask_mov_ps(one, small, P.sum(_mm512_mul_ps(alpha, _mm512_add_ps(alpha, two))));
+      if (BIG) {
         const __m512 ia2 = _mm512_mask_blend_ps(up, L.dd.ia2, L.du.ia2);
-        sa = _mm512_mask_mov_ps(
-            one, multi, _mm512_mask_mov_ps(_mm512_mul_ps(_mm512_mul_ps(e, _mm512_add_ps(e, two)), ia2), a0, nf));
+        sa = _mm512_mask_mov_ps(sa, big, _mm512_mask_mov_ps(_mm512_mul_ps(_mm512_mul_ps(e, _mm512_add_ps(e, two)), ia2), a0, nf));
       }
       const __m512 sc = _mm512_mul_ps(sigma, c);
       vn = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(an, an), L.v), _mm512_mul_ps(_mm512_mul_ps(sc, sc), sa));
     }
   }
   agg_lanes_store(L, mk, mn, vn);
+}
+
+template <bool MULT, bool NOISE>
+__attribute__((noinline)) void agg_lanes_big(AggLanes& L, __m512i n, __mmask16 mk, __mmask16 up, __mmask16 multi,
+                                             __mmask16 big, __m512 d, const DeviceGlobals& g) {
+  agg_lanes_closed<MULT, NOISE, true>(L, n, mk, up, multi, big, d, g);
+}
+
+// One sample on the lanes mk of L (n > 0 pulses, sign sgn = sd·sx != 0): the moments' update.
+template <bool MULT, bool NOISE>
+inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, const DeviceGlobals& g) {
+  agg_lanes_touch<MULT, NOISE>(L, mk, n, g);
+  const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, _mm512_setzero_ps(), _CMP_LT_OQ);  // sd·sx < 0: up pulses
+  const __mmask16 multi = _mm512_mask_cmpgt_epi32_mask(mk, n, _mm512_set1_epi32(1));     // n >= 2
+  const __m512 d = agg_lanes_step(L, mk, up);
+  if (!multi) {  // every lane takes one pulse (the sparse regime)
+    agg_lanes_one_pulse<MULT, NOISE>(L, mk, up, d, g);
+    return;
+  }
+  const __mmask16 big = _mm512_mask_cmpgt_epi32_mask(mk, n, _mm512_set1_epi32(AGG_POLY_MAX));
+  if (!big)
+    agg_lanes_closed<MULT, NOISE, false>(L, n, mk, up, multi, 0, d, g);
+  else
+    agg_lanes_big<MULT, NOISE>(L, n, mk, up, multi, big, d, g);
 }
 
 // One sample on the 16 lanes: x trains xw and signs sxv of these columns, the row's d word and sign.

@@ -280,12 +280,26 @@ AT_HD float apply_pulses_t(float w, int n, bool up, const ElemParams& p, const D
 //   D = g(s·m + c), E = expm1(n·log1p α) = A^n − 1, m' = m + D·E/α            (α = 0: m + n·D)
 //   mult:     v' = A^{2n}(1 + ε·Sq)·v + (σ·D·A^{n−1})²·Sq,  ε = (ασ/A)², Sq = Σ_{j<n}(1+ε)^j
 //   additive: v' = A^{2n}·v + (σc)²·Σ_{k<n} A^{2k}
-// then a mean beyond a bound is clipped and v reset to 0 (the device sits at its bound).
-// float32 in the contract's operation order; log1p/expm1 differ by an ulp across libms, so CPU, CUDA
-// and torch agree to float rounding here.
+// then a mean beyond a bound is clipped and v reset to 0 (the device sits at its bound). For n <= 4 the
+// sums are polynomials: Σ_{k<n}A^k = agg_poly_sum(α, n), E = α·that, Sq = agg_poly_sum(ε, n),
+// Σ_{k<n}A^{2k} = agg_poly_sum(α(α + 2), n). float32 in the contract's operation order; log1p/expm1
+// differ by an ulp across libms, so CPU, CUDA and torch agree to float rounding where a sample brings
+// more than 4 pulses, and exactly otherwise.
 constexpr float AGG_ALPHA_MIN = -1.0f + 1.0f / 4096.0f;  // clamp of α (degenerate devices only)
 // n·ε below this: Σ_{j<n}(1+ε)^j = n(1 + (n−1)ε/2) (the next term, n³ε²/6, is below float resolution)
 constexpr float AGG_SERIES_MAX = 1.0f / 1024.0f;
+// n <= this (contract version 4): the geometric sums Σ_{k<n}(1+x)^k are the binomial polynomials
+// n + x(C(n,2) + x(C(n,3) + x·C(n,4))), no log1p/expm1 (sparse updates bring few pulses per sample)
+constexpr int AGG_POLY_MAX = 4;
+
+// Σ_{k<n}(1+x)^k for 1 <= n <= AGG_POLY_MAX (nf = n as float): Horner innermost first, one rounding per
+// operation; c2 = n(n−1)·0.5, c3 = c2(n−2)/3, c4 = c3(n−3)·0.25 are exact (devices/step.py agg_poly_sum).
+AT_HD float agg_poly_sum(float x, float nf) {
+  const float c2 = (nf * (nf - 1.0f)) * 0.5f;
+  const float c3 = (c2 * (nf - 2.0f)) / 3.0f;
+  const float c4 = (c3 * (nf - 3.0f)) * 0.25f;
+  return nf + x * (c2 + x * (c3 + x * c4));
+}
 
 AT_HD float f_log1p(float v) {
 #if defined(__CUDA_ARCH__)
@@ -349,9 +363,18 @@ AT_HD void aggregate_sample(float& m, float& v, int n, bool up, const ElemParams
   const float d = gs * (s * m + c);
   const float nf = static_cast<float>(n);
   const bool one = n == 1;
-  if (!one && !a.multi) agg_dir_multi(a);
-  const float e = one ? a.alpha : f_expm1(nf * a.l);  // A^n − 1
-  const float r = one ? 1.0f : (a.alpha == 0.0f ? nf : e * a.ia);  // Σ_{k<n} A^k
+  const bool poly = n <= AGG_POLY_MAX;
+  if (!poly && !a.multi) agg_dir_multi(a);
+  float e, r;  // A^n − 1, Σ_{k<n} A^k
+  if (one) {
+    e = a.alpha, r = 1.0f;
+  } else if (poly) {
+    r = agg_poly_sum(a.alpha, nf);
+    e = a.alpha * r;
+  } else {
+    e = f_expm1(nf * a.l);
+    r = a.alpha == 0.0f ? nf : e * a.ia;
+  }
   float mn = m + d * r;
   float vn = 0.0f;
   if (NOISE) {
@@ -359,6 +382,7 @@ AT_HD void aggregate_sample(float& m, float& v, int n, bool up, const ElemParams
     if (MULT) {
       float sq;  // Σ_{j<n} (1 + ε)^j
       if (one) sq = 1.0f;
+      else if (poly) sq = agg_poly_sum(a.eps, nf);
       else if (a.eps == 0.0f) sq = nf;
       else if (nf * a.eps < AGG_SERIES_MAX) sq = nf * (1.0f + ((nf - 1.0f) * a.eps) * 0.5f);
       else sq = f_expm1(nf * a.lq) * a.ie;
@@ -366,7 +390,9 @@ AT_HD void aggregate_sample(float& m, float& v, int n, bool up, const ElemParams
       const float t = (g.sigma * d) * an1;
       vn = ((an * an) * (1.0f + a.eps * sq)) * v + (t * t) * sq;
     } else {
-      const float sa = one ? 1.0f : (a.alpha == 0.0f ? nf : (e * (e + 2.0f)) * a.ia2);  // Σ_{k<n} A^{2k}
+      const float sa = one    ? 1.0f
+                       : poly ? agg_poly_sum(a.alpha * (a.alpha + 2.0f), nf)
+                              : (a.alpha == 0.0f ? nf : (e * (e + 2.0f)) * a.ia2);  // Σ_{k<n} A^{2k}
       const float sc = g.sigma * c;
       vn = (an * an) * v + (sc * sc) * sa;
     }

@@ -1,7 +1,8 @@
-"""Aggregated pulses (``tile.update_mode: aggregated``, contract version 3): the pulse counts of the pulsed
+"""Aggregated pulses (``tile.update_mode: aggregated``, contract version 4): the pulse counts of the pulsed
 mode, but every element carries the exact mean and variance of its conductance through all its pulses of
 one op call and draws ONE normal at the end (KIND_LINEAR devices, whose per-pulse map is affine); version
-3 draws it with the counters (a = e >> 1, draw = 2·(e & 1)), two elements per Philox call.
+3 draws it with the counters (a = e >> 1, draw = 2·(e & 1)), two elements per Philox call; version 4
+evaluates the geometric sums of samples with 2-4 pulses as binomial polynomials (no log1p/expm1).
 
 Checked here:
 * ``devices.step.aggregate_moments`` / ``aggregate_step`` against the moments evaluated in float64 by

@@ -104,6 +104,19 @@ AGG_ALPHA_MIN = -1.0 + 2.0**-12
 # n·ε below this: Σ_{j<n} (1 + ε)^j = n·(1 + (n − 1)·ε/2) (the next term, n³ε²/6 relative, is below float
 # resolution; expm1(n·log1p ε)/ε would lose digits there)
 AGG_SERIES_MAX = 2.0**-10
+# n <= this: the geometric sums Σ_{k<n} (1 + x)^k are the binomial polynomials n + x·(C(n,2) + x·(C(n,3) +
+# x·C(n,4))) (exact identities; no transcendental call for the few pulses per sample of sparse updates)
+AGG_POLY_MAX = 4
+
+
+def agg_poly_sum(x: torch.Tensor, nf: torch.Tensor) -> torch.Tensor:
+    """Σ_{k<n} (1 + x)^k for 1 <= n <= AGG_POLY_MAX (float32 nf): n + x·(c2 + x·(c3 + x·c4)) with the
+    binomial coefficients c_j = C(n, j) (c2 = n(n−1)·0.5, c3 = c2·(n−2)/3, c4 = c3·(n−3)·0.25: exact small
+    integers), Horner innermost first, one rounding per operation (the kernels' agg_poly_sum)."""
+    c2 = (nf * (nf - 1.0)) * 0.5
+    c3 = (c2 * (nf - 2.0)) / 3.0
+    c4 = (c3 * (nf - 3.0)) * 0.25
+    return nf + x * (c2 + x * (c3 + x * c4))
 
 
 def aggregate_moments(
@@ -137,8 +150,11 @@ def aggregate_moments(
     float32, one rounding per operation in exactly the contract's order, which the C++/CUDA twin
     (``csrc/device_step.h`` agg_dir / aggregate_sample) follows too: per-direction constants 1/α, 1/A,
     1/ε, 1/(α(α + 2)) are reciprocals that multiply; n == 1 uses the exact values E = α, R = Sq = Sa =
-    A^{n−1} = 1; small n·ε uses the series of Sq. Results agree with the kernels up to the rounding of
-    log1p/expm1 between libraries. α is clamped to >= ``AGG_ALPHA_MIN`` wherever it appears (not in d).
+    A^{n−1} = 1; 2 <= n <= ``AGG_POLY_MAX`` uses the binomial polynomials (``agg_poly_sum``) for
+    R = Σ A^k (then E = α·R), Sq = Σ (1 + ε)^j and Sa = Σ (1 + β)^k, β = α·(α + 2) = A² − 1 (contract
+    version 4); larger n the closed forms above, where small n·ε uses the series of Sq. Results agree
+    with the kernels up to the rounding of log1p/expm1 between libraries (exactly where every n <= 4).
+    α is clamped to >= ``AGG_ALPHA_MIN`` wherever it appears (not in d).
     """
     kind = int(gparams[P.G_KIND].item())
     if kind != P.KIND_LINEAR:
@@ -158,8 +174,10 @@ def aggregate_moments(
     d = gs * (s * m + c)  # s·m + c as device_step (no FMA): the first pulse's mean step
     nf = n.to(torch.float32)  # exact for the small counts of a pulse train
     single = nf == 1.0
-    e = torch.where(single, alpha, torch.expm1(nf * lg))  # A^n − 1
-    r = torch.where(single, one, torch.where(alpha == 0, nf, e * ia))  # Σ_{k<n} A^k
+    poly = nf <= AGG_POLY_MAX  # (and not single: the polynomials give the n = 1 values too)
+    r_poly = agg_poly_sum(alpha, nf)  # Σ_{k<n} A^k for n <= 4
+    e = torch.where(single, alpha, torch.where(poly, alpha * r_poly, torch.expm1(nf * lg)))  # A^n − 1
+    r = torch.where(single, one, torch.where(poly, r_poly, torch.where(alpha == 0, nf, e * ia)))  # Σ_{k<n} A^k
     m_new = m + d * r
     if float(sigma) > 0.0:
         an = 1.0 + e  # A^n
@@ -171,14 +189,14 @@ def aggregate_moments(
             sq = torch.where(eps == 0, nf, torch.where(nf * eps < AGG_SERIES_MAX,
                                                        nf * (1.0 + ((nf - 1.0) * eps) * 0.5),
                                                        torch.expm1(nf * lq) * ie))  # Σ_{j<n} (1 + ε)^j
-            sq = torch.where(single, one, sq)
+            sq = torch.where(single, one, torch.where(poly, agg_poly_sum(eps, nf), sq))
             an1 = torch.where(single, one, an * i_a)  # A^{n−1}
             t = (sigma * d) * an1  # σ·d·A^{n−1}
             v_new = ((an * an) * (1.0 + eps * sq)) * v + (t * t) * sq
         else:
             ia2 = 1.0 / (alpha * (alpha + 2.0))  # (unused where α = 0)
             sa = torch.where(alpha == 0, nf, (e * (e + 2.0)) * ia2)  # Σ_{k<n} A^{2k}
-            sa = torch.where(single, one, sa)
+            sa = torch.where(single, one, torch.where(poly, agg_poly_sum(alpha * (alpha + 2.0), nf), sa))
             sc = sigma * c
             v_new = (an * an) * v + (sc * sc) * sa
     else:
@@ -205,7 +223,9 @@ def aggregate_finish(
         if z is None:
             raise ValueError("aggregated pulses: z (one standard normal per element) is required when "
                              "dw_min_std > 0")
-        out = m + torch.sqrt(v) * z
+        # sqrt correctly rounded, as the kernels' (sqrtf, vsqrtps): torch's float32 sqrt is off by an ulp
+        # on some CPU builds; the float64 root rounded to float32 is the correctly rounded float root
+        out = m + torch.sqrt(v.to(torch.float64)).to(torch.float32) * z
     return torch.minimum(torch.maximum(out, params[P.P_BMIN]), params[P.P_BMAX])
 
 
