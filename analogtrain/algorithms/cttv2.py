@@ -235,33 +235,46 @@ class ChoppedRule(TransferRule):
     def _plan_choppers(self, xfer, slices):
         """Chopper signs of every planned call and the flip decisions of every read: the flips are draws
         indexed by read event / sweep (or the regular pattern), never by A's values, so the whole
-        sequence of the batch is known before the updates."""
-        ci, co = self.c_in.clone(), self.c_out.clone()
-        rows_in, rows_out, plan = [], [], []
-        ev, sweeps, r = int(self.reads), int(self.sweeps), 0
-        for t in xfer:
-            a_, b_ = (ci, co) if self.columns else (co, ci)
-            rows_in.append(a_)
-            rows_out.append(b_)
-            if not t:
-                continue
-            j = slices[r]
-            r += 1
-            ev += 1  # the read increments ``reads`` before the flip decision
-            sign = ci[j] * co  # read_sign(j) at this read
-            flip = self._flip_in_decision(j, ev, sweeps)
-            if flip:
-                ci = ci.clone()
-                ci[j] = -ci[j]
-            hit = None
-            if j == self.n_slices - 1:
-                hit = self._flip_out_decision(sweeps)
-                if hit is not None and bool(hit.any()):
-                    co = co.clone()
-                    co[hit] = -co[hit]
-                sweeps += 1
-            plan.append((flip, hit, sweeps if j != self.n_slices - 1 else sweeps - 1, sign))
-        return torch.stack(rows_in), torch.stack(rows_out), plan
+        sequence of the batch is known before the updates. Vectorised: the in-flip draws of all reads in
+        one ``ops.uniform_counters``, the chopper rows of the calls by negating the tail rows of each
+        flipped entry (exact). Returns (chop_in (C, I), chop_out (C, O), plan: per read (in-flip, out-flip
+        mask or None, sweeps at the read, chopper sign (L,) of the read))."""
+        C, R = len(xfer), len(slices)
+        last = self.n_slices - 1
+        call_of = [c for c, t in enumerate(xfer) if t]  # the call after which read r happens
+        sweeps_at, sw = [], int(self.sweeps)
+        for j in slices:  # sweeps counts the reads of the last slice, after their flip decisions
+            sweeps_at.append(sw)
+            sw += int(j == last)
+        flips = self._in_flip_decisions(slices, [int(self.reads) + r + 1 for r in range(R)], sweeps_at)
+        hits = [self._flip_out_decision(sweeps_at[r]) if slices[r] == last else None for r in range(R)]
+        # row c: the choppers during call c; row C: after the batch. A flip at the read after call c
+        # negates its entries from row c + 1 on (×(−1): exact)
+        ci = self.c_in.expand(C + 1, -1).clone()
+        co = self.c_out.expand(C + 1, -1).clone()
+        for r in range(R):
+            if flips[r]:
+                ci[call_of[r] + 1:, slices[r]] *= -1.0
+            if hits[r] is not None and bool(hits[r].any()):
+                co[call_of[r] + 1:, hits[r]] *= -1.0
+        self._planned_end = (ci[C].clone(), co[C].clone())
+        cr = torch.tensor(call_of, dtype=torch.int64, device=ci.device)
+        signs = ci[cr, torch.tensor(slices, dtype=torch.int64, device=ci.device)][:, None] * co[cr]  # c_in[j]·c_out
+        plan = [(flips[r], hits[r], sweeps_at[r], signs[r]) for r in range(R)]
+        rows_in, rows_out = (ci[:C], co[:C]) if self.columns else (co[:C], ci[:C])
+        return rows_in, rows_out, plan
+
+    def _in_flip_decisions(self, js: list, evs: list, sweeps: list) -> list:
+        """``_flip_in_decision`` of several reads (slices js, read events evs, sweeps at the reads)."""
+        p = float(self.cfg.in_chop_prob)
+        if p <= 0 or not js:
+            return [False] * len(js)
+        if self.cfg.in_chop_random:
+            u = ops.uniform_counters(int(self.seed_misc), [ev >> 32 for ev in evs], Stream.CHOPPER, js,
+                                     [ev & _MASK32 for ev in evs], 0)
+            return [v < p for v in u]
+        n = chopper_period(p)
+        return [(sw % n) + 1 == n for sw in sweeps]
 
     def _transfer_read(self, lr, v, plan):
         self._transfer_slice(lr, self.next_slices(1), v, plan)
@@ -289,12 +302,19 @@ class ChoppedRule(TransferRule):
                            lr_scales=[self.accumulation_scale(lr, p[2]) for p in plan],
                            writes=[self.write_allowed(p[2]) for p in plan], thr=1.0, cap=self.buffer_cap())
         self.after_reads(k, v)
-        last = self.n_slices - 1
+        # the planned flips, as the one-by-one path leaves them: choppers at their end-of-batch state
+        # (_plan_choppers), the flip counter, on_flip per flipped read in order, the sweeps
+        ci_end, co_end = self._planned_end
+        n_in = 0
         for j, p in zip(k.tolist(), plan):
-            self._flip_in(j, p[0])
-            if j == last:
-                self._flip_out(p[1])
-                self.sweeps += 1
+            if p[0]:
+                n_in += 1
+                self.on_flip(j)
+        n_out = sum(int(p[1].sum()) for p in plan if p[1] is not None)
+        self.c_in.copy_(ci_end)
+        self.c_out.copy_(co_end)
+        self.flips += n_in + n_out
+        self.sweeps += sum(1 for j in k.tolist() if j == self.n_slices - 1)
         self.slice_idx.fill_((int(k[-1]) + 1) % self.n_slices)
 
     # --- choppers -----------------------------------------------------------------------------------

@@ -276,6 +276,30 @@ def uniform_scalar(seed: int, offset: int, stream: int, a: int, b: int, draw: in
     return struct.unpack("f", struct.pack("f", ((r >> 8) + 0.5) * 2.0**-24))[0]
 
 
+def uniform_counters(seed: int, offsets, stream: int, a, b, draw: int) -> list[float]:
+    """``uniform_scalar`` of many counters at once: element q is draw ``draw`` of the sequence
+    ``(seed, offsets[q], stream, a[q], b[q])`` (offsets, a, b: equal-length int sequences), the same
+    float32 values as Python floats — numpy uint64 arithmetic, for the per-read draws a batch plans
+    ahead (chopper flips) without one Python-int Philox per draw."""
+    import numpy as np
+
+    m = np.uint64(0xFFFFFFFF)
+    k0, k1 = np.uint64(int(seed) & 0xFFFFFFFF), np.uint64((int(seed) >> 32) & 0xFFFFFFFF)
+    c0 = np.asarray([int(v) & 0xFFFFFFFF for v in a], dtype=np.uint64)
+    c2 = np.asarray([int(v) & 0xFFFFFFFF for v in b], dtype=np.uint64)
+    c3 = np.asarray([int(v) & 0xFFFFFFFF for v in offsets], dtype=np.uint64)
+    c1 = np.full_like(c0, ((int(stream) & 0xFF) << 24) | ((int(draw) >> 2) & 0xFFFFFF))
+    w0, w1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+    for _ in range(10):  # 32×32 -> 64-bit products fit uint64
+        p0, p1 = np.uint64(0xD2511F53) * c0, np.uint64(0xCD9E8D57) * c2
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ k0) & m, p1 & m, ((p0 >> np.uint64(32)) ^ c3 ^ k1) & m, p0 & m
+        k0, k1 = (k0 + w0) & m, (k1 + w1) & m
+    r = (c0, c1, c2, c3)[int(draw) & 3]
+    # ((r >> 8) + 0.5)·2^-24 in float64, rounded to float32 (round-half-even), returned as float64 values
+    u = (((r >> np.uint64(8)).astype(np.float64) + 0.5) * 2.0**-24).astype(np.float32)
+    return u.astype(np.float64).tolist()
+
+
 # --- the chopped-transfer family's per-batch A work (twin: reference_chopped.chopped_update_snapshots_ref) ---
 
 
