@@ -406,3 +406,20 @@ def test_uniform_scalar_matches_rng():
         s, o, st = r.getrandbits(63), r.getrandbits(40), r.randrange(256)
         a, b, k = r.getrandbits(32), r.getrandbits(32), r.randrange(64)
         assert ops.uniform_scalar(s, o, st, a, b, k) == float(rng.uniform(s, o, st, a, b, k))
+
+
+def test_uniform_counters_match_rng():
+    """``ops.uniform_counters`` (numpy Philox over per-element offsets, a and b: a batch's chopper draws)
+    returns ``rng.uniform``'s float32 values element by element, indices beyond 32 bits wrapped."""
+    import random
+
+    from analogtrain.ops import rng
+
+    r = random.Random(11)
+    for _ in range(40):
+        s, st, k = r.getrandbits(64), r.randrange(256), r.randrange(64)
+        offs = [r.getrandbits(40) for _ in range(17)]
+        a = [r.getrandbits(34) for _ in range(17)]
+        b = [r.getrandbits(33) for _ in range(17)]
+        got = ops.uniform_counters(s, offs, st, a, b, k)
+        assert got == [float(rng.uniform(s, o, st, x & 0xFFFFFFFF, y & 0xFFFFFFFF, k)) for o, x, y in zip(offs, a, b)]
