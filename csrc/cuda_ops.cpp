@@ -6,9 +6,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "pulsed_update.h"
 
@@ -23,6 +26,14 @@ void cuda_pulsed_update(float* w, float* w_p, const float* params, const DeviceG
 void cuda_buffer_step(float* h, int64_t h_stride, const float* v, const float* chop, int64_t L, float lr_scale,
                       float thr, float bl, float momentum, float one_minus_momentum, bool forget, bool no_buffer,
                       float cap, float* n_out, cudaStream_t stream);
+
+void cuda_chopped_carry(float* w, float* w_p, const float* params, const DeviceGlobals& g, const float* x,
+                        const float* d, const float* xmax, const float* dmax, int S, int O, int I,
+                        const UpdateArgs& ulast, const UpdateArgs* us, const int* scall, const int* sbc,
+                        const float* cin, const float* cout, int nw, uint32_t* xbits, uint32_t* dbits, float* px,
+                        float* pd, float* sx, float* sd, SampleScales* sc, int nev, const int* ev_pos,
+                        const int64_t* ev_slice, const int64_t* ev_call, const uint64_t* ev_off, bool columns,
+                        int64_t L, float* snaps, unsigned long long* ctot, cudaStream_t stream);
 
 namespace {
 
@@ -150,10 +161,145 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cuda(at::Tensor h, const at
   return std::make_tuple(n, slice_pulses);
 }
 
+// A host vector as a tensor on `like`'s device (small metadata arrays of the carry mode).
+template <class T>
+at::Tensor to_device(const std::vector<T>& v, const at::Tensor& like) {
+  at::Tensor h = at::empty({static_cast<int64_t>(v.size() * sizeof(T))}, at::TensorOptions().dtype(at::kByte));
+  if (!v.empty()) std::memcpy(h.data_ptr<uint8_t>(), v.data(), v.size() * sizeof(T));
+  return h.to(like.device());
+}
+
+// chopped_update_snapshots on CUDA tensors (contract: analogtrain/ops/__init__.py; the CPU twin
+// chopped_update_snapshots_cpu). starts / offsets / lrs / snap are host tensors. Pulsed, mean_count and
+// expected modes: the C pulsed-update calls in order (run_update), each followed by its snapshot copy;
+// the aggregated mode: one cuda_chopped_carry over all samples (moments carried across the calls).
+std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cuda(
+    at::Tensor w, const std::optional<at::Tensor>& w_p, const at::Tensor& params, const at::Tensor& gparams,
+    const at::Tensor& x, const at::Tensor& d, const at::Tensor& starts, const at::Tensor& offsets,
+    const at::Tensor& lrs, const std::optional<at::Tensor>& chop_in, const std::optional<at::Tensor>& chop_out,
+    const at::Tensor& snap, bool columns, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um,
+    double um_grad_scale, double res, bool sto_round, int64_t mode, int64_t seed) {
+  c10::cuda::CUDAGuard guard(w.device());
+  check_f32_cuda(w, "w", w);
+  check_f32_cuda(params, "params", w);
+  check_f32_cuda(x, "x", w);
+  check_f32_cuda(d, "d", w);
+  const int64_t O = w.size(0), I = w.size(1);
+  TORCH_CHECK(x.dim() == 2 && d.dim() == 2 && x.size(1) == I && d.size(1) == O && d.size(0) == x.size(0),
+              "analogtrain::chopped_update_snapshots (CUDA): shape mismatch");
+  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
+              "analogtrain::chopped_update_snapshots (CUDA): params must be (NP, O, I)");
+  TORCH_CHECK(valid_mode_code(mode), "analogtrain::chopped_update_snapshots: unknown mode ", mode);
+  TORCH_CHECK(dw > 0, "analogtrain::chopped_update_snapshots: dw must be > 0");
+  at::Tensor st = starts.to(at::kCPU, at::kLong).contiguous(), of = offsets.to(at::kCPU, at::kLong).contiguous();
+  at::Tensor lr = lrs.to(at::kCPU, at::kDouble).contiguous(), sn = snap.to(at::kCPU, at::kLong).contiguous();
+  const int64_t C = of.numel();
+  TORCH_CHECK(st.numel() == C + 1 && lr.numel() == C && sn.numel() == C,
+              "analogtrain::chopped_update_snapshots: starts (C+1,), offsets, lrs, snap (C,)");
+  const int64_t* stp = st.data_ptr<int64_t>();
+  const int64_t* ofp = of.data_ptr<int64_t>();
+  const double* lrp = lr.data_ptr<double>();
+  const int64_t* snp = sn.data_ptr<int64_t>();
+  const int64_t L = columns ? O : I, Ssl = columns ? I : O;
+  TORCH_CHECK(stp[0] >= 0 && stp[C] <= x.size(0), "analogtrain::chopped_update_snapshots: starts out of range");
+  for (int64_t c = 0; c < C; ++c) {
+    TORCH_CHECK(stp[c + 1] >= stp[c], "chopped_update_snapshots: starts must grow");
+    TORCH_CHECK(snp[c] < Ssl, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
+  }
+  float* wp = const_cast<float*>(opt_ptr(w_p, "w_p", w, O * I));
+  const float* ci = opt_ptr(chop_in, "chop_in", w, C * I);
+  const float* co = opt_ptr(chop_out, "chop_out", w, C * O);
+  const DeviceGlobals g = globals_of(gparams);
+  at::Tensor snaps = at::zeros({C, L}, w.options());
+  const auto snapshot = [&](int64_t c) {
+    if (snp[c] >= 0) snaps.select(0, c).copy_(columns ? w.select(1, snp[c]) : w.select(0, snp[c]));
+  };
+  std::vector<UpdateArgs> uc;
+  for (int64_t c = 0; c < C; ++c)
+    uc.push_back(make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
+                           ofp[c]));
+  if (!(mode & AGGREGATE_BIT) || C == 0) {  // the calls one by one
+    at::Tensor sums = at::zeros({C}, w.options());
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t s0 = stp[c], n = stp[c + 1] - stp[c];
+      if (n > 0) {
+        at::Tensor pulses = at::zeros({O, I}, w.options());
+        run_update(w, wp, params, g, x.narrow(0, s0, n), d.narrow(0, s0, n), uc[static_cast<size_t>(c)],
+                   ci ? ci + c * I : nullptr, co ? co + c * O : nullptr, pulses);
+        sums.select(0, c).copy_(pulses.sum());
+      }
+      snapshot(c);
+    }
+    return std::make_tuple(snaps, sums.to(at::kCPU).to(at::kDouble));
+  }
+  if (const char* msg = args_error(uc[0], g)) TORCH_CHECK(false, msg);
+  const int64_t s0 = stp[0];
+  const int S = static_cast<int>(stp[C] - s0);
+  at::Tensor call_pulses = at::zeros({C}, at::TensorOptions().dtype(at::kDouble));
+  if (S == 0 || O == 0 || I == 0) {  // nothing pulses: the snapshots are the unchanged slices
+    for (int64_t c = 0; c < C; ++c) snapshot(c);
+    return std::make_tuple(snaps, call_pulses);
+  }
+  std::vector<int> scall(static_cast<size_t>(S)), sbc(static_cast<size_t>(S)), ev_pos;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t q = stp[c]; q < stp[c + 1]; ++q) {
+      scall[static_cast<size_t>(q - s0)] = static_cast<int>(c);
+      sbc[static_cast<size_t>(q - s0)] = static_cast<int>(q - stp[c]);
+    }
+  std::vector<int64_t> ev_slice, ev_call;
+  std::vector<uint64_t> ev_off;
+  int maxbl = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    maxbl = std::max(maxbl, max_bl(uc[static_cast<size_t>(c)]));
+    if (snp[c] < 0) continue;
+    ev_pos.push_back(static_cast<int>(stp[c + 1] - s0));
+    ev_slice.push_back(snp[c]);
+    ev_call.push_back(c);
+    ev_off.push_back(uc[static_cast<size_t>(c)].offset);
+  }
+  const int nw = (maxbl + 31) / 32;
+  at::Tensor xs = x.narrow(0, s0, S).contiguous(), ds = d.narrow(0, s0, S).contiguous();
+  at::Tensor xmax = xs.abs().amax({1}).contiguous(), dmax = ds.abs().amax({1}).contiguous();
+  auto iopt = w.options().dtype(at::kInt);
+  at::Tensor xbits = at::empty({static_cast<int64_t>(S) * I * nw}, iopt);
+  at::Tensor dbits = at::empty({static_cast<int64_t>(S) * O * nw}, iopt);
+  at::Tensor px = at::empty({S, I}, w.options()), sx = at::empty({S, I}, w.options());
+  at::Tensor pd = at::empty({S, O}, w.options()), sd = at::empty({S, O}, w.options());
+  at::Tensor sc = at::empty({static_cast<int64_t>(S) * static_cast<int64_t>(sizeof(SampleScales))},
+                            w.options().dtype(at::kByte));
+  at::Tensor us_d = to_device(uc, w), scall_d = to_device(scall, w);
+  at::Tensor sbc_d = to_device(sbc, w), pos_d = to_device(ev_pos, w);
+  at::Tensor slice_d = to_device(ev_slice, w), call_d = to_device(ev_call, w);
+  at::Tensor off_d = to_device(ev_off, w);
+  at::Tensor ctot = at::zeros({C}, w.options().dtype(at::kLong));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w.device().index()).stream();
+  cuda_chopped_carry(w.data_ptr<float>(), wp, params.data_ptr<float>(), g, xs.data_ptr<float>(), ds.data_ptr<float>(),
+                     xmax.data_ptr<float>(), dmax.data_ptr<float>(), S, static_cast<int>(O), static_cast<int>(I),
+                     uc[static_cast<size_t>(C - 1)], reinterpret_cast<const UpdateArgs*>(us_d.data_ptr<uint8_t>()),
+                     reinterpret_cast<const int*>(scall_d.data_ptr<uint8_t>()),
+                     reinterpret_cast<const int*>(sbc_d.data_ptr<uint8_t>()), ci, co, nw,
+                     reinterpret_cast<uint32_t*>(xbits.data_ptr<int32_t>()),
+                     reinterpret_cast<uint32_t*>(dbits.data_ptr<int32_t>()), px.data_ptr<float>(),
+                     pd.data_ptr<float>(), sx.data_ptr<float>(), sd.data_ptr<float>(),
+                     reinterpret_cast<SampleScales*>(sc.data_ptr<uint8_t>()), static_cast<int>(ev_pos.size()),
+                     reinterpret_cast<const int*>(pos_d.data_ptr<uint8_t>()),
+                     reinterpret_cast<const int64_t*>(slice_d.data_ptr<uint8_t>()),
+                     reinterpret_cast<const int64_t*>(call_d.data_ptr<uint8_t>()),
+                     reinterpret_cast<const uint64_t*>(off_d.data_ptr<uint8_t>()), columns, L, snaps.data_ptr<float>(),
+                     reinterpret_cast<unsigned long long*>(ctot.data_ptr<int64_t>()), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor tot = ctot.to(at::kCPU);
+  const int64_t* tp = tot.data_ptr<int64_t>();
+  double* cp = call_pulses.data_ptr<double>();
+  for (int64_t c = 0; c < C; ++c) cp[c] = static_cast<double>(static_cast<float>(tp[c]));  // as float32 sums
+  return std::make_tuple(snaps, call_pulses);
+}
+
 }  // namespace
 }  // namespace analogtrain
 
 TORCH_LIBRARY_IMPL(analogtrain, CUDA, m) {
   m.impl("pulsed_update", &analogtrain::pulsed_update_cuda);
   m.impl("buffered_transfer", &analogtrain::buffered_transfer_cuda);
+  m.impl("chopped_update_snapshots", &analogtrain::chopped_update_snapshots_cuda);
 }

@@ -267,3 +267,46 @@ def test_compiled_carry_equals_reference_exactly_with_at_most_four_pulses(key, c
         if b is not None:
             assert torch.equal(a, b)
     assert not torch.equal(ref[0], w0)
+
+
+# ------------------------------------------------------------------------- CUDA (skipped without a GPU)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("columns", [True, False], ids=["columns", "rows"])
+@pytest.mark.parametrize("key", sorted(DEVICES))
+def test_cuda_carry_matches_reference(key, columns):
+    """The CUDA op's carry kernel (k_carry) against the torch reference on the CPU: identical pulse totals,
+    weights and snapshots up to libm rounding."""
+    s, x, d, w0, ci, co = _inputs(key, 21, 37)
+    snap = [0, 0, -1, 20, 20, -1, 36 if columns else 1, 17]
+    ref = _op("reference", s, x, d, w0, ci, co, columns=columns, snap=snap)
+    w = w0.cuda()
+    wp = w0.clone().cuda() if s.write_noise else None
+    snaps, sums = ops.chopped_update_snapshots(w, wp, s.params.cuda(), s.gparams, x.cuda(), d.cuda(), STARTS,
+                                               [40 + c for c in range(C)], LRS, ci.cuda(), co.cuda(), snap, columns,
+                                               s.dw, AGG, 2**33 + 5, backend="compiled")
+    assert sums.tolist() == ref[3].tolist() and float(ref[3].sum()) > 100
+    for a, b in zip((w, wp, snaps), ref[:3]):
+        if b is not None:
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("mode", ["pulsed", "mean_count", "expected"])
+def test_cuda_op_per_call_modes_match_cpu(mode):
+    """The CUDA op's per-call path (pulsed / mean_count / expected) against the CPU kernel's op."""
+    from analogtrain.ops import MODE_EXPECTED, MODE_MEAN_COUNT, MODE_PULSED
+
+    spec = UpdateSpec(mode={"pulsed": MODE_PULSED, "mean_count": MODE_MEAN_COUNT, "expected": MODE_EXPECTED}[mode])
+    s, x, d, w0, ci, co = _inputs("softbounds_write_noise", 21, 37)
+    cpu = _op("compiled", s, x, d, w0, ci, co, spec=spec)
+    w, wp = w0.cuda(), w0.clone().cuda()
+    snaps, sums = ops.chopped_update_snapshots(w, wp, s.params.cuda(), s.gparams, x.cuda(), d.cuda(), STARTS,
+                                               [40 + c for c in range(C)], LRS, ci.cuda(), co.cuda(), _snap(37), True,
+                                               s.dw, spec, 2**33 + 5, backend="compiled")
+    torch.testing.assert_close(sums, cpu[3], rtol=1e-6, atol=1e-3)
+    for a, b in zip((w, wp, snaps), cpu[:3]):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)

@@ -331,12 +331,12 @@ def chopped_update_snapshots(w, w_p, params, gparams, x, d, starts, offsets, lrs
     per-sample loop (rules whose reads cannot be snapshotted) finishes at every call; on noise-free,
     reference-free devices both are bit-identical.
 
-    No CUDA kernel for this op yet: CUDA tensors run the same loop of calls in Python, each call through
-    ``pulsed_update`` (the compiled CUDA kernel when available, so the numbers are those of the per-sample
-    path on the same backend) — in the aggregated mode the torch twin on the GPU (the carry is not in the
-    CUDA kernel); the ``reference`` backend runs the torch twin."""
+    The compiled op runs on CPU (``chopped_update_snapshots_cpu``) and CUDA tensors
+    (``chopped_update_snapshots_cuda``: the calls through the CUDA update kernel, or one carry kernel
+    in the aggregated mode); the ``reference`` backend, or a device without the compiled kernel, runs the
+    torch twin (on CUDA tensors each call through ``pulsed_update`` of that backend)."""
     dev = w.device
-    if dev.type == "cpu" and _compiled("cpu", backend or _BACKEND):
+    if _compiled(dev.type, backend or _BACKEND):
         if not dw > 0:
             raise ValueError(f"dw must be > 0, got {dw}")
         snaps, sums = torch.ops.analogtrain.chopped_update_snapshots(
