@@ -237,8 +237,8 @@ void build_sample(Trains& T, int b, uint32_t bc, const float* x, const float* d,
   int32_t* act = T.act.data() + qx;
   thread_local std::vector<uint8_t> xon;
   xon.resize(static_cast<size_t>(I));
-  build_side(u, static_cast<int>(bc), s.bl, s.b, x + qx, I, static_cast<float>(u.sign_lr), cin, S_X_TRAIN, 0u, nw, T.px.data() + qx,
-             T.sx.data() + qx, T.xbits.data() + qx * nw, xon.data());
+  build_side(u, static_cast<int>(bc), s.bl, s.b, x + qx, I, static_cast<float>(u.sign_lr), cin, S_X_TRAIN, 0u, nw,
+             T.px.data() + qx, T.sx.data() + qx, T.xbits.data() + qx * nw, xon.data());
   int na = 0;
   for (int j = 0; j < I; ++j)
     if (xon[j]) act[na++] = j;
@@ -265,8 +265,8 @@ void build_sample(Trains& T, int b, uint32_t bc, const float* x, const float* d,
     for (int t = 0; t < na; ++t)
       for (uint32_t m = T.xbits[qx + act[t]]; m; m &= m - 1) cols[pos[__builtin_ctz(m)]++] = act[t];
   }
-  build_side(u, static_cast<int>(bc), s.bl, s.a, d + qd, O, 1.0f, cout, S_D_TRAIN, 1u, nw, T.pd.data() + qd, T.sd.data() + qd,
-             T.dbits.data() + qd * nw, T.dact.data() + qd);
+  build_side(u, static_cast<int>(bc), s.bl, s.a, d + qd, O, 1.0f, cout, S_D_TRAIN, 1u, nw, T.pd.data() + qd,
+             T.sd.data() + qd, T.dbits.data() + qd * nw, T.dact.data() + qd);
 }
 
 
@@ -1075,6 +1075,7 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at:
                     static_cast<int>(O), static_cast<int>(I), u, nullptr, nullptr, ws.data(), 1);
   float* sp = slice_pulses.data_ptr<float>();
   for (int64_t r = 0; r < L; ++r) {
+    if (np_[r] == 0.0f) continue;  // n_r = 0: entry r of the write's train is empty, no pulse (a cold line)
     float& cell = ws[static_cast<size_t>(columns ? r * I + k : k * I + r)];
     sp[r] = cell;
     cell = 0.0f;

@@ -45,6 +45,22 @@ void check_f32_cuda(const at::Tensor& t, const char* name, const at::Tensor& lik
 }
 
 
+// The checks every update op makes on its tensors (op: the op's name for the messages).
+void check_update_inputs(const at::Tensor& w, const at::Tensor& params, const at::Tensor& x, const at::Tensor& d,
+                         int64_t mode, double dw, const char* op) {
+  check_f32_cuda(w, "w", w);
+  check_f32_cuda(params, "params", w);
+  check_f32_cuda(x, "x", w);
+  check_f32_cuda(d, "d", w);
+  const int64_t O = w.size(0), I = w.size(1);
+  TORCH_CHECK(x.dim() == 2 && d.dim() == 2 && x.size(1) == I && d.size(1) == O && d.size(0) == x.size(0),
+              "analogtrain::", op, " (CUDA): shape mismatch");
+  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
+              "analogtrain::", op, " (CUDA): params must be (NP, O, I)");
+  TORCH_CHECK(valid_mode_code(mode), "analogtrain::", op, ": unknown mode ", mode);
+  TORCH_CHECK(dw > 0, "analogtrain::", op, ": dw must be > 0");
+}
+
 // Largest BL any sample of this call can get (sizes the bit-packed trains without a device sync).
 int max_bl(const UpdateArgs& u) {
   if (u.fixed_bl || u.ublm) return u.desired_bl;
@@ -100,17 +116,8 @@ at::Tensor pulsed_update_cuda(at::Tensor w, const std::optional<at::Tensor>& w_p
                               double res, bool sto_round, int64_t mode, int64_t seed, int64_t offset,
                               const std::optional<at::Tensor>& chop_in, const std::optional<at::Tensor>& chop_out) {
   c10::cuda::CUDAGuard guard(w.device());
-  check_f32_cuda(w, "w", w);
-  check_f32_cuda(params, "params", w);
-  check_f32_cuda(x, "x", w);
-  check_f32_cuda(d, "d", w);
+  check_update_inputs(w, params, x, d, mode, dw, "pulsed_update");
   const int64_t O = w.size(0), I = w.size(1);
-  TORCH_CHECK(x.dim() == 2 && d.dim() == 2 && x.size(1) == I && d.size(1) == O && d.size(0) == x.size(0),
-              "analogtrain::pulsed_update (CUDA): shape mismatch");
-  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
-              "analogtrain::pulsed_update (CUDA): params must be (NP, O, I)");
-  TORCH_CHECK(valid_mode_code(mode), "analogtrain::pulsed_update: unknown mode ", mode);
-  TORCH_CHECK(dw > 0, "analogtrain::pulsed_update: dw must be > 0");
   float* wp = const_cast<float*>(opt_ptr(w_p, "w_p", w, O * I));
   const float* ci = opt_ptr(chop_in, "chop_in", w, I);
   const float* co = opt_ptr(chop_out, "chop_out", w, O);
@@ -180,17 +187,8 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cuda(
     const at::Tensor& snap, bool columns, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um,
     double um_grad_scale, double res, bool sto_round, int64_t mode, int64_t seed) {
   c10::cuda::CUDAGuard guard(w.device());
-  check_f32_cuda(w, "w", w);
-  check_f32_cuda(params, "params", w);
-  check_f32_cuda(x, "x", w);
-  check_f32_cuda(d, "d", w);
+  check_update_inputs(w, params, x, d, mode, dw, "chopped_update_snapshots");
   const int64_t O = w.size(0), I = w.size(1);
-  TORCH_CHECK(x.dim() == 2 && d.dim() == 2 && x.size(1) == I && d.size(1) == O && d.size(0) == x.size(0),
-              "analogtrain::chopped_update_snapshots (CUDA): shape mismatch");
-  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
-              "analogtrain::chopped_update_snapshots (CUDA): params must be (NP, O, I)");
-  TORCH_CHECK(valid_mode_code(mode), "analogtrain::chopped_update_snapshots: unknown mode ", mode);
-  TORCH_CHECK(dw > 0, "analogtrain::chopped_update_snapshots: dw must be > 0");
   at::Tensor st = starts.to(at::kCPU, at::kLong).contiguous(), of = offsets.to(at::kCPU, at::kLong).contiguous();
   at::Tensor lr = lrs.to(at::kCPU, at::kDouble).contiguous(), sn = snap.to(at::kCPU, at::kLong).contiguous();
   const int64_t C = of.numel();
