@@ -55,6 +55,11 @@ extern "C" __m512 _ZGVeN16v_expf(__m512);
 
 namespace analogtrain {
 
+// The aggregated sample loop's helpers must inline into it: an out-of-line call takes the address of the
+// 16 lanes' state (AggLanes), which then lives in memory on every sample (measured ~25% slower when GCC
+// stopped inlining agg_lanes_load / agg_lanes_finish after the carry mode was added).
+#define AT_HOT_INLINE inline __attribute__((always_inline))
+
 // The inputs of one row's update that do not change from sample to sample.
 struct FusedRow {
   int32_t row;              // i·I: flat index of the row's first element
@@ -381,7 +386,7 @@ struct AggLanes {
   bool have_noise = false, have_multi = false;
 };
 
-inline void agg_lanes_load(AggLanes& L, const FusedRow& R, int I, int j0) {
+AT_HOT_INLINE void agg_lanes_load(AggLanes& L, const FusedRow& R, int I, int j0) {
   const int rem = I - j0;
   L.lm = tail_mask16(rem);
   L.e0 = R.row + j0;
@@ -401,7 +406,7 @@ inline void agg_lanes_load(AggLanes& L, const FusedRow& R, int I, int j0) {
 
 // The new moments of lanes mk: a non-finite v' (degenerate devices) or a mean beyond a bound -> v' = 0,
 // the mean clipped.
-inline void agg_lanes_store(AggLanes& L, __mmask16 mk, __m512 mn, __m512 vn) {
+AT_HOT_INLINE void agg_lanes_store(AggLanes& L, __mmask16 mk, __m512 mn, __m512 vn) {
   const __mmask16 out = _mm512_cmp_ps_mask(mn, L.bmn, _CMP_LT_OQ) | _mm512_cmp_ps_mask(mn, L.bmx, _CMP_GT_OQ) |
                         _mm512_cmp_ps_mask(vn, _mm512_set1_ps(3.4028234663852886e38f), _CMP_NLE_UQ);  // !(v' <= max)
   mn = _mm512_min_ps(_mm512_max_ps(mn, L.bmn), L.bmx);
@@ -413,7 +418,7 @@ inline void agg_lanes_store(AggLanes& L, __mmask16 mk, __m512 mn, __m512 vn) {
 // Lanes mk of L take part in this sample with n pulses each: the one-pulse noise factors (once per
 // group), the touched set and the pulse counts.
 template <bool MULT, bool NOISE>
-inline void agg_lanes_touch(AggLanes& L, __mmask16 mk, __m512i n, const DeviceGlobals& g) {
+AT_HOT_INLINE void agg_lanes_touch(AggLanes& L, __mmask16 mk, __m512i n, const DeviceGlobals& g) {
   if (NOISE && !L.have_noise) {
     L.du.noise<MULT>(g, L.c_up);
     L.dd.noise<MULT>(g, L.c_dn);
@@ -425,7 +430,7 @@ inline void agg_lanes_touch(AggLanes& L, __mmask16 mk, __m512i n, const DeviceGl
 
 // The mean step of one pulse, d = +(s·m + c) on the up lanes and −(s·m + c) on the other lanes of mk
 // (the sign bit flipped: exactly the product with −1), s and c of each lane's direction.
-inline __m512 agg_lanes_step(const AggLanes& L, __mmask16 mk, __mmask16 up) {
+AT_HOT_INLINE __m512 agg_lanes_step(const AggLanes& L, __mmask16 mk, __mmask16 up) {
   const __m512 s = _mm512_mask_blend_ps(up, L.s_dn, L.s_up);
   const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
   const __m512i y = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(s, L.m), c));
@@ -436,7 +441,7 @@ inline __m512 agg_lanes_step(const AggLanes& L, __mmask16 mk, __mmask16 up) {
 // One pulse on lanes mk (up: their up lanes) with mean step d: m' = m + d, v' = k1·v + (σd)² (mult) or
 // k1·v + q1 (additive): the n = 1 values of agg_lanes_apply's general factors.
 template <bool MULT, bool NOISE>
-inline void agg_lanes_one_pulse(AggLanes& L, __mmask16 mk, __mmask16 up, __m512 d, const DeviceGlobals& g) {
+AT_HOT_INLINE void agg_lanes_one_pulse(AggLanes& L, __mmask16 mk, __mmask16 up, __m512 d, const DeviceGlobals& g) {
   const __m512 mn = _mm512_add_ps(L.m, d);
   __m512 vn = _mm512_setzero_ps();
   if (NOISE) {
@@ -468,10 +473,10 @@ struct AggPoly {
 
 // agg_lanes_apply for a sample in which some lane takes n >= 2 pulses (lanes `multi`): the binomial
 // polynomials on lanes with n <= AGG_POLY_MAX, and — BIG: some lane (`big`) takes more — the closed
-// form with expm1 (libmvec) there. The BIG variant is kept out of line: vector-libm calls clobber every
-// zmm register, and the sparse updates this loop serves (a few pulses per sample) never need it.
+// form with expm1 (libmvec) there. Sparse updates (a few pulses per sample) never take the BIG
+// variant, so their samples make no vector-libm call (which would clobber every zmm register).
 template <bool MULT, bool NOISE, bool BIG>
-inline void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmask16 up, __mmask16 multi, __mmask16 big,
+AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmask16 up, __mmask16 multi, __mmask16 big,
                              __m512 d, const DeviceGlobals& g) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
   const __m512 sigma = _mm512_set1_ps(g.sigma);
@@ -540,15 +545,9 @@ inline void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmask16 up,
   agg_lanes_store(L, mk, mn, vn);
 }
 
-template <bool MULT, bool NOISE>
-__attribute__((noinline)) void agg_lanes_big(AggLanes& L, __m512i n, __mmask16 mk, __mmask16 up, __mmask16 multi,
-                                             __mmask16 big, __m512 d, const DeviceGlobals& g) {
-  agg_lanes_closed<MULT, NOISE, true>(L, n, mk, up, multi, big, d, g);
-}
-
 // One sample on the lanes mk of L (n > 0 pulses, sign sgn = sd·sx != 0): the moments' update.
 template <bool MULT, bool NOISE>
-inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, const DeviceGlobals& g) {
+AT_HOT_INLINE void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, const DeviceGlobals& g) {
   agg_lanes_touch<MULT, NOISE>(L, mk, n, g);
   const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, _mm512_setzero_ps(), _CMP_LT_OQ);  // sd·sx < 0: up pulses
   const __mmask16 multi = _mm512_mask_cmpgt_epi32_mask(mk, n, _mm512_set1_epi32(1));     // n >= 2
@@ -561,12 +560,12 @@ inline void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16 mk, co
   if (!big)
     agg_lanes_closed<MULT, NOISE, false>(L, n, mk, up, multi, 0, d, g);
   else
-    agg_lanes_big<MULT, NOISE>(L, n, mk, up, multi, big, d, g);
+    agg_lanes_closed<MULT, NOISE, true>(L, n, mk, up, multi, big, d, g);
 }
 
 // One sample on the 16 lanes: x trains xw and signs sxv of these columns, the row's d word and sign.
 template <bool MULT, bool NOISE>
-inline void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
+AT_HOT_INLINE void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
   const __m512i n = _mm512_popcnt_epi32(_mm512_and_si512(xw, _mm512_set1_epi32(static_cast<int>(dword))));
   const __m512 sgn = _mm512_mul_ps(_mm512_set1_ps(sdv), sxv);
   const __mmask16 mk = _mm512_mask_cmpgt_epi32_mask(L.lm, n, _mm512_setzero_si512()) &
@@ -578,7 +577,7 @@ inline void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword
 // it in the sparse regime): a coincidence is exactly one pulse, so the lanes take agg_lanes_one_pulse
 // without counting bits or testing for n >= 2.
 template <bool MULT, bool NOISE>
-inline void agg_lanes_sample_one(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
+AT_HOT_INLINE void agg_lanes_sample_one(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
   __mmask16 mk = _mm512_mask_test_epi32_mask(L.lm, xw, _mm512_set1_epi32(static_cast<int>(dword)));
   if (!mk) return;
   const __m512 zero = _mm512_setzero_ps();
@@ -592,7 +591,7 @@ inline void agg_lanes_sample_one(AggLanes& L, __m512i xw, __m512 sxv, uint32_t d
 // The end of the call for the touched lanes: one normal each, clip, store state / visible weight /
 // pulse counts. Returns the pulses of these lanes.
 template <bool NOISE>
-inline int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, const DeviceGlobals& g,
+AT_HOT_INLINE int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, const DeviceGlobals& g,
                                 const UpdateArgs& u, float* wvis_noise, const float* zrow) {
   if (!L.touched) return 0;
   __m512 wd = L.m;
@@ -621,7 +620,7 @@ inline int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int j0, co
 // slice (clip(m + sqrt(v)·z), store, moments restart from the stored value), then copy the slice's
 // visible weight in these lanes to the snapshot.
 template <bool NOISE>
-inline void agg_lanes_event(AggLanes& L, const FusedRow& R, int j0, int row_i, const CarryPlan& P, int q,
+__attribute__((noinline)) void agg_lanes_event(AggLanes& L, const FusedRow& R, int j0, int row_i, const CarryPlan& P, int q,
                             const DeviceGlobals& g, const UpdateArgs& u, float* wvis_noise) {
   const int64_t k = P.slice[q];
   const __mmask16 fm = P.columns ? static_cast<__mmask16>(L.lm & (1u << (k - j0))) : L.lm;
@@ -666,7 +665,7 @@ struct AggEvents {
 // 16 columns from j0 through the row's active samples, their moments carried sample after sample
 // (carry mode: with the events of `ev` between samples; ev.n == 0 otherwise).
 // (Interleaving 2 or 4 chunks per sample loop measured slower on Zen 4: the loop is throughput-bound.)
-template <bool MULT, bool NOISE, bool ONE /* one-slot trains: agg_lanes_sample_one */>
+template <bool MULT, bool NOISE, bool ONE /* one-slot trains: agg_lanes_sample_one */, bool CARRY /* events */>
 int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
                         float* wvis_noise /* w when the visible weight gets write noise, else null */,
                         const float* zrow /* the row's final normals (aggregate_normals), NOISE only */,
@@ -681,8 +680,9 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
   int qe = 0;  // next event
   for (int t = 0; t < C.nsamples; ++t) {
     const int b = C.samples[t];
-    for (; qe < ev.n && ev.plan->pos[ev.idx[qe]] <= b; ++qe)
-      agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
+    if (CARRY)
+      for (; qe < ev.n && ev.plan->pos[ev.idx[qe]] <= b; ++qe)
+        agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
     const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
     const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
     const __m512i xw = _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx);
@@ -692,7 +692,8 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
     else
       agg_lanes_sample<MULT, NOISE>(L, xw, sxv, C.dbits[qd], C.sd[qd], g);
   }
-  for (; qe < ev.n; ++qe) agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
+  if (CARRY)
+    for (; qe < ev.n; ++qe) agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
   return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise, zrow);
 }
 

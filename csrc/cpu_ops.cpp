@@ -709,8 +709,13 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
       const std::vector<int>& gq = T.gev[static_cast<size_t>(j0 / 16)];
       ev = AggEvents{T.carry, gq.data(), static_cast<int>(gq.size())};
     }
-    tot += T.maxbl == 1 ? aggregate_chunk<MULT, NOISE, true>(R, C, j0, g, u, wn ? w : nullptr, zrow.data(), ev)
-                        : aggregate_chunk<MULT, NOISE, false>(R, C, j0, g, u, wn ? w : nullptr, zrow.data(), ev);
+    float* wvn = wn ? w : nullptr;
+    if (T.carry)
+      tot += T.maxbl == 1 ? aggregate_chunk<MULT, NOISE, true, true>(R, C, j0, g, u, wvn, zrow.data(), ev)
+                          : aggregate_chunk<MULT, NOISE, false, true>(R, C, j0, g, u, wvn, zrow.data(), ev);
+    else
+      tot += T.maxbl == 1 ? aggregate_chunk<MULT, NOISE, true, false>(R, C, j0, g, u, wvn, zrow.data())
+                          : aggregate_chunk<MULT, NOISE, false, false>(R, C, j0, g, u, wvn, zrow.data());
   }
   if (rtot) rtot[i] += tot;
 }
