@@ -174,38 +174,52 @@ inline __m512 bm16_normal(const BM16& b, bool use_sin) {
   return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
 }
 
-// z[t] = aggregate_normal(e_begin + t) (device_step.h: counter a = e >> 1, draw 2·(e & 1), i.e. the
-// cosine of word pair (r0, r1) for even e and of (r2, r3) for odd e) for t < n: the aggregated mode's
-// final draws, two consecutive elements per Philox call, so one philox16 and two cosine Box–Mullers make
-// 32 normals. z needs room for n + 33 floats.
+// z[t] = aggregate_normal(e_begin + t) (device_step.h: counter a = e >> 2, normal number e & 3 of the
+// block — cos and sin of word pair (r0, r1), then of (r2, r3) —, i.e. rng.normal's draw numbering) for
+// t < n: the aggregated mode's final draws, four consecutive elements per Philox call, so one philox16,
+// two logarithms and a cosine and a sine of each word pair make 64 normals. z needs room for n + 67 floats.
 inline void aggregate_normals(uint64_t seed, uint64_t offset, int64_t e_begin, int n, float* z) {
-  const int64_t c_begin = e_begin >> 1;
-  const int skip = static_cast<int>(e_begin & 1);  // z[0] is element 2·c_begin + skip
-  alignas(64) float head[32];
+  const int64_t c_begin = e_begin >> 2;
+  const int skip = static_cast<int>(e_begin & 3);  // z[0] is element 4·c_begin + skip
+  alignas(64) float head[64];
   const __m512i lane = lane_index16();
-  // interleave (even lane l -> 2l, odd lane l -> 2l + 1)
-  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-  for (int t0 = 0; t0 < n + skip; t0 += 32) {
+  // pairs: (z0[l], z1[l]) for lanes 0-7 / 8-15, then pairs of pairs (as doubles) for lanes 0-3, 4-7
+  const __m512i p_lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i p_hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  const __m512i q_lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+  const __m512i q_hi = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+  for (int t0 = 0; t0 < n + skip; t0 += 64) {
     __m512i r0, r1, r2, r3;
-    philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(c_begin + t0 / 2)), lane), S_PULSE_NOISE, 0u,
+    philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(c_begin + t0 / 4)), lane), S_PULSE_NOISE, 0u,
              0u, seed, offset, r0, r1, r2, r3);
-    const __m512 ev = bm16_normal(bm16_prepare(r0, r1), false), od = bm16_normal(bm16_prepare(r2, r3), false);
+    const BM16 b01 = bm16_prepare(r0, r1), b23 = bm16_prepare(r2, r3);
+    const __m512 z0 = bm16_normal(b01, false), z1 = bm16_normal(b01, true);
+    const __m512 z2 = bm16_normal(b23, false), z3 = bm16_normal(b23, true);
+    const __m512d a_lo = _mm512_castps_pd(_mm512_permutex2var_ps(z0, p_lo, z1));
+    const __m512d a_hi = _mm512_castps_pd(_mm512_permutex2var_ps(z0, p_hi, z1));
+    const __m512d b_lo = _mm512_castps_pd(_mm512_permutex2var_ps(z2, p_lo, z3));
+    const __m512d b_hi = _mm512_castps_pd(_mm512_permutex2var_ps(z2, p_hi, z3));
     float* dst = t0 == 0 ? head : z - skip + t0;
-    _mm512_storeu_ps(dst, _mm512_permutex2var_ps(ev, lo, od));
-    _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(ev, hi, od));
+    _mm512_storeu_pd(reinterpret_cast<double*>(dst), _mm512_permutex2var_pd(a_lo, q_lo, b_lo));
+    _mm512_storeu_pd(reinterpret_cast<double*>(dst + 16), _mm512_permutex2var_pd(a_lo, q_hi, b_lo));
+    _mm512_storeu_pd(reinterpret_cast<double*>(dst + 32), _mm512_permutex2var_pd(a_hi, q_lo, b_hi));
+    _mm512_storeu_pd(reinterpret_cast<double*>(dst + 48), _mm512_permutex2var_pd(a_hi, q_hi, b_hi));
     if (t0 == 0)
-      for (int k = skip; k < 32; ++k) z[k - skip] = head[k];
+      for (int k = skip; k < 64; ++k) z[k - skip] = head[k];
   }
 }
 
-// aggregate_normal of 16 arbitrary elements e: counter e >> 1, word pair (r0, r1) for even e, (r2, r3)
-// for odd e, cosine branch.
+// aggregate_normal of 16 arbitrary elements e: counter e >> 2, word pair (r0, r1) or (r2, r3) by bit 1
+// of e, cosine or sine by bit 0.
 inline __m512 aggregate_normal16(__m512i e, uint64_t seed, uint64_t offset) {
   __m512i r0, r1, r2, r3;
-  philox16(_mm512_srli_epi32(e, 1), S_PULSE_NOISE, 0u, 0u, seed, offset, r0, r1, r2, r3);
+  philox16(_mm512_srli_epi32(e, 2), S_PULSE_NOISE, 0u, 0u, seed, offset, r0, r1, r2, r3);
+  const __mmask16 hi = _mm512_test_epi32_mask(e, _mm512_set1_epi32(2));
   const __mmask16 odd = _mm512_test_epi32_mask(e, _mm512_set1_epi32(1));
-  return bm16_normal(bm16_prepare(_mm512_mask_blend_epi32(odd, r0, r2), _mm512_mask_blend_epi32(odd, r1, r3)), false);
+  const BM16 b = bm16_prepare(_mm512_mask_blend_epi32(hi, r0, r2), _mm512_mask_blend_epi32(hi, r1, r3));
+  __m512 z = bm16_normal(b, false);
+  if (odd) z = _mm512_mask_mov_ps(z, odd, bm16_normal(b, true));
+  return z;
 }
 
 // One pulse on the lanes of `mq` (device_step_t<KIND_LINEAR, MULT, NOISE>): fac = 1 + σz,

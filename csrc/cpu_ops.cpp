@@ -136,16 +136,21 @@ void box_muller_many(int n, const uint32_t* w0, const uint32_t* w1, bool want_si
 }
 
 // z[t] = aggregate_normal(seed, offset, e[t]) (device_step.h) for t < n, vectorised: one philox_many
-// over the counters e >> 1, the word pair (r0, r1) or (r2, r3) by the parity of e, cosine Box–Muller.
+// over the counters e >> 2, the word pair (r0, r1) or (r2, r3) by bit 1 of e, Box–Muller's cosine or
+// sine by bit 0.
 void aggregate_normals_of(uint64_t seed, uint64_t offset, const uint32_t* e, int n, float* z) {
   thread_local std::vector<uint32_t> a, blk, r0, r1, r2, r3;
+  thread_local std::vector<float> zs;
   for (auto* v : {&a, &blk, &r0, &r1, &r2, &r3})
     if (v->size() < static_cast<size_t>(n)) v->resize(static_cast<size_t>(n));
-  for (int t = 0; t < n; ++t) a[t] = e[t] >> 1, blk[t] = 0u;
+  if (zs.size() < static_cast<size_t>(n)) zs.resize(static_cast<size_t>(n));
+  for (int t = 0; t < n; ++t) a[t] = e[t] >> 2, blk[t] = 0u;
   philox_many(n, a.data(), blk.data(), S_PULSE_NOISE, 0u, seed, offset, r0.data(), r1.data(), r2.data(), r3.data());
   for (int t = 0; t < n; ++t)
-    if (e[t] & 1u) r0[t] = r2[t], r1[t] = r3[t];
-  box_muller_many(n, r0.data(), r1.data(), false, z, nullptr);  // cosines only
+    if (e[t] & 2u) r0[t] = r2[t], r1[t] = r3[t];
+  box_muller_many(n, r0.data(), r1.data(), true, z, zs.data());
+  for (int t = 0; t < n; ++t)
+    if (e[t] & 1u) z[t] = zs[t];
 }
 
 struct Trains {
@@ -699,7 +704,7 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
                   static_cast<int>(act_b.size())};
   thread_local std::vector<float> zrow;
   if (NOISE) {
-    zrow.resize(static_cast<size_t>(T.I) + 48);
+    zrow.resize(static_cast<size_t>(T.I) + 80);
     aggregate_normals(u.seed, u.offset, R.row, T.I, zrow.data());
   }
   int64_t tot = 0;

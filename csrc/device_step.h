@@ -407,12 +407,12 @@ AT_HD void aggregate_sample(float& m, float& v, int n, bool up, const ElemParams
   v = vn;
 }
 
-// The final draw of element `flat` in the aggregated mode: normal(…, PULSE_NOISE, a = flat >> 1, b = 0,
-// draw = 2·(flat & 1)), the cosine branch of word pair (r0, r1) for even elements and (r2, r3) for odd
-// ones: two consecutive elements share one Philox call, so a vectorised finish makes 32 normals per
-// 16-lane Philox call (cpu_fused_avx512.h aggregate_normals) and only ever needs cosines.
+// The final draw of element `flat` in the aggregated mode (contract version 5): normal(…, PULSE_NOISE,
+// a = flat >> 2, b = 0, draw = flat & 3) — four consecutive elements share one Philox call, the cosine
+// and sine of its word pairs, so a vectorised finish makes 64 normals per 16-lane Philox call with two
+// logarithms per lane (cpu_fused_avx512.h aggregate_normals).
 AT_HD float aggregate_normal(uint64_t seed, uint64_t offset, uint32_t flat) {
-  return normal_draw(seed, offset, S_PULSE_NOISE, flat >> 1, 0u, 2u * (flat & 1u));
+  return normal_draw(seed, offset, S_PULSE_NOISE, flat >> 2, 0u, flat & 3u);
 }
 
 // The end of the call for a touched element: w_dev = clip(m + sqrt(v)·z), z = aggregate_normal(flat)

@@ -1,8 +1,9 @@
 """Aggregated pulses (``tile.update_mode: aggregated``, contract version 4): the pulse counts of the pulsed
 mode, but every element carries the exact mean and variance of its conductance through all its pulses of
 one op call and draws ONE normal at the end (KIND_LINEAR devices, whose per-pulse map is affine); version
-3 draws it with the counters (a = e >> 1, draw = 2·(e & 1)), two elements per Philox call; version 4
-evaluates the geometric sums of samples with 2-4 pulses as binomial polynomials (no log1p/expm1).
+4 evaluates the geometric sums of samples with 2-4 pulses as binomial polynomials (no log1p/expm1);
+version 5 draws the final normal with the counters (a = e >> 2, draw = e & 3), four elements per Philox
+call.
 
 Checked here:
 * ``devices.step.aggregate_moments`` / ``aggregate_step`` against the moments evaluated in float64 by
@@ -512,9 +513,9 @@ def _parity_case(key, O=64, I=48, B=8):
 
 
 def test_reference_final_draw_uses_the_documented_counters():
-    """Step 4a's one normal per touched element e is normal(seed, offset, PULSE_NOISE, a = e >> 1, b = 0,
-    draw = 2·(e & 1)): the reference result equals the one rebuilt from aggregate_moments / aggregate_finish
-    with exactly those draws (and differs from the per-element counters a = e, draw 0)."""
+    """Step 4a's one normal per touched element e is normal(seed, offset, PULSE_NOISE, a = e >> 2, b = 0,
+    draw = e & 3): the reference result equals the one rebuilt from aggregate_moments / aggregate_finish
+    with exactly those draws (and differs from version 3's counters a = e >> 1, draw 2·(e & 1))."""
     O, I = 5, 13
     s = sample_device(device_from_config(dict(SB_MULT)), O, I, 0)
     params = s.params.reshape(P.NP, -1)
@@ -524,15 +525,15 @@ def test_reference_final_draw_uses_the_documented_counters():
     seed, offset = 2**33 + 5, 9
     n = pulsed_update_ref(w, None, s.params, s.gparams, x, d, 0.5, s.dw, AGG, seed, offset).reshape(-1)
     e = torch.nonzero(n > 0).flatten()
-    assert e.numel() > 40 and bool((e % 2 != 0).any())
+    assert e.numel() > 40 and all(bool((e % 4 == k).any()) for k in range(4))
     pe, ref = params[:, e], params[P.P_REF, e]
     # x, d, lr > 0: every pulse goes down (w -= lr·x·d); the state starts at 0, so w_dev = ref
     m, v = aggregate_moments(ref.clone(), torch.zeros_like(ref), n[e], torch.zeros_like(e, dtype=torch.bool), pe,
                              s.gparams)
     assert bool((v > 0).all())
-    z = R.normal(seed, offset, R.Stream.PULSE_NOISE, e >> 1, 0, 2 * (e & 1))
+    z = R.normal(seed, offset, R.Stream.PULSE_NOISE, e >> 2, 0, e & 3)
     torch.testing.assert_close(w.reshape(-1)[e], aggregate_finish(m, v, pe, s.gparams, z) - ref, rtol=0, atol=0)
-    z_old = R.normal(seed, offset, R.Stream.PULSE_NOISE, e, 0, 0)
+    z_old = R.normal(seed, offset, R.Stream.PULSE_NOISE, e >> 1, 0, 2 * (e & 1))
     assert not torch.allclose(w.reshape(-1)[e], aggregate_finish(m, v, pe, s.gparams, z_old) - ref)
     untouched = torch.ones(O * I, dtype=torch.bool)
     untouched[e] = False

@@ -48,10 +48,10 @@ Per call, the samples ``b = 0..B-1`` are applied **in batch order**, each as its
    ``m = w_dev, V = 0``; for each sample in batch order, elements with n_ij > 0 get
    ``(m, V) = devices.step.aggregate_moments(m, V, n_ij, up, ...)`` (a mean beyond a bound is clipped
    and its V reset to 0). After the last sample each touched element e = i*I+j draws ONE normal
-   ``z = normal(seed, offset, Stream.PULSE_NOISE, a=e >> 1, b=0, draw=2*(e & 1))`` (not drawn when
-   dw_min_std == 0; e modulo 2**32 like every counter word; two consecutive elements share one Philox
-   call, the cosine branches of its two word pairs, so a vectorised kernel makes 32 normals per 16-lane
-   call): ``w_dev = clip(m + sqrt(V)·z, b_min, b_max)``, ``w_state = w_dev − ref``; with write
+   ``z = normal(seed, offset, Stream.PULSE_NOISE, a=e >> 2, b=0, draw=e & 3)`` (not drawn when
+   dw_min_std == 0; e modulo 2**32 like every counter word; four consecutive elements share one Philox
+   call — the cosine and sine of both word pairs, rng.normal's draws 0-3 —, so a vectorised kernel makes
+   64 normals per 16-lane call; contract version 5): ``w_dev = clip(m + sqrt(V)·z, b_min, b_max)``, ``w_state = w_dev − ref``; with write
    noise the visible weight is redrawn once, ``w = w_p + G_WRITE_NOISE·normal(seed, offset,
    Stream.WRITE_NOISE, a=i*I+j, b=0, draw=0)`` (it is only read after the call, so one redraw has the
    distribution of the per-sample redraws). Exact in the first two moments (and noise-free devices
@@ -311,7 +311,7 @@ def pulsed_update_ref(
 
 def _finish_elements(w, w_p, flat_params, gparams, agg_m, agg_v, idx, seed, offset) -> None:
     """Step 4a's finish of the elements ``idx`` (flat, int64) from their moments: one normal each,
-    ``normal(seed, offset, PULSE_NOISE, a = e >> 1, b = 0, draw = 2·(e & 1))``, clip, store the state and
+    ``normal(seed, offset, PULSE_NOISE, a = e >> 2, b = 0, draw = e & 3)``, clip, store the state and
     the visible weight (write noise: ``WRITE_NOISE`` at (offset, a = e, b = 0, draw 0))."""
     dev = w.device
     state_flat = (w_p if w_p is not None else w).view(-1)
@@ -319,7 +319,7 @@ def _finish_elements(w, w_p, flat_params, gparams, agg_m, agg_v, idx, seed, offs
     z = None
     if float(gparams[P.G_DW_MIN_STD].item()) != 0.0:
         e32 = idx & 0xFFFFFFFF  # the kernels' uint32 flat index
-        z = R.normal(seed, offset, R.Stream.PULSE_NOISE, e32 >> 1, 0, 2 * (e32 & 1), device=dev)
+        z = R.normal(seed, offset, R.Stream.PULSE_NOISE, e32 >> 2, 0, e32 & 3, device=dev)
     state_flat[idx] = aggregate_finish(agg_m[idx], agg_v[idx], flat_params[:, idx], gparams, z) - ref[idx]
     if w_p is not None:
         w_flat = w.view(-1)
