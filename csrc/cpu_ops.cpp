@@ -843,8 +843,11 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
                        float* pulses, int nthreads, int64_t* row_tot = nullptr) {
   if (const char* msg = args_error(u, g)) TORCH_CHECK(false, msg);
   if (u.lr_abs == 0.0 || B == 0 || O == 0 || I == 0) return;
-  // per-thread and reused: its buffers (about 1 MB for 512×512×64) keep their pages between calls
-  thread_local Trains T;
+  // per calling thread and reused: its buffers (about 1 MB for 512×512×64) keep their pages between
+  // calls. Bound to a local reference: inside the OpenMP regions below the name of a thread_local would
+  // denote each worker's own (empty) instance.
+  thread_local Trains trains;
+  Trains& T = trains;
   T.carry = nullptr;
   T.B = B;
   T.I = I;
