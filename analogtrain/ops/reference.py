@@ -51,10 +51,10 @@ Per call, the samples ``b = 0..B-1`` are applied **in batch order**, each as its
    ``z = normal(seed, offset, Stream.PULSE_NOISE, a=e >> 2, b=0, draw=e & 3)`` (not drawn when
    dw_min_std == 0; e modulo 2**32 like every counter word; four consecutive elements share one Philox
    call — the cosine and sine of both word pairs, rng.normal's draws 0-3 —, so a vectorised kernel makes
-   64 normals per 16-lane call; contract version 5): ``w_dev = clip(m + sqrt(V)·z, b_min, b_max)``, ``w_state = w_dev − ref``; with write
-   noise the visible weight is redrawn once, ``w = w_p + G_WRITE_NOISE·normal(seed, offset,
-   Stream.WRITE_NOISE, a=i*I+j, b=0, draw=0)`` (it is only read after the call, so one redraw has the
-   distribution of the per-sample redraws). Exact in the first two moments (and noise-free devices
+   64 normals per 16-lane call; contract version 5): ``w_dev = clip(m + sqrt(V)·z, b_min, b_max)``,
+   ``w_state = w_dev − ref``; with write noise the visible weight is redrawn once,
+   ``w = w_p + G_WRITE_NOISE·normal(seed, offset, Stream.WRITE_NOISE, a=i*I+j, b=0, draw=0)`` (it is
+   only read after the call, so one redraw has the distribution of the per-sample redraws). Exact in the first two moments (and noise-free devices
    exact up to float rounding); the shape is Gaussian and noisy excursions clip only at the end.
    With ``carry`` (an ``AggregateCarry``: the batched TT-family op) the moments start from and stay in
    the carry, and the finish happens when the carry's owner calls ``AggregateCarry.finish``.
