@@ -45,8 +45,10 @@ struct CarryPlan {
 
 }  // namespace analogtrain
 
+// (glibc >= 2.35: libmvec's float log1pf/expm1f/expf variants, which this path calls)
 #if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && \
-    defined(__AVX512DQ__) && !defined(ANALOGTRAIN_GENERIC_ONLY)
+    defined(__AVX512DQ__) && !defined(ANALOGTRAIN_GENERIC_ONLY) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
 #define AT_FUSED_AVX512 1
 
 extern "C" __m512 _ZGVeN16v_log1pf(__m512);

@@ -29,6 +29,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu_agg_lanes.h"  // (first: its vector libm is device_step.h's on this CPU)
 #include "pulsed_update.h"
 
 #if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__)
@@ -84,6 +85,29 @@ void philox_many(int n, const uint32_t* a, const uint32_t* blk, uint32_t stream,
   }
 }
 
+// bits[k] = the one-word train (bl <= 32 slots) of entry k < n with Bernoulli threshold thr[k] (sample b):
+// make_train's slots, slot s firing when (word s & 3 of Philox block s >> 2) >> 8 < thr[k], the blocks of
+// all n entries drawn by one philox_many each. thr = 0 (never fires) and 2^24 (always) need no special
+// case: the comparison gives make_train's result without its shortcut.
+[[maybe_unused]] void trains_many(const uint32_t* thr, int n, uint32_t stream, uint32_t b, int bl, uint64_t seed, uint64_t offset,
+                 uint32_t* bits) {
+  thread_local std::vector<uint32_t> a, blk, r0, r1, r2, r3;
+  for (auto* v : {&a, &blk, &r0, &r1, &r2, &r3})
+    if (v->size() < static_cast<size_t>(n)) v->resize(static_cast<size_t>(n));
+  for (int k = 0; k < n; ++k) a[k] = static_cast<uint32_t>(k), bits[k] = 0u;
+  for (int q0 = 0; q0 < bl; q0 += 4) {
+    std::fill(blk.begin(), blk.begin() + n, static_cast<uint32_t>(q0 >> 2));
+    philox_many(n, a.data(), blk.data(), stream, b, seed, offset, r0.data(), r1.data(), r2.data(), r3.data());
+    const uint32_t* r[4] = {r0.data(), r1.data(), r2.data(), r3.data()};
+    for (int q = 0; q < 4 && q0 + q < bl; ++q) {
+      const uint32_t* rq = r[q];
+      const int s = q0 + q;
+#pragma omp simd
+      for (int k = 0; k < n; ++k) bits[k] |= static_cast<uint32_t>((rq[k] >> 8) < thr[k]) << s;
+    }
+  }
+}
+
 // z_cos[q] (and z_sin[q] when want_sin; z_sin may be null otherwise) = Box–Muller of the word pair
 // (w0[q], w1[q]), double -> float.
 void box_muller_many(int n, const uint32_t* w0, const uint32_t* w1, bool want_sin, float* z_cos, float* z_sin) {
@@ -102,28 +126,18 @@ void box_muller_many(int n, const uint32_t* w0, const uint32_t* w1, bool want_si
     _mm256_storeu_ps(z_cos + q, _mm512_cvtpd_ps(_mm512_mul_pd(rad, _ZGVeN8v_cos(ang))));
     if (want_sin) _mm256_storeu_ps(z_sin + q, _mm512_cvtpd_ps(_mm512_mul_pd(rad, _ZGVeN8v_sin(ang))));
   }
-#elif AT_VEC_WIDTH > 1
-  alignas(64) double u0[AT_VEC_WIDTH], u1[AT_VEC_WIDTH], rad[AT_VEC_WIDTH], c[AT_VEC_WIDTH], sn[AT_VEC_WIDTH];
-  for (; q + AT_VEC_WIDTH <= n; q += AT_VEC_WIDTH) {
-    for (int l = 0; l < AT_VEC_WIDTH; ++l) {
-      u0[l] = word_to_uniform_d(w0[q + l]);
-      u1[l] = 6.283185307179586 * word_to_uniform_d(w1[q + l]);
-    }
-#if AT_VEC_WIDTH == 8
-    const __m512d lg = _ZGVeN8v_log(_mm512_load_pd(u0));
-    _mm512_store_pd(rad, _mm512_sqrt_pd(_mm512_mul_pd(_mm512_set1_pd(-2.0), lg)));
-    _mm512_store_pd(c, _ZGVeN8v_cos(_mm512_load_pd(u1)));
-    if (want_sin) _mm512_store_pd(sn, _ZGVeN8v_sin(_mm512_load_pd(u1)));
-#else
-    const __m256d lg = _ZGVdN4v_log(_mm256_load_pd(u0));
-    _mm256_store_pd(rad, _mm256_sqrt_pd(_mm256_mul_pd(_mm256_set1_pd(-2.0), lg)));
-    _mm256_store_pd(c, _ZGVdN4v_cos(_mm256_load_pd(u1)));
-    if (want_sin) _mm256_store_pd(sn, _ZGVdN4v_sin(_mm256_load_pd(u1)));
-#endif
-    for (int l = 0; l < AT_VEC_WIDTH; ++l) {
-      z_cos[q + l] = static_cast<float>(rad[l] * c[l]);
-      if (want_sin) z_sin[q + l] = static_cast<float>(rad[l] * sn[l]);
-    }
+#elif AT_VEC_WIDTH == 4
+  // AVX2: the same in ymm registers, 4 doubles at a time ((w >> 8) < 2^24 converts exactly as int32)
+  const __m256d half = _mm256_set1_pd(0.5), scale = _mm256_set1_pd(5.9604644775390625e-08);
+  const __m256d two_pi = _mm256_set1_pd(6.283185307179586), m2 = _mm256_set1_pd(-2.0);
+  for (; q + 4 <= n; q += 4) {
+    const __m128i a0 = _mm_srli_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + q)), 8);
+    const __m128i a1 = _mm_srli_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w1 + q)), 8);
+    const __m256d u0 = _mm256_mul_pd(_mm256_add_pd(_mm256_cvtepi32_pd(a0), half), scale);
+    const __m256d ang = _mm256_mul_pd(two_pi, _mm256_mul_pd(_mm256_add_pd(_mm256_cvtepi32_pd(a1), half), scale));
+    const __m256d rad = _mm256_sqrt_pd(_mm256_mul_pd(m2, _ZGVdN4v_log(u0)));
+    _mm_storeu_ps(z_cos + q, _mm256_cvtpd_ps(_mm256_mul_pd(rad, _ZGVdN4v_cos(ang))));
+    if (want_sin) _mm_storeu_ps(z_sin + q, _mm256_cvtpd_ps(_mm256_mul_pd(rad, _ZGVdN4v_sin(ang))));
   }
 #endif
   for (; q < n; ++q) {
@@ -153,6 +167,30 @@ void aggregate_normals_of(uint64_t seed, uint64_t offset, const uint32_t* e, int
     if (e[t] & 1u) z[t] = zs[t];
 }
 
+// z[t] = aggregate_normal(seed, offset, e0 + t) for t < n: the consecutive elements of a row, four per
+// Philox counter (e >> 2), so one philox_many over the row's counters and one sine-and-cosine
+// Box–Muller per word pair give all of them (a quarter of aggregate_normals_of's Philox calls and half
+// its logarithms). e0 + n <= 2^32.
+void aggregate_normals_range(uint64_t seed, uint64_t offset, uint32_t e0, int n, float* z) {
+  if (n <= 0) return;
+  thread_local std::vector<uint32_t> a, blk, r0, r1, r2, r3;
+  thread_local std::vector<float> zc01, zs01, zc23, zs23;
+  const int lead = static_cast<int>(e0 & 3u), nb = (lead + n + 3) / 4;
+  for (auto* v : {&a, &blk, &r0, &r1, &r2, &r3})
+    if (v->size() < static_cast<size_t>(nb)) v->resize(static_cast<size_t>(nb));
+  for (auto* v : {&zc01, &zs01, &zc23, &zs23})
+    if (v->size() < static_cast<size_t>(nb)) v->resize(static_cast<size_t>(nb));
+  for (int k = 0; k < nb; ++k) a[k] = (e0 >> 2) + static_cast<uint32_t>(k), blk[k] = 0u;
+  philox_many(nb, a.data(), blk.data(), S_PULSE_NOISE, 0u, seed, offset, r0.data(), r1.data(), r2.data(), r3.data());
+  box_muller_many(nb, r0.data(), r1.data(), true, zc01.data(), zs01.data());  // draws 0, 1
+  box_muller_many(nb, r2.data(), r3.data(), true, zc23.data(), zs23.data());  // draws 2, 3
+  const float* by_draw[4] = {zc01.data(), zs01.data(), zc23.data(), zs23.data()};
+  for (int t = 0; t < n; ++t) {
+    const int q = lead + t;
+    z[t] = by_draw[q & 3][q >> 2];
+  }
+}
+
 struct Trains {
   int B = 0, I = 0, O = 0, nw = 0;
   std::vector<SampleScales> sc;
@@ -170,7 +208,7 @@ struct Trains {
   std::vector<uint32_t> xact_bits;
   std::vector<float> xact_sgn;
   // which phase 2 runs (decided before phase 1, which builds only what that path reads)
-  enum Path { GENERIC, FUSED, AGG_FAST } path = GENERIC;
+  enum Path { GENERIC, FUSED, AGG_FAST, AGG_LANES } path = GENERIC;
   int maxbl = 0;  // the longest train of the call (1: every coincidence is exactly one pulse)
   // carry mode (aggregated chopped_update_snapshots): the finish events between samples, and per
   // 16-column group the events of its columns (columns mode, AVX-512 path)
@@ -217,6 +255,15 @@ void build_side(const UpdateArgs& u, int b, int bl, double scale, const float* v
       for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
     }
     trains16(thr.data(), n, 0u, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
+    for (int k = 0; k < n; ++k) on[k] = (bits[k] != 0u && sg[k] != 0.0f) ? 1 : 0;
+    return;
+  }
+#else
+  if (u.mode == MODE_PULSED && nw == 1) {  // one-word trains: the n entries' draws through philox_many
+    thread_local std::vector<uint32_t> thr;
+    thr.resize(static_cast<size_t>(n));
+    for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
+    trains_many(thr.data(), n, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
     for (int k = 0; k < n; ++k) on[k] = (bits[k] != 0u && sg[k] != 0.0f) ? 1 : 0;
     return;
   }
@@ -290,6 +337,7 @@ struct JobScratch {
   std::vector<int32_t> zoff;
   std::vector<float> agg_m, agg_v;  // aggregated mode: moments of the row's elements, touched flags
   std::vector<uint8_t> agg_touched;  // bit 0: touched; bit 1 / 2: agg_up / agg_dn computed
+  std::vector<int32_t> agg_list;     // the columns touched in this row (in first-touch order)
   std::vector<AggDir> agg_up, agg_dn;  // per-direction constants of the row's elements (once per call)
   template <class V>
   static void fit(V& v, size_t n) {
@@ -425,10 +473,10 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
   const int64_t row = static_cast<int64_t>(i) * I;
   float* prow = pulses + row;
   JobScratch& ns = *scratch;
-  if (u.aggregate) {
+  if (u.aggregate) {  // (agg_touched is all zero between rows: cleared through agg_list at the end)
     JobScratch::fit(ns.agg_m, I), JobScratch::fit(ns.agg_v, I), JobScratch::fit(ns.agg_touched, I);
     JobScratch::fit(ns.agg_up, I), JobScratch::fit(ns.agg_dn, I);
-    std::fill(ns.agg_touched.begin(), ns.agg_touched.begin() + I, 0);
+    ns.agg_list.clear();
   }
   // carry mode (CarryPlan): event q finishes this row's touched elements of its slice, then copies the
   // slice's visible weight in this row to the snapshot
@@ -561,6 +609,7 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
         uint8_t& st = ns.agg_touched[j];
         if (!st) {
           st = 1;
+          ns.agg_list.push_back(j);
           ns.agg_m[j] = (w_p ? w_p : w)[e] + p.ref;
           ns.agg_v[j] = 0.0f;
         }
@@ -580,10 +629,14 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
   if (cp)
     for (; qe < cp->nev; ++qe) event(qe);
   if (u.aggregate) {  // the end of the call: one normal per touched element, drawn in batches (SIMD)
+    // the touched columns: agg_list (work ∝ touched, not I: one-hot C writes touch one column); an
+    // element finished by an event and touched again is listed twice, and kept once
     int nt = 0;
-    JobScratch::fit(ns.touched, I), JobScratch::fit(ns.ea, I);
-    for (int j = 0; j < I; ++j)
+    JobScratch::fit(ns.touched, ns.agg_list.size()), JobScratch::fit(ns.ea, ns.agg_list.size());
+    for (const int j : ns.agg_list) {
       if (ns.agg_touched[j] & 1) ns.touched[nt] = j, ns.ea[nt++] = static_cast<uint32_t>(row + j);
+      ns.agg_touched[j] = 0;
+    }
     const bool draw = g.has_noise && nt > 0;
     if (draw) {
       JobScratch::fit(ns.zc, nt);
@@ -597,6 +650,169 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
       store_state(w, w_p, e, wd - p.ref, g, u.seed, u.offset, 0u);
     }
   }
+}
+
+// Phase 2 for one row in the aggregated mode without the AVX-512 path (cpu_agg_lanes.h): 8 columns at a
+// time carry their moments in vector registers through the row's samples (samples of up to AGG_POLY_MAX
+// pulses in the registers, a lane with more through the scalar aggregate_sample), then each touched element
+// is finished with its normal (the row's normals drawn 4 per Philox counter) — the contract of run_row's
+// aggregated branch, the same numbers. ONE: every train of the call has one slot (a coincidence is one
+// pulse: no popcount). Carry mode: the events of the group's columns between its samples, as
+// agg_lanes_event (T.gev groups of lanes::W columns).
+template <bool MULT, bool NOISE, bool ONE>
+void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
+                   const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
+  using namespace lanes;
+  const int I = T.I, O = T.O;
+  const int64_t row = static_cast<int64_t>(i) * I;
+  float* state = (w_p ? w_p : w) + row;
+  float* prow = pulses + row;
+  const RowPlanes P{params + P_REF * plane + row,      params + P_BMIN * plane + row,
+                    params + P_BMAX * plane + row,     params + P_SLOPE_UP * plane + row,
+                    params + P_SLOPE_DOWN * plane + row, params + P_SCALE_UP * plane + row,
+                    params + P_SCALE_DOWN * plane + row};
+  thread_local std::vector<int> act_b;  // the samples in which this row takes part
+  act_b.clear();
+  for (int b = 0; b < T.B; ++b)
+    if (T.sc[b].bl != 0 && T.dact[static_cast<int64_t>(b) * O + i]) act_b.push_back(b);
+  const CarryPlan* cp = T.carry;
+  if (act_b.empty() && !cp) return;  // (carry mode: the row's snapshots are still taken)
+  thread_local std::vector<int> rev;  // carry mode, rows: the events of this row
+  rev.clear();
+  if (cp && !cp->columns)
+    for (int q = 0; q < cp->nev; ++q)
+      if (cp->slice[q] == i) rev.push_back(q);
+  thread_local std::vector<float> zrow;  // the row's final normals
+  if (NOISE && !act_b.empty()) {
+    zrow.resize(static_cast<size_t>(I));
+    aggregate_normals_range(u.seed, u.offset, static_cast<uint32_t>(row), I, zrow.data());
+  }
+  const int32_t* xbits = reinterpret_cast<const int32_t*>(T.xbits.data());
+  int64_t tot = 0;
+  for (int j0 = 0; j0 < I; j0 += W) {
+    Group G;
+    // the moments, touched lanes and pulse counts stay in registers through the sample loop; the rare
+    // scalar steps (events, n > AGG_POLY_MAX) work on copies in these arrays
+    vf m = G.load_group<MULT>(state, P, j0, std::min(W, I - j0), g), v = splat(0.0f);
+    vi touched = splat_i(0), cnt = splat_i(0);
+    alignas(32) float ma[W], va[W];
+    alignas(32) int32_t ta[W];
+    AggDir dirs[2][W];  // scalar constants of lanes that take n > AGG_POLY_MAX pulses (on demand)
+    bool have[2][W] = {};
+    // event q (CarryPlan) on the spilled lanes: finish the group's touched lanes of slice q
+    // (clip(m + sqrt(v)·z), store; the moments restart from the stored value), then copy the slice's
+    // visible weight to the snapshot (agg_lanes_event)
+    const auto event = [&](int q) {
+      const int64_t k = cp->slice[q];
+      const int lb = cp->columns ? static_cast<int>(k - j0) : 0, le = cp->columns ? lb + 1 : G.nl;
+      for (int l = lb; l < le; ++l) {
+        if (!ta[l]) continue;
+        const int j = j0 + l;
+        const float z = NOISE ? cp->z[q * cp->L + (cp->columns ? i : j)] : 0.0f;
+        const float wd = clip_bounds(NOISE ? ma[l] + sqrtf(va[l]) * z : ma[l], G.bmn[l], G.bmx[l]);
+        const float st = wd - G.ref[l];
+        store_state(w, w_p, row + j, st, g, u.seed, cp->offset[q], 0u);
+        ma[l] = st + G.ref[l];
+        va[l] = 0.0f;
+        ta[l] = 0;
+      }
+      float* dst = cp->snaps + cp->call[q] * cp->L;
+      if (cp->columns)
+        dst[i] = w[row + k];
+      else
+        std::memcpy(dst + j0, w + row + j0, sizeof(float) * static_cast<size_t>(G.nl));
+    };
+    const auto spill = [&]() {
+      std::memcpy(ma, &m, sizeof(ma)), std::memcpy(va, &v, sizeof(va)), std::memcpy(ta, &touched, sizeof(ta));
+    };
+    const auto reload = [&]() {
+      std::memcpy(&m, ma, sizeof(ma)), std::memcpy(&v, va, sizeof(va)), std::memcpy(&touched, ta, sizeof(ta));
+    };
+    const std::vector<int>* evs = cp ? (cp->columns ? &T.gev[static_cast<size_t>(j0 / W)] : &rev) : nullptr;
+    const int nev = evs ? static_cast<int>(evs->size()) : 0;
+    int qe = 0;
+    for (const int b : act_b) {
+      if (qe < nev && cp->pos[(*evs)[qe]] <= b) {
+        spill();
+        for (; qe < nev && cp->pos[(*evs)[qe]] <= b; ++qe) event((*evs)[qe]);
+        reload();
+      }
+      const int64_t qd = static_cast<int64_t>(b) * O + i, qx = static_cast<int64_t>(b) * I + j0;
+      const vi dw = splat_i(static_cast<int32_t>(T.dbits[qd]));
+      const vi xw = load<vi>(xbits + qx, G.nl);  // lanes beyond the row: 0, never hit
+      const vi hit = (xw & dw) != splat_i(0);
+      if (!any(hit)) continue;
+      const vf sgn = splat(T.sd[qd]) * load<vf>(T.sx.data() + qx, G.nl);
+      const vi mk = hit & (sgn != splat(0.0f));  // (!=: true for NaN, as _CMP_NEQ_UQ)
+      const vi up = mk & (sgn < splat(0.0f));    // sd·sx < 0: up pulses
+      touched |= mk;
+      if (ONE) {  // (a lane without pulses is left as it is: mk is all-zero there)
+        cnt -= mk;  // mk lanes are −1
+        G.one_pulse<MULT, NOISE>(mk, up, m, v);
+        continue;
+      }
+      const vi n = popcount(xw & dw) & mk;
+      cnt += n;
+      const vi multi = n > splat_i(1);
+      if (!any(multi)) {
+        G.one_pulse<MULT, NOISE>(mk, up, m, v);
+        continue;
+      }
+      const vi big = n > splat_i(AGG_POLY_MAX);
+      G.few_pulses<MULT, NOISE>(mk & ~big, up, n, multi, m, v);
+      if (!any(big)) continue;
+#if AT_LANES_MANY
+      G.many_pulses<MULT, NOISE>(big, up, n, m, v);
+      continue;
+#endif
+      spill();
+      for (int l = 0; l < G.nl; ++l) {  // n > AGG_POLY_MAX: the scalar closed form (log1p/expm1)
+        if (!big[l]) continue;
+        const ElemParams p = load_params(params, plane, row + j0 + l);
+        const bool u_l = up[l] != 0;
+        AggDir& a = dirs[u_l][l];
+        if (!have[u_l][l]) a = agg_dir(u_l ? p.s_up : p.s_dn, u_l, g), have[u_l][l] = true;
+        aggregate_sample<MULT, NOISE>(ma[l], va[l], n[l], u_l, p, g, a);
+      }
+      reload();
+    }
+    if (qe < nev) {
+      spill();
+      for (; qe < nev; ++qe) event((*evs)[qe]);
+      reload();
+    }
+    // the end of the call: the touched lanes drawn, clipped (aggregate_draw) and stored (store_state:
+    // state; with a persistent weight the visible one too, plus its write noise per element)
+    if (any(touched)) {
+      vf wd = m;
+      if (NOISE) wd = m + vsqrt(v) * load<vf>(zrow.data() + j0, G.nl);
+      const vf st = vmin(vmax(wd, G.bmn), G.bmx) - G.ref;
+      store_masked(state + j0, st, touched, G.nl);
+      if (w_p) {
+        if (g.write_noise > 0.0f) {
+          for (int l = 0; l < G.nl; ++l)
+            if (touched[l]) store_state(w, w_p, row + j0 + l, st[l], g, u.seed, u.offset, 0u);
+        } else {
+          store_masked(w + row + j0, st, touched, G.nl);
+        }
+      }
+    }
+    // every lane's pulses (a lane finished by an event keeps the pulses it took before it)
+    if (any(cnt)) {
+      store_masked(prow + j0, load<vf>(prow + j0, G.nl) + __builtin_convertvector(cnt, vf), cnt != splat_i(0), G.nl);
+      for (int l = 0; l < G.nl; ++l) tot += cnt[l];
+    }
+  }
+  if (rtot) rtot[i] += tot;
+}
+
+template <bool MULT, bool NOISE>
+void run_row_lanes_rt(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
+                      const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch* s, int64_t* rtot) {
+  if (T.maxbl == 1)
+    run_row_lanes<MULT, NOISE, true>(T, i, w, w_p, params, plane, g, u, pulses, s, rtot);
+  else
+    run_row_lanes<MULT, NOISE, false>(T, i, w, w_p, params, plane, g, u, pulses, s, rtot);
 }
 
 #if AT_FUSED_AVX512
@@ -741,7 +957,9 @@ Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int n
   if (fast && u.aggregate) return (B == 1 && !write_noise && !carry) ? Trains::FUSED : Trains::AGG_FAST;
   if (fast && !write_noise) return Trains::FUSED;
 #else
-  (void)g, (void)u, (void)B, (void)nw, (void)O, (void)I, (void)w_p, (void)carry;
+  (void)w_p, (void)carry;
+  // aggregated batches on the portable lanes (one-sample calls: the job path, active columns only)
+  if (g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1 && u.aggregate && B > 1) return Trains::AGG_LANES;
 #endif
   return Trains::GENERIC;
 }
@@ -761,6 +979,10 @@ RowFn pick_row_fn(const DeviceGlobals& g, const UpdateArgs& u, const Trains& T) 
     return g.mult_noise ? &run_row_fused<true, true, false> : &run_row_fused<false, true, false>;
   }
 #endif
+  if (T.path == Trains::AGG_LANES) {
+    if (!g.has_noise) return &run_row_lanes_rt<true, false>;
+    return g.mult_noise ? &run_row_lanes_rt<true, true> : &run_row_lanes_rt<false, true>;
+  }
   if (g.kind == KIND_LINEAR) {
     if (!g.has_noise) return &run_row<KIND_LINEAR, true, false>;
     return g.mult_noise ? &run_row<KIND_LINEAR, true, true> : &run_row<KIND_LINEAR, false, true>;
@@ -958,9 +1180,10 @@ void chopped_carry_raw(float* w, float* w_p, const float* params, const DeviceGl
       aggregate_normals_of(ul.seed, P.offset[q], e.data(), static_cast<int>(L), P.z.data() + q * L);
     }
   }
-  if (columns) {
-    T.gev.assign(static_cast<size_t>((I + 15) / 16), {});
-    for (int q = 0; q < P.nev; ++q) T.gev[static_cast<size_t>(P.slice[q] / 16)].push_back(q);
+  if (columns) {  // the events of each group of columns (AVX-512: 16, lanes: lanes::W)
+    const int gw = T.path == Trains::AGG_LANES ? lanes::W : 16;
+    T.gev.assign(static_cast<size_t>((I + gw - 1) / gw), {});
+    for (int q = 0; q < P.nev; ++q) T.gev[static_cast<size_t>(P.slice[q] / gw)].push_back(q);
   }
   T.carry = &P;
   run_rows(T, w, w_p, params, g, ul, pulses, nthreads, nullptr);

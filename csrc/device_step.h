@@ -301,9 +301,12 @@ AT_HD float agg_poly_sum(float x, float nf) {
   return nf + x * (c2 + x * (c3 + x * c4));
 }
 
+// (AT_HOST_LOG1PF / AT_HOST_EXPM1F: the CPU kernel's vector libm, cpu_agg_lanes.h, when it has one)
 AT_HD float f_log1p(float v) {
 #if defined(__CUDA_ARCH__)
   return log1pf(v);
+#elif defined(AT_HOST_LOG1PF)
+  return AT_HOST_LOG1PF(v);
 #else
   return std::log1p(v);
 #endif
@@ -312,6 +315,8 @@ AT_HD float f_log1p(float v) {
 AT_HD float f_expm1(float v) {
 #if defined(__CUDA_ARCH__)
   return expm1f(v);
+#elif defined(AT_HOST_EXPM1F)
+  return AT_HOST_EXPM1F(v);
 #else
   return std::expm1(v);
 #endif

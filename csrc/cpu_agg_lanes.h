@@ -1,0 +1,276 @@
+// Portable lanes of the aggregated update (tile.update_mode = aggregated) for CPUs without the AVX-512
+// fast path (cpu_fused_avx512.h): 8 consecutive columns of one row carry their moments (m, v) through
+// the row's samples in GCC/Clang vector registers (`vector_size`: AVX2 ymm with -march=native, two SSE
+// or NEON registers elsewhere), contiguous loads only, instead of the generic path's per-(row, sample)
+// job lists. The numbers are the contract's (device_step.h agg_dir / aggregate_sample): a sample that
+// brings a lane 1 to AGG_POLY_MAX pulses updates it in the vector registers with the same float32
+// operations in the same order as the scalar code (so bit-identical); a lane that takes more pulses in
+// one sample (dense updates) runs the scalar aggregate_sample (log1p/expm1) on that lane.
+//
+// Used by cpu_ops.cpp run_row_lanes (KIND_LINEAR, pulsed, one-word trains, aggregated).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+// glibc >= 2.35 has libmvec's float log1pf/expm1f variants (the AVX-512 path's and, here, the AVX2 ones)
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+#define AT_LIBMVEC_FLOAT 1
+#else
+#define AT_LIBMVEC_FLOAT 0
+#endif
+// n > AGG_POLY_MAX on the lanes (dense updates): libmvec's 8-lane log1pf/expm1f; else the scalar
+// aggregate_sample per lane. With them, the scalar code of this build (device_step.h f_log1p/f_expm1:
+// the generic job path's one-sample calls) takes lane 0 of the same functions, so every CPU path of the
+// kernel gives the same n > AGG_POLY_MAX numbers (libms differ by an ulp; the contract allows it across
+// machines, not between two paths of one kernel).
+#if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX2__) && AT_LIBMVEC_FLOAT
+#define AT_LANES_MANY 1
+extern "C" __m256 _ZGVdN8v_log1pf(__m256);
+extern "C" __m256 _ZGVdN8v_expm1f(__m256);
+inline float at_log1pf_lanes(float x) { return _mm256_cvtss_f32(_ZGVdN8v_log1pf(_mm256_set1_ps(x))); }
+inline float at_expm1f_lanes(float x) { return _mm256_cvtss_f32(_ZGVdN8v_expm1f(_mm256_set1_ps(x))); }
+#define AT_HOST_LOG1PF at_log1pf_lanes
+#define AT_HOST_EXPM1F at_expm1f_lanes
+#else
+#define AT_LANES_MANY 0
+#endif
+
+#include "device_step.h"
+
+namespace analogtrain {
+namespace lanes {
+
+constexpr int W = 8;  // columns per group
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(32)));
+
+inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s}; }
+inline vi splat_i(int32_t s) { return vi{s, s, s, s, s, s, s, s}; }
+// m ? a : b per lane (m: 0 or -1, as the vector comparisons give)
+inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+inline vi sel_i(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
+inline bool any(vi m) {
+#if defined(__AVX__)
+  return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#else
+  uint64_t q[4];
+  std::memcpy(q, &m, sizeof(q));
+  return (q[0] | q[1] | q[2] | q[3]) != 0;
+#endif
+}
+// _mm*_max_ps / min_ps semantics (the second operand when unordered), as clip_bounds
+inline vf vmax(vf a, vf b) { return sel(a > b, a, b); }
+inline vf vmin(vf a, vf b) { return sel(a < b, a, b); }
+
+// nl <= W lanes from p, the rest 0
+template <class V, class T>
+inline V load(const T* p, int nl) {
+  V v{};
+  if (nl == W)
+    std::memcpy(&v, p, sizeof(V));
+  else
+    std::memcpy(&v, p, sizeof(T) * static_cast<size_t>(nl));
+  return v;
+}
+
+inline vf vsqrt(vf x) {
+#if defined(__AVX__)
+  return (vf)_mm256_sqrt_ps((__m256)x);
+#else
+  for (int l = 0; l < W; ++l) x[l] = sqrtf(x[l]);  // (v >= 0: the same correctly rounded root)
+  return x;
+#endif
+}
+
+// p[l] = v[l] on the lanes of mk among the first nl (the others keep their values)
+inline void store_masked(float* p, vf v, vi mk, int nl) {
+  vf old = load<vf>(p, nl);
+  old = sel(mk, v, old);
+  if (nl == W)
+    std::memcpy(p, &old, sizeof(vf));
+  else
+    std::memcpy(p, &old, sizeof(float) * static_cast<size_t>(nl));
+}
+
+// the number of set bits of each lane (SWAR: no vector popcount instruction before AVX-512)
+inline vi popcount(vi xi) {
+  vu x = (vu)xi;
+  x = x - ((x >> 1) & 0x55555555u);
+  x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+  x = (x + (x >> 4)) & 0x0F0F0F0Fu;
+  return (vi)((x * 0x01010101u) >> 24);
+}
+
+// The parameter planes of one row (KIND_LINEAR): pointers at the row's first element.
+struct RowPlanes {
+  const float *ref, *bmin, *bmax, *s_up, *s_dn, *c_up, *c_dn;
+};
+
+#define AT_LANES_INLINE inline __attribute__((always_inline))
+
+// The parameters and per-direction constants of the W columns [j0, j0 + nl) of one row; the moments
+// (m, v) are the caller's locals (kept in registers through the sample loop), passed to the updates.
+struct Group {
+  int nl = 0;
+  vi lm{};
+  vf ref, bmn, bmx, s_up, s_dn, c_up, c_dn;
+  vf al_up, al_dn, ia_up, ia_dn, eps_up, eps_dn;  // agg_dir's alpha, iA, eps per direction
+  vf k1_up, k1_dn, q1_up, q1_dn;  // one-pulse variance maps (aggregate_sample with n = 1)
+  vf l_up, l_dn, iu_up, iu_dn, lq_up, lq_dn, ie_up, ie_dn, ib_up, ib_dn;  // agg_dir_multi's, on demand
+  bool have_many = false;
+  float sigma = 0.0f;  // g.sigma (c2c noise)
+
+  // planes: the row's parameters. Returns the starting mean m = state + ref (state: the row's stored
+  // device state w_dev − ref).
+  template <bool MULT>
+  vf load_group(const float* state, const RowPlanes& P, int j0, int n_lanes, const DeviceGlobals& g) {
+    nl = n_lanes;
+    sigma = g.sigma;
+    const vi idx{0, 1, 2, 3, 4, 5, 6, 7};
+    lm = idx < splat_i(nl);
+    ref = load<vf>(P.ref + j0, nl), bmn = load<vf>(P.bmin + j0, nl), bmx = load<vf>(P.bmax + j0, nl);
+    s_up = load<vf>(P.s_up + j0, nl), s_dn = load<vf>(P.s_dn + j0, nl);
+    c_up = load<vf>(P.c_up + j0, nl), c_dn = load<vf>(P.c_dn + j0, nl);
+    direction<MULT>(s_up, c_up, g, al_up, ia_up, eps_up, k1_up, q1_up);
+    direction<MULT>(-s_dn, c_dn, g, al_dn, ia_dn, eps_dn, k1_dn, q1_dn);
+    return load<vf>(state + j0, nl) + ref;
+  }
+
+  // agg_dir: α = max(g·s, AGG_ALPHA_MIN), iA = 1/(1 + α), ε = ((α·σ)·iA)²; and the n = 1 factors of
+  // aggregate_sample in its operation order: k1 = (A·A)(1 + ε) (mult) or A·A, q1 = (σc)² (additive).
+  template <bool MULT>
+  static void direction(vf gs, vf c, const DeviceGlobals& g, vf& alpha, vf& iA, vf& eps, vf& k1, vf& q1) {
+    const vf one = splat(1.0f), sig = splat(g.sigma);
+    alpha = vmax(gs, splat(AGG_ALPHA_MIN));
+    const vf an = one + alpha;
+    iA = one / an;
+    const vf q = (alpha * sig) * iA;
+    eps = q * q;
+    if (MULT) {
+      k1 = (an * an) * (one + eps);
+      q1 = splat(0.0f);
+    } else {
+      k1 = an * an;
+      const vf sc = sig * c;
+      q1 = sc * sc;
+    }
+  }
+
+  // The new moments of the lanes mk: a mean beyond a bound is clipped with v' = 0, as a non-finite v'.
+  AT_LANES_INLINE void store(vi mk, vf mn, vf vn, vf& m, vf& v) const {
+    const vi out = (mn < bmn) | (mn > bmx) | ~(vn <= splat(3.4028234663852886e38f));
+    mn = vmin(vmax(mn, bmn), bmx);
+    vn = sel(out, splat(0.0f), vn);
+    m = sel(mk, mn, m);
+    v = sel(mk, vn, v);
+  }
+
+  // d = ±(s·m + c) of each lane's direction (−y: the sign bit flipped, exactly the product with −1)
+  AT_LANES_INLINE vf step(vi up, vf m) const {
+    const vf y = sel(up, s_up, s_dn) * m + sel(up, c_up, c_dn);
+    return sel(up, y, -y);
+  }
+
+  // One pulse on the lanes mk (up: their up lanes): m' = m + d, v' = k1·v + (σd)² (mult) or k1·v + q1.
+  template <bool MULT, bool NOISE>
+  AT_LANES_INLINE void one_pulse(vi mk, vi up, vf& m, vf& v) const {
+    const vf d = step(up, m);
+    vf vn = splat(0.0f);
+    if (NOISE) {
+      const vf k1 = sel(up, k1_up, k1_dn);
+      const vf t = splat(sigma) * d;
+      vn = MULT ? k1 * v + t * t : k1 * v + sel(up, q1_up, q1_dn);
+    }
+    store(mk, m + d, vn, m, v);
+  }
+
+  // n pulses (1 <= n <= AGG_POLY_MAX) on the lanes mk, multi = those with n >= 2: the sums of
+  // aggregate_sample as the binomial polynomials (agg_poly_sum, same operations), n = 1 lanes exact.
+  template <bool MULT, bool NOISE>
+  AT_LANES_INLINE void few_pulses(vi mk, vi up, vi n, vi multi, vf& m, vf& v) const {
+    const vf one = splat(1.0f);
+    const vf nf = __builtin_convertvector(n, vf);
+    const vf c2 = (nf * (nf - one)) * splat(0.5f);
+    const vf c3 = (c2 * (nf - splat(2.0f))) / splat(3.0f);
+    const vf c4 = (c3 * (nf - splat(3.0f))) * splat(0.25f);
+    const auto poly = [&](vf x) { return nf + x * (c2 + x * (c3 + x * c4)); };  // Σ_{k<n} (1 + x)^k
+    const vf alpha = sel(up, al_up, al_dn);
+    const vf r_p = poly(alpha);
+    const vf e = sel(multi, alpha * r_p, alpha);  // A^n − 1
+    const vf r = sel(multi, r_p, one);            // Σ_{k<n} A^k
+    const vf d = step(up, m);
+    vf vn = splat(0.0f);
+    if (NOISE) {
+      const vf an = one + e;
+      if (MULT) {
+        const vf eps = sel(up, eps_up, eps_dn);
+        const vf sq = sel(multi, poly(eps), one);  // Σ_{j<n} (1 + ε)^j
+        const vf an1 = sel(multi, an * sel(up, ia_up, ia_dn), one);  // A^{n−1}
+        const vf t = (splat(sigma) * d) * an1;
+        vn = ((an * an) * (one + eps * sq)) * v + (t * t) * sq;
+      } else {
+        const vf sa = sel(multi, poly(alpha * (alpha + splat(2.0f))), one);  // Σ_{k<n} A^{2k}
+        const vf sc = splat(sigma) * sel(up, c_up, c_dn);
+        vn = (an * an) * v + (sc * sc) * sa;
+      }
+    }
+    store(mk, m + d * r, vn, m, v);
+  }
+
+#if AT_LANES_MANY
+  // agg_dir_multi per direction: log1p(α), 1/α, log1p(ε), 1/ε, 1/(α(α + 2))
+  void many_constants() {
+    const vf one = splat(1.0f), two = splat(2.0f);
+    const auto lp = [](vf x) { return (vf)_ZGVdN8v_log1pf((__m256)x); };
+    l_up = lp(al_up), l_dn = lp(al_dn);
+    iu_up = one / al_up, iu_dn = one / al_dn;
+    lq_up = lp(eps_up), lq_dn = lp(eps_dn);
+    ie_up = one / eps_up, ie_dn = one / eps_dn;
+    ib_up = one / (al_up * (al_up + two)), ib_dn = one / (al_dn * (al_dn + two));
+    have_many = true;
+  }
+
+  // n > AGG_POLY_MAX pulses on the lanes mk: aggregate_sample's closed form (E = expm1(n·log1p α), the
+  // α = 0, ε = 0 and short-series cases), the same operations with libmvec's log1pf/expm1f.
+  template <bool MULT, bool NOISE>
+  void many_pulses(vi mk, vi up, vi n, vf& m, vf& v) {
+    if (!have_many) many_constants();
+    const vf one = splat(1.0f), zero = splat(0.0f);
+    const auto em1 = [](vf x) { return (vf)_ZGVdN8v_expm1f((__m256)x); };
+    const vf nf = __builtin_convertvector(n, vf);
+    const vf alpha = sel(up, al_up, al_dn);
+    const vi a0 = alpha == zero;
+    const vf e = em1(nf * sel(up, l_up, l_dn));      // A^n − 1
+    const vf r = sel(a0, nf, e * sel(up, iu_up, iu_dn));  // Σ_{k<n} A^k
+    const vf d = step(up, m);
+    vf vn = zero;
+    if (NOISE) {
+      const vf an = one + e;
+      if (MULT) {
+        const vf eps = sel(up, eps_up, eps_dn);
+        const vi e0 = eps == zero;
+        const vf ne = nf * eps;
+        const vi ser = (ne < splat(AGG_SERIES_MAX)) & ~e0;
+        vf sq = nf * (one + ((nf - one) * eps) * splat(0.5f));  // the series
+        if (any(mk & ~(ser | e0))) sq = sel(ser, sq, em1(nf * sel(up, lq_up, lq_dn)) * sel(up, ie_up, ie_dn));
+        sq = sel(e0, nf, sq);
+        const vf t = (splat(sigma) * d) * (an * sel(up, ia_up, ia_dn));  // A^{n−1} = A^n · iA
+        vn = ((an * an) * (one + eps * sq)) * v + (t * t) * sq;
+      } else {
+        const vf sa = sel(a0, nf, (e * (e + splat(2.0f))) * sel(up, ib_up, ib_dn));  // Σ_{k<n} A^{2k}
+        const vf sc = splat(sigma) * sel(up, c_up, c_dn);
+        vn = (an * an) * v + (sc * sc) * sa;
+      }
+    }
+    store(mk, m + d * r, vn, m, v);
+  }
+#endif
+};
+
+}  // namespace lanes
+}  // namespace analogtrain
