@@ -53,7 +53,6 @@ inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s}; }
 inline vi splat_i(int32_t s) { return vi{s, s, s, s, s, s, s, s}; }
 // m ? a : b per lane (m: 0 or -1, as the vector comparisons give)
 inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-inline vi sel_i(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
 inline bool any(vi m) {
 #if defined(__AVX__)
   return !_mm256_testz_si256((__m256i)m, (__m256i)m);
@@ -117,7 +116,6 @@ struct RowPlanes {
 // (m, v) are the caller's locals (kept in registers through the sample loop), passed to the updates.
 struct Group {
   int nl = 0;
-  vi lm{};
   vf ref, bmn, bmx, s_up, s_dn, c_up, c_dn;
   vf al_up, al_dn, ia_up, ia_dn, eps_up, eps_dn;  // agg_dir's alpha, iA, eps per direction
   vf k1_up, k1_dn, q1_up, q1_dn;  // one-pulse variance maps (aggregate_sample with n = 1)
@@ -131,8 +129,6 @@ struct Group {
   vf load_group(const float* state, const RowPlanes& P, int j0, int n_lanes, const DeviceGlobals& g) {
     nl = n_lanes;
     sigma = g.sigma;
-    const vi idx{0, 1, 2, 3, 4, 5, 6, 7};
-    lm = idx < splat_i(nl);
     ref = load<vf>(P.ref + j0, nl), bmn = load<vf>(P.bmin + j0, nl), bmx = load<vf>(P.bmax + j0, nl);
     s_up = load<vf>(P.s_up + j0, nl), s_dn = load<vf>(P.s_dn + j0, nl);
     c_up = load<vf>(P.c_up + j0, nl), c_dn = load<vf>(P.c_dn + j0, nl);

@@ -697,8 +697,10 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
     vi touched = splat_i(0), cnt = splat_i(0);
     alignas(32) float ma[W], va[W];
     alignas(32) int32_t ta[W];
+#if !AT_LANES_MANY
     AggDir dirs[2][W];  // scalar constants of lanes that take n > AGG_POLY_MAX pulses (on demand)
     bool have[2][W] = {};
+#endif
     // event q (CarryPlan) on the spilled lanes: finish the group's touched lanes of slice q
     // (clip(m + sqrt(v)·z), store; the moments restart from the stored value), then copy the slice's
     // visible weight to the snapshot (agg_lanes_event)
@@ -708,11 +710,11 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
       for (int l = lb; l < le; ++l) {
         if (!ta[l]) continue;
         const int j = j0 + l;
+        const ElemParams p = load_params(params, plane, row + j);
         const float z = NOISE ? cp->z[q * cp->L + (cp->columns ? i : j)] : 0.0f;
-        const float wd = clip_bounds(NOISE ? ma[l] + sqrtf(va[l]) * z : ma[l], G.bmn[l], G.bmx[l]);
-        const float st = wd - G.ref[l];
+        const float st = aggregate_draw(ma[l], va[l], p, g, z) - p.ref;
         store_state(w, w_p, row + j, st, g, u.seed, cp->offset[q], 0u);
-        ma[l] = st + G.ref[l];
+        ma[l] = st + p.ref;
         va[l] = 0.0f;
         ta[l] = 0;
       }
@@ -763,8 +765,7 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
       if (!any(big)) continue;
 #if AT_LANES_MANY
       G.many_pulses<MULT, NOISE>(big, up, n, m, v);
-      continue;
-#endif
+#else
       spill();
       for (int l = 0; l < G.nl; ++l) {  // n > AGG_POLY_MAX: the scalar closed form (log1p/expm1)
         if (!big[l]) continue;
@@ -775,6 +776,7 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
         aggregate_sample<MULT, NOISE>(ma[l], va[l], n[l], u_l, p, g, a);
       }
       reload();
+#endif
     }
     if (qe < nev) {
       spill();
