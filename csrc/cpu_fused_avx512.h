@@ -13,8 +13,9 @@
 // Lanes are distinct elements of one row, so the per-element sample order is untouched; the exact
 // mode is bit-identical to the generic path (the tests compare both against the reference).
 // Needs glibc's libmvec (the double _ZGVeN8v_log/cos/sin are declared by cpu_ops.cpp) and AVX-512
-// F/DQ/VPOPCNTDQ; elsewhere (or built with ANALOGTRAIN_KERNEL_PATHS=generic: -DANALOGTRAIN_GENERIC_ONLY)
-// AT_FUSED_AVX512 is 0 and the generic path runs.
+// F/DQ/VPOPCNTDQ; elsewhere (or built with ANALOGTRAIN_KERNEL_PATHS=generic or =portable:
+// -DANALOGTRAIN_GENERIC_ONLY / -DANALOGTRAIN_NO_AVX512) AT_FUSED_AVX512 is 0 and the portable paths run
+// (cpu_fused_avx2.h, cpu_agg_lanes.h, the generic job path).
 #pragma once
 
 #include <cstdint>
@@ -43,25 +44,6 @@ struct CarryPlan {
   const float* w = nullptr;
 };
 
-}  // namespace analogtrain
-
-// (glibc >= 2.35: libmvec's float log1pf/expm1f/expf variants, which this path calls)
-#if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && \
-    defined(__AVX512DQ__) && !defined(ANALOGTRAIN_GENERIC_ONLY) && defined(__GLIBC__) && \
-    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
-#define AT_FUSED_AVX512 1
-
-extern "C" __m512 _ZGVeN16v_log1pf(__m512);
-extern "C" __m512 _ZGVeN16v_expm1f(__m512);
-extern "C" __m512 _ZGVeN16v_expf(__m512);
-
-namespace analogtrain {
-
-// The aggregated sample loop's helpers must inline into it: an out-of-line call takes the address of the
-// 16 lanes' state (AggLanes), which then lives in memory on every sample (measured ~25% slower when GCC
-// stopped inlining agg_lanes_load / agg_lanes_finish after the carry mode was added).
-#define AT_HOT_INLINE inline __attribute__((always_inline))
-
 // The inputs of one row's update that do not change from sample to sample.
 struct FusedRow {
   int32_t row;              // i·I: flat index of the row's first element
@@ -76,7 +58,7 @@ struct FusedRow {
   const float* ref;
   float* prow;              // pulse counts of this row (I floats, accumulated)
   const float* params;      // all planes (NP, O, I): one gather picks slope/scale up or down per lane
-  int32_t plane;            // O·I (NP·O·I < 2^31 on this path: pick_path)
+  int32_t plane;            // O·I (NP·O·I < 2^31 on these paths: pick_path)
 };
 
 // Per-thread job list of one (row, sample).
@@ -84,6 +66,25 @@ struct FusedJobs {
   std::vector<int32_t> j, n;
   std::vector<float> sx;
 };
+
+}  // namespace analogtrain
+
+// (glibc >= 2.35: libmvec's float log1pf/expm1f/expf variants, which this path calls)
+#if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && \
+    defined(__AVX512DQ__) && !defined(ANALOGTRAIN_GENERIC_ONLY) && !defined(ANALOGTRAIN_NO_AVX512) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+#define AT_FUSED_AVX512 1
+
+extern "C" __m512 _ZGVeN16v_log1pf(__m512);
+extern "C" __m512 _ZGVeN16v_expm1f(__m512);
+extern "C" __m512 _ZGVeN16v_expf(__m512);
+
+namespace analogtrain {
+
+// The aggregated sample loop's helpers must inline into it: an out-of-line call takes the address of the
+// 16 lanes' state (AggLanes), which then lives in memory on every sample (measured ~25% slower when GCC
+// stopped inlining agg_lanes_load / agg_lanes_finish after the carry mode was added).
+#define AT_HOT_INLINE inline __attribute__((always_inline))
 
 // Lanes q < remaining of a 16-lane step (all 16 when remaining >= 16, none when remaining <= 0).
 inline __mmask16 tail_mask16(int64_t remaining) {

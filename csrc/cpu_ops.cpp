@@ -50,7 +50,12 @@ extern "C" __m256d _ZGVdN4v_sin(__m256d);
 #define AT_VEC_WIDTH 1
 #endif
 
-#include "cpu_fused_avx512.h"  // AVX-512 fast path of the pulsed update (AT_FUSED_AVX512)
+#include "cpu_fused_avx512.h"  // AVX-512 fast paths of the pulsed update (AT_FUSED_AVX512)
+#include "cpu_fused_avx2.h"    // else the AVX2 one of the exact mode (AT_FUSED_AVX2)
+// either fast path of the exact mode (fused_jobs / fused_apply: run_row_fused, run_flat_fused), and
+// whether it also takes the aggregated mode's one-sample calls (fused_apply<.., AGG = true>)
+#define AT_FUSED (AT_FUSED_AVX512 || AT_FUSED_AVX2)
+#define AT_FUSED_AGG (AT_FUSED_AVX512 || (AT_FUSED_AVX2 && AT_LANES_MANY))
 
 namespace analogtrain {
 namespace {
@@ -817,7 +822,7 @@ void run_row_lanes_rt(const Trains& T, int i, float* w, float* w_p, const float*
     run_row_lanes<MULT, NOISE, false>(T, i, w, w_p, params, plane, g, u, pulses, s, rtot);
 }
 
-#if AT_FUSED_AVX512
+#if AT_FUSED
 // The parameter-plane pointers of row i (fast paths).
 FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int64_t plane, float* pulses,
                    bool vis) {
@@ -838,8 +843,8 @@ FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int6
   return R;
 }
 
-// Phase 2 for one row on the AVX-512 fast path (cpu_fused_avx512.h): KIND_LINEAR, pulsed, BL <= 32;
-// AGG: the aggregated mode's one-sample calls.
+// Phase 2 for one row on the fused fast path (cpu_fused_avx512.h, or cpu_fused_avx2.h without AGG):
+// KIND_LINEAR, pulsed, BL <= 32; AGG: the aggregated mode's one-sample calls.
 template <bool MULT, bool NOISE, bool AGG>
 void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
                    const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
@@ -864,6 +869,7 @@ void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* pa
 // the jobs of ALL rows in one list with flat element indices (j = i·I + column, sign sd_i·sx_j: a ±1
 // product, exact either way round), applied 16 at a time by fused_apply with R.row = 0 and sdi = 1 —
 // lanes then span rows (elements are independent within a sample) instead of one short list per row.
+// (16 at a time on AVX-512, 8 on AVX2.)
 // Same numbers as run_row_fused. Returns the pulses applied.
 constexpr int FLAT_MAX_ACTIVE = 4;
 template <bool MULT, bool NOISE, bool AGG>
@@ -897,6 +903,9 @@ int64_t run_flat_fused_rt(const Trains& T, float* w, float* w_p, const float* pa
   return g.mult_noise ? run_flat_fused<true, true, AGG>(T, w, w_p, params, plane, g, u, pulses)
                       : run_flat_fused<false, true, AGG>(T, w, w_p, params, plane, g, u, pulses);
 }
+#endif
+
+#if AT_FUSED_AVX512
 
 // Phase 2 for one row in the aggregated mode on the AVX-512 path: 16 columns at a time, moments in
 // registers through the samples (cpu_fused_avx512.h aggregate_chunk).
@@ -959,9 +968,18 @@ Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int n
   if (fast && u.aggregate) return (B == 1 && !write_noise && !carry) ? Trains::FUSED : Trains::AGG_FAST;
   if (fast && !write_noise) return Trains::FUSED;
 #else
-  (void)w_p, (void)carry;
-  // aggregated batches on the portable lanes (one-sample calls: the job path, active columns only)
-  if (g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1 && u.aggregate && B > 1) return Trains::AGG_LANES;
+  const bool lin1 = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1;
+  // aggregated batches on the portable lanes
+  if (lin1 && u.aggregate && B > 1) return Trains::AGG_LANES;
+#if AT_FUSED_AVX2
+  // the AVX2 fused path without write noise (the visible weight is the state): the exact mode, and
+  // where AT_FUSED_AGG the aggregated one-sample calls (else the job path, active columns only)
+  if (lin1 && !(w_p && g.write_noise > 0.0f) && static_cast<int64_t>(NP_PLANES) * O * I < (int64_t{1} << 31) &&
+      (!u.aggregate || (AT_FUSED_AGG && !carry)))
+    return Trains::FUSED;
+#else
+  (void)w_p, (void)O, (void)I, (void)carry;
+#endif
 #endif
   return Trains::GENERIC;
 }
@@ -972,10 +990,14 @@ RowFn pick_row_fn(const DeviceGlobals& g, const UpdateArgs& u, const Trains& T) 
     if (!g.has_noise) return &run_row_agg<true, false>;
     return g.mult_noise ? &run_row_agg<true, true> : &run_row_agg<false, true>;
   }
+#endif
+#if AT_FUSED_AGG
   if (T.path == Trains::FUSED && u.aggregate) {
     if (!g.has_noise) return &run_row_fused<true, false, true>;
     return g.mult_noise ? &run_row_fused<true, true, true> : &run_row_fused<false, true, true>;
   }
+#endif
+#if AT_FUSED
   if (T.path == Trains::FUSED) {
     if (!g.has_noise) return &run_row_fused<true, false, false>;
     return g.mult_noise ? &run_row_fused<true, true, false> : &run_row_fused<false, true, false>;
@@ -1033,10 +1055,14 @@ void run_rows(const Trains& T, float* w, float* w_p, const float* params, const 
               float* pulses, int nthreads, int64_t* row_tot) {
   const int B = T.B, O = T.O;
   const int64_t plane = static_cast<int64_t>(O) * T.I;
-#if AT_FUSED_AVX512
+#if AT_FUSED
   if (T.path == Trains::FUSED && B == 1 && T.nact[0] <= FLAT_MAX_ACTIVE) {  // e.g. one-hot C writes
+#if AT_FUSED_AGG
     const int64_t tot = u.aggregate ? run_flat_fused_rt<true>(T, w, w_p, params, plane, g, u, pulses)
                                     : run_flat_fused_rt<false>(T, w, w_p, params, plane, g, u, pulses);
+#else
+    const int64_t tot = run_flat_fused_rt<false>(T, w, w_p, params, plane, g, u, pulses);  // (exact mode only)
+#endif
     if (row_tot) row_tot[0] += tot;
     return;
   }
@@ -1609,8 +1635,9 @@ at::Tensor device_step_cpu(const at::Tensor& w_dev, const at::Tensor& up, const 
   return out;
 }
 
-// 1 when this build has the AVX-512 fast paths (cpu_fused_avx512.h), 0 when only the generic path.
-int64_t cpu_fast_paths() { return AT_FUSED_AVX512; }
+// Which fast paths this build has: 1 the AVX-512 ones (cpu_fused_avx512.h), 2 the AVX2 one of the exact
+// mode (cpu_fused_avx2.h), 0 none (the portable lanes and the generic job path).
+int64_t cpu_fast_paths() { return AT_FUSED_AVX512 ? 1 : (AT_FUSED_AVX2 ? 2 : 0); }
 
 }  // namespace
 }  // namespace analogtrain

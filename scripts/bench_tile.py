@@ -214,8 +214,10 @@ def main(argv=None) -> int:
     paths = ""
     if "compiled" in a.backends:
         fast = int(torch.ops.analogtrain.cpu_fast_paths())
-        paths = "; CPU kernel: " + ("AVX-512 fast paths" if fast else
-                                    "portable paths (aggregated: 8-lane vectors; pulsed: the generic job path)")
+        paths = "; CPU kernel: " + {
+            1: "AVX-512 fast paths",
+            2: "AVX2 paths (pulsed and one-sample calls: the 8-lane fused path; aggregated batches: 8-lane vectors)",
+        }.get(fast, "portable paths (aggregated batches: 8-lane vectors; the rest: the generic job path)")
     print(f"\nOne training step of one layer, batch {a.batch}, device softbounds; medians in ms; "
           f"ratio = step / digital step (same size, regime, threads); paired = median over steps of step / the digital step timed just before it{paths}\n")
     hdr = f"| {'size':>9} | {'algo':7} | {'mode':10} | {'lr':13} | {'backend':9} | thr | {'forward':>8} | {'backward':>8} | " \

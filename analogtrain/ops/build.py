@@ -30,7 +30,8 @@ __all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_name", "BuildError", "C
 
 CPU_SOURCES = ("cpu_ops.cpp",)
 CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
-HEADERS = ("philox.h", "device_step.h", "pulsed_update.h", "cpu_fused_avx512.h", "cpu_agg_lanes.h")
+HEADERS = ("philox.h", "device_step.h", "pulsed_update.h", "cpu_fused_avx512.h", "cpu_fused_avx2.h",
+           "cpu_agg_lanes.h")
 
 # -ffp-contract=off / --fmad=false: no fused multiply-add, so every float operation rounds exactly as
 # the torch reference does (bit-identical deterministic paths, see devices/step.py).
@@ -85,19 +86,20 @@ def _libmvec_flags() -> tuple[list[str], list[str]]:
     return [], []
 
 
-# ANALOGTRAIN_KERNEL_PATHS=generic builds the CPU kernel without its AVX-512 fast paths (the code every
-# machine without AVX-512 F/DQ/VPOPCNTDQ or libmvec runs), so CI on an AVX-512 machine can test it too.
+# ANALOGTRAIN_KERNEL_PATHS selects which CPU paths a build has, so CI on one machine can test the code
+# other machines run: ``generic`` leaves out every fast path (AVX-512 and AVX2: the generic job path and
+# the portable aggregated lanes remain), ``portable`` leaves out only the AVX-512 ones (what a CPU with
+# AVX2 but no AVX-512 runs); ``auto`` (or unset) builds everything the CPU supports.
 KERNEL_PATHS_ENV = "ANALOGTRAIN_KERNEL_PATHS"
+KERNEL_PATHS = {"auto": [], "generic": ["-DANALOGTRAIN_GENERIC_ONLY"], "portable": ["-DANALOGTRAIN_NO_AVX512"]}
 
 
 def _path_flags() -> list[str]:
-    """-DANALOGTRAIN_GENERIC_ONLY when ``ANALOGTRAIN_KERNEL_PATHS=generic`` (part of the cache name)."""
-    v = os.environ.get(KERNEL_PATHS_ENV, "").strip().lower()
-    if v in ("", "auto"):
-        return []
-    if v == "generic":
-        return ["-DANALOGTRAIN_GENERIC_ONLY"]
-    raise BuildError(f"{KERNEL_PATHS_ENV}='{v}' is not allowed; choose auto or generic")
+    """The -D flags of ``ANALOGTRAIN_KERNEL_PATHS`` (part of the cache name); unknown values refused."""
+    v = os.environ.get(KERNEL_PATHS_ENV, "").strip().lower() or "auto"
+    if v not in KERNEL_PATHS:
+        raise BuildError(f"{KERNEL_PATHS_ENV}='{v}' is not allowed; choose one of {', '.join(KERNEL_PATHS)}")
+    return list(KERNEL_PATHS[v])
 
 
 def _march_flags() -> list[str]:
