@@ -51,8 +51,15 @@ typedef uint32_t vu __attribute__((vector_size(32)));
 
 inline vf splat(float s) { return vf{s, s, s, s, s, s, s, s}; }
 inline vi splat_i(int32_t s) { return vi{s, s, s, s, s, s, s, s}; }
-// m ? a : b per lane (m: 0 or -1, as the vector comparisons give)
-inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+// m ? a : b per lane (m: 0 or -1, as the vector comparisons give; one blend where AVX has it: the
+// moments' chain through a row's samples is a few of these, so their latency is the loop's)
+inline vf sel(vi m, vf a, vf b) {
+#if defined(__AVX__)
+  return (vf)_mm256_blendv_ps((__m256)b, (__m256)a, (__m256)m);
+#else
+  return (vf)(((vi)a & m) | ((vi)b & ~m));
+#endif
+}
 inline bool any(vi m) {
 #if defined(__AVX__)
   return !_mm256_testz_si256((__m256i)m, (__m256i)m);
@@ -63,8 +70,13 @@ inline bool any(vi m) {
 #endif
 }
 // _mm*_max_ps / min_ps semantics (the second operand when unordered), as clip_bounds
+#if defined(__AVX__)
+inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+#else
 inline vf vmax(vf a, vf b) { return sel(a > b, a, b); }
 inline vf vmin(vf a, vf b) { return sel(a < b, a, b); }
+#endif
 
 // nl <= W lanes from p, the rest 0
 template <class V, class T>

@@ -19,6 +19,10 @@
 // its libmvec lanes, AT_LANES_MANY): each job's n pulses as moments from (w, 0) with cpu_agg_lanes.h's
 // Group operations (the contract's, so the generic path's numbers), then one aggregate_normal each.
 // Batches in the aggregated mode take cpu_agg_lanes.h's path.
+// The same 8-lane Philox and Box–Muller also serve, on these CPUs, phase 1 (entries8: probabilities,
+// signs and Bernoulli thresholds of the trains), the aggregated mode's final normals of a row
+// (aggregate_normals8) and the IO-noise grids (cpu_ops.cpp philox_grid_rows) — each cpu_fused_avx512.h's
+// 16-lane twin's contract.
 // Needs AVX2 and libmvec; -DANALOGTRAIN_GENERIC_ONLY (ANALOGTRAIN_KERNEL_PATHS=generic) leaves it out.
 #pragma once
 
@@ -87,6 +91,11 @@ inline __m256d uniform4d(__m256i r, int h) {
                        _mm256_set1_pd(5.9604644775390625e-08));
 }
 
+// word_to_uniform on 8 lanes: the exact double rounded to float.
+inline __m256 uniform8(__m256i r) {
+  return _mm256_set_m128(_mm256_cvtpd_ps(uniform4d(r, 1)), _mm256_cvtpd_ps(uniform4d(r, 0)));
+}
+
 // Box–Muller of the word pairs (w0, w1) of 8 lanes in double (philox.h box_muller): rad = sqrt(−2 log u0)
 // and ang = 2π·u1 per half, then float(rad·cos ang) or float(rad·sin ang) on demand.
 struct BM8 {
@@ -115,6 +124,52 @@ inline __m256 bm8_normal(const BM8& b, bool use_sin) {
   return _mm256_set_m128(hi, lo);
 }
 
+// Probabilities, signs and Bernoulli thresholds of n train entries without res discretisation: the
+// contract of cpu_fused_avx512.h entries16 (p = float(|v|·scale) from the double product, sg =
+// sign(v)·slr·chop, t = bernoulli_threshold(p): (q − 1) plus the candidates q − 1, q, q + 1 of
+// q = floor(p·2^24) whose f(c) = float((c + 0.5)·2^-24) < p), 8 entries at a time, 4 in double.
+inline void entries8(const float* v, int n, double scale, float slr, const float* chop, float* p_out, float* sg_out,
+                     uint32_t* thr) {
+  const __m256d sc = _mm256_set1_pd(scale), two24 = _mm256_set1_pd(16777216.0), half = _mm256_set1_pd(0.5);
+  const __m256d inv24 = _mm256_set1_pd(5.9604644775390625e-08), sat = _mm256_set1_pd(1.0 + 1e-7);
+  const __m256d zd = _mm256_setzero_pd(), oned = _mm256_set1_pd(1.0);
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f);
+  for (int q0 = 0; q0 < n; q0 += 8) {
+    const __m256i lm = tail_mask8(n - q0);
+    const __m256 x = _mm256_maskload_ps(v + q0, lm);
+    __m256 sg = _mm256_blendv_ps(_mm256_blendv_ps(zero, mone, _mm256_cmp_ps(x, zero, _CMP_LT_OQ)), one,
+                                 _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
+    sg = _mm256_mul_ps(sg, _mm256_set1_ps(slr));
+    if (chop) sg = _mm256_mul_ps(sg, _mm256_maskload_ps(chop + q0, lm));
+    _mm256_maskstore_ps(sg_out + q0, lm, sg);
+    const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    __m128 ph[2];
+    __m128i th[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m128 axh = h ? _mm256_extractf128_ps(ax, 1) : _mm256_castps256_ps128(ax);
+      const __m128 pf = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(axh), sc));  // probability(): double -> float
+      ph[h] = pf;
+      const __m256d pfd = _mm256_cvtps_pd(pf);
+      const __m256d qd = _mm256_min_pd(_mm256_max_pd(_mm256_floor_pd(_mm256_mul_pd(pfd, two24)), zd), two24);
+      __m256d t = _mm256_sub_pd(qd, oned);
+      for (int dc = -1; dc <= 1; ++dc) {
+        const __m256d c = _mm256_add_pd(qd, _mm256_set1_pd(static_cast<double>(dc)));
+        const __m128 fc = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_add_pd(c, half), inv24));
+        const __m256d valid = _mm256_and_pd(_mm256_cmp_pd(c, zd, _CMP_GE_OQ), _mm256_cmp_pd(c, two24, _CMP_LT_OQ));
+        const __m256d below = _mm256_and_pd(
+            valid, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(_mm_cmp_ps(fc, pf, _CMP_LT_OQ)))));
+        t = _mm256_add_pd(t, _mm256_and_pd(below, oned));
+      }
+      t = _mm256_blendv_pd(t, _mm256_add_pd(t, oned), _mm256_cmp_pd(qd, zd, _CMP_EQ_OQ));  // q = 0: no c < q − 1
+      t = _mm256_blendv_pd(t, two24, _mm256_cmp_pd(pfd, sat, _CMP_GE_OQ));                // saturated
+      t = _mm256_blendv_pd(t, zd, _mm256_cmp_pd(pfd, zd, _CMP_NGT_UQ));                   // !(p > 0)
+      th[h] = _mm256_cvttpd_epi32(t);
+    }
+    _mm256_maskstore_ps(p_out + q0, lm, _mm256_set_m128(ph[1], ph[0]));
+    _mm256_maskstore_epi32(reinterpret_cast<int*>(thr + q0), lm, _mm256_set_m128i(th[1], th[0]));
+  }
+}
+
 // One pulse on the lanes of mq (device_step_t<KIND_LINEAR, MULT, NOISE>, as step16): fac = 1 + σz,
 // Δ = (s·w + c)·fac (mult) or s·w + c·fac, w ← clip(w + sg·Δ).
 template <bool MULT, bool NOISE>
@@ -141,6 +196,37 @@ inline __m256 aggregate_normal8(__m256i e, uint64_t seed, uint64_t offset) {
   __m256 z = bm8_normal(b, false);
   if (!_mm256_testz_si256(odd, odd)) z = _mm256_blendv_ps(z, bm8_normal(b, true), _mm256_castsi256_ps(odd));
   return z;
+}
+
+// z[t] = aggregate_normal(e_begin + t) for t < n (device_step.h: counter e >> 2, normal e & 3 of its
+// block), four consecutive elements per counter: one philox8, two logarithms and a cosine and a sine of
+// each word pair make 32 normals, transposed from (normal, counter) to element order in registers.
+// z needs room for n + 35 floats.
+inline void aggregate_normals8(uint64_t seed, uint64_t offset, int64_t e_begin, int n, float* z) {
+  const int64_t c_begin = e_begin >> 2;
+  const int skip = static_cast<int>(e_begin & 3);  // z[0] is element 4·c_begin + skip
+  alignas(32) float head[32];
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int t0 = 0; t0 < n + skip; t0 += 32) {
+    __m256i r0, r1, r2, r3;
+    philox8(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(c_begin + t0 / 4)), lane), S_PULSE_NOISE, 0u,
+            0u, seed, offset, r0, r1, r2, r3);
+    const BM8 b01 = bm8_prepare(r0, r1), b23 = bm8_prepare(r2, r3);
+    const __m256 z0 = bm8_normal(b01, false), z1 = bm8_normal(b01, true);
+    const __m256 z2 = bm8_normal(b23, false), z3 = bm8_normal(b23, true);
+    // (z0 z1 | z2 z3) pairs of counters 0,1 / 2,3 (and 4,5 / 6,7 in the high halves), then the quads
+    const __m256d a = _mm256_castps_pd(_mm256_unpacklo_ps(z0, z1)), b = _mm256_castps_pd(_mm256_unpackhi_ps(z0, z1));
+    const __m256d c = _mm256_castps_pd(_mm256_unpacklo_ps(z2, z3)), d = _mm256_castps_pd(_mm256_unpackhi_ps(z2, z3));
+    const __m256 q04 = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c)), q15 = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
+    const __m256 q26 = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d)), q37 = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
+    float* dst = t0 == 0 ? head : z - skip + t0;
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(q04, q15, 0x20));       // counters 0, 1
+    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(q26, q37, 0x20));   // 2, 3
+    _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(q04, q15, 0x31));  // 4, 5
+    _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(q26, q37, 0x31));  // 6, 7
+    if (t0 == 0)
+      for (int k = skip; k < 32; ++k) z[k - skip] = head[k];
+  }
 }
 
 // The permutation that packs the set lanes of an 8-bit mask to the front: lane k of the result reads

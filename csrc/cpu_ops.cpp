@@ -175,9 +175,15 @@ void aggregate_normals_of(uint64_t seed, uint64_t offset, const uint32_t* e, int
 // z[t] = aggregate_normal(seed, offset, e0 + t) for t < n: the consecutive elements of a row, four per
 // Philox counter (e >> 2), so one philox_many over the row's counters and one sine-and-cosine
 // Box–Muller per word pair give all of them (a quarter of aggregate_normals_of's Philox calls and half
-// its logarithms). e0 + n <= 2^32.
+// its logarithms; on the AVX2 path all in registers, cpu_fused_avx2.h aggregate_normals8). e0 + n <= 2^32.
 void aggregate_normals_range(uint64_t seed, uint64_t offset, uint32_t e0, int n, float* z) {
   if (n <= 0) return;
+#if AT_FUSED_AVX2
+  thread_local std::vector<float> zz;  // (room for the last block's full stores)
+  if (zz.size() < static_cast<size_t>(n) + 35) zz.resize(static_cast<size_t>(n) + 35);
+  aggregate_normals8(seed, offset, e0, n, zz.data());
+  std::memcpy(z, zz.data(), sizeof(float) * static_cast<size_t>(n));
+#else
   thread_local std::vector<uint32_t> a, blk, r0, r1, r2, r3;
   thread_local std::vector<float> zc01, zs01, zc23, zs23;
   const int lead = static_cast<int>(e0 & 3u), nb = (lead + n + 3) / 4;
@@ -194,6 +200,7 @@ void aggregate_normals_range(uint64_t seed, uint64_t offset, uint32_t e0, int n,
     const int q = lead + t;
     z[t] = by_draw[q & 3][q >> 2];
   }
+#endif
 }
 
 struct Trains {
@@ -267,7 +274,12 @@ void build_side(const UpdateArgs& u, int b, int bl, double scale, const float* v
   if (u.mode == MODE_PULSED && nw == 1) {  // one-word trains: the n entries' draws through philox_many
     thread_local std::vector<uint32_t> thr;
     thr.resize(static_cast<size_t>(n));
-    for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
+#if AT_FUSED_AVX2
+    if (!(u.res > 0))  // (probabilities, signs and thresholds 8 at a time, as entries16)
+      entries8(v, n, scale, slr, chop, p, sg, thr.data());
+    else
+#endif
+      for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
     trains_many(thr.data(), n, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
     for (int k = 0; k < n; ++k) on[k] = (bits[k] != 0u && sg[k] != 0.0f) ? 1 : 0;
     return;
@@ -1487,6 +1499,21 @@ static at::Tensor philox_grid_rows(int64_t seed, const int64_t* offsets, int64_t
           const __m512 z = normal ? bm16_normal(bm16_prepare(second ? w[2] : w[0], second ? w[3] : w[1]), use_sin)
                                   : uniform16(w[k]);
           _mm512_mask_storeu_ps(row + j0, lm, z);
+        }
+        continue;
+      }
+#elif AT_FUSED_AVX2
+      if (n_a < (int64_t{1} << 31)) {  // the same on 8 lanes (cpu_fused_avx2.h)
+        float* row = op + q * n_a;
+        const bool second = k >= 2, use_sin = (k & 1u) != 0;
+        for (int64_t j0 = 0; j0 < n_a; j0 += 8) {
+          __m256i w[4];
+          philox8(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(j0)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                  static_cast<uint32_t>(stream), blk0, static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed),
+                  static_cast<uint64_t>(offsets[q]), w[0], w[1], w[2], w[3]);
+          const __m256 z = normal ? bm8_normal(bm8_prepare(second ? w[2] : w[0], second ? w[3] : w[1]), use_sin)
+                                  : uniform8(w[k]);
+          _mm256_maskstore_ps(row + j0, tail_mask8(n_a - j0), z);
         }
         continue;
       }

@@ -225,6 +225,20 @@ def test_update_parity_edge_cases(kernel):
     _assert_same(res)
 
 
+def test_update_parity_at_the_edges_of_the_bernoulli_grid(kernel):
+    """Train probabilities below one step of the 24-bit Bernoulli grid (0 < p < 2^-24: never fires),
+    across the grid's first steps, and saturated (p >= 1 without update management: always fires) give
+    the reference's trains and pulse counts exactly (the vectorised threshold paths' corner cases)."""
+    s = _dev("softbounds", 12, 40)
+    x, d = _inputs(3, 12, 40, seed=21, zero_frac=0.0)
+    # |x| relative to the sample's max from 1e-30 up to 1e-6: p from far below 2^-24 to ~16 steps
+    x[:, :25] = torch.logspace(-30, -6, 25) * torch.tensor([1.0, -1.0] * 12 + [1.0])
+    d[:, :3] = torch.tensor([1e-30, -1e-9, 3e-8])
+    _assert_same(_both(s, x, d, 0.03, UpdateSpec()))
+    x[:, 25:] = 50.0  # p = |x|·scale >= 1: saturated trains
+    _assert_same(_both(s, x, d, 0.03, UpdateSpec(ublm=False, um=False)))
+
+
 def test_update_exact_bits_linear_kinds(kernel):
     """Without exp/pow the kernel is bit-identical to the torch reference (no FMA, same order)."""
     for key in ("softbounds", "linear_step_add", "constant_step"):
