@@ -135,18 +135,25 @@ struct Group {
   bool have_many = false;
   float sigma = 0.0f;  // g.sigma (c2c noise)
 
+  // The lanes' parameters (n_lanes of them valid) and the per-direction constants derived from them.
+  template <bool MULT>
+  void init(int n_lanes, vf ref_, vf bmn_, vf bmx_, vf s_up_, vf s_dn_, vf c_up_, vf c_dn_, const DeviceGlobals& g) {
+    nl = n_lanes;
+    sigma = g.sigma;
+    ref = ref_, bmn = bmn_, bmx = bmx_, s_up = s_up_, s_dn = s_dn_, c_up = c_up_, c_dn = c_dn_;
+    direction<MULT>(s_up, c_up, g, al_up, ia_up, eps_up, k1_up, q1_up);
+    direction<MULT>(-s_dn, c_dn, g, al_dn, ia_dn, eps_dn, k1_dn, q1_dn);
+  }
+
   // planes: the row's parameters. Returns the starting mean m = state + ref (state: the row's stored
   // device state w_dev − ref).
   template <bool MULT>
   vf load_group(const float* state, const RowPlanes& P, int j0, int n_lanes, const DeviceGlobals& g) {
-    nl = n_lanes;
-    sigma = g.sigma;
-    ref = load<vf>(P.ref + j0, nl), bmn = load<vf>(P.bmin + j0, nl), bmx = load<vf>(P.bmax + j0, nl);
-    s_up = load<vf>(P.s_up + j0, nl), s_dn = load<vf>(P.s_dn + j0, nl);
-    c_up = load<vf>(P.c_up + j0, nl), c_dn = load<vf>(P.c_dn + j0, nl);
-    direction<MULT>(s_up, c_up, g, al_up, ia_up, eps_up, k1_up, q1_up);
-    direction<MULT>(-s_dn, c_dn, g, al_dn, ia_dn, eps_dn, k1_dn, q1_dn);
-    return load<vf>(state + j0, nl) + ref;
+    const int n = n_lanes;
+    init<MULT>(n, load<vf>(P.ref + j0, n), load<vf>(P.bmin + j0, n), load<vf>(P.bmax + j0, n),
+               load<vf>(P.s_up + j0, n), load<vf>(P.s_dn + j0, n), load<vf>(P.c_up + j0, n),
+               load<vf>(P.c_dn + j0, n), g);
+    return load<vf>(state + j0, n) + ref;
   }
 
   // agg_dir: α = max(g·s, AGG_ALPHA_MIN), iA = 1/(1 + α), ε = ((α·σ)·iA)²; and the n = 1 factors of
@@ -278,6 +285,26 @@ struct Group {
     store(mk, m + d * r, vn, m, v);
   }
 #endif
+
+  // One sample's n >= 1 pulses on the lanes mk (n = 0 elsewhere): one_pulse when no lane takes two,
+  // else few_pulses and, for lanes of more than AGG_POLY_MAX, many_pulses. Returns the lanes of more
+  // than AGG_POLY_MAX pulses left to the caller's scalar closed form (none where AT_LANES_MANY).
+  template <bool MULT, bool NOISE>
+  AT_LANES_INLINE vi pulses(vi mk, vi up, vi n, vf& m, vf& v) {
+    const vi multi = n > splat_i(1);
+    if (!any(multi)) {
+      one_pulse<MULT, NOISE>(mk, up, m, v);
+      return splat_i(0);
+    }
+    const vi big = n > splat_i(AGG_POLY_MAX);
+    few_pulses<MULT, NOISE>(mk & ~big, up, n, multi, m, v);
+#if AT_LANES_MANY
+    if (any(big)) many_pulses<MULT, NOISE>(big, up, n, m, v);
+    return splat_i(0);
+#else
+    return big;
+#endif
+  }
 };
 
 }  // namespace lanes

@@ -326,21 +326,9 @@ int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, ui
       using lanes::vf;
       using lanes::vi;
       lanes::Group G;  // the jobs' parameters, each lane's own direction in both slots
-      G.nl = 8, G.sigma = g.sigma;
-      G.ref = (vf)ref, G.bmn = (vf)bmn, G.bmx = (vf)bmx;
-      G.s_up = G.s_dn = (vf)s, G.c_up = G.c_dn = (vf)c;
-      lanes::Group::direction<MULT>(G.s_up, G.c_up, g, G.al_up, G.ia_up, G.eps_up, G.k1_up, G.q1_up);
-      lanes::Group::direction<MULT>(-G.s_dn, G.c_dn, g, G.al_dn, G.ia_dn, G.eps_dn, G.k1_dn, G.q1_dn);
-      const vi mk = (vi)mi, upv = (vi)_mm256_castps_si256(up), nv = (vi)n;
-      const vi multi = nv > lanes::splat_i(1);
+      G.init<MULT>(8, (vf)ref, (vf)bmn, (vf)bmx, (vf)s, (vf)s, (vf)c, (vf)c, g);
       vf mm = (vf)wd, vv = lanes::splat(0.0f);
-      if (!lanes::any(multi)) {
-        G.one_pulse<MULT, NOISE>(mk, upv, mm, vv);
-      } else {
-        const vi big = nv > lanes::splat_i(AGG_POLY_MAX);
-        G.few_pulses<MULT, NOISE>(mk & ~big, upv, nv, multi, mm, vv);
-        if (lanes::any(big)) G.many_pulses<MULT, NOISE>(big, upv, nv, mm, vv);
-      }
+      G.pulses<MULT, NOISE>((vi)mi, (vi)_mm256_castps_si256(up), (vi)n, mm, vv);  // (AT_LANES_MANY: all lanes)
       wd = (__m256)mm;
       if (NOISE) wd = _mm256_add_ps(wd, _mm256_mul_ps(_mm256_sqrt_ps((__m256)vv), aggregate_normal8(e, u.seed, u.offset)));
       wd = _mm256_min_ps(_mm256_max_ps(wd, bmn), bmx);  // aggregate_draw's clip

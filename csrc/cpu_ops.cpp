@@ -175,14 +175,13 @@ void aggregate_normals_of(uint64_t seed, uint64_t offset, const uint32_t* e, int
 // z[t] = aggregate_normal(seed, offset, e0 + t) for t < n: the consecutive elements of a row, four per
 // Philox counter (e >> 2), so one philox_many over the row's counters and one sine-and-cosine
 // Box–Muller per word pair give all of them (a quarter of aggregate_normals_of's Philox calls and half
-// its logarithms; on the AVX2 path all in registers, cpu_fused_avx2.h aggregate_normals8). e0 + n <= 2^32.
+// its logarithms; on the AVX2 path all in registers, cpu_fused_avx2.h aggregate_normals8). e0 + n <= 2^32;
+// z needs room for n + AGG_RANGE_PAD floats (the AVX2 path stores whole blocks of 32).
+constexpr int AGG_RANGE_PAD = 35;
 void aggregate_normals_range(uint64_t seed, uint64_t offset, uint32_t e0, int n, float* z) {
   if (n <= 0) return;
 #if AT_FUSED_AVX2
-  thread_local std::vector<float> zz;  // (room for the last block's full stores)
-  if (zz.size() < static_cast<size_t>(n) + 35) zz.resize(static_cast<size_t>(n) + 35);
-  aggregate_normals8(seed, offset, e0, n, zz.data());
-  std::memcpy(z, zz.data(), sizeof(float) * static_cast<size_t>(n));
+  aggregate_normals8(seed, offset, e0, n, z);
 #else
   thread_local std::vector<uint32_t> a, blk, r0, r1, r2, r3;
   thread_local std::vector<float> zc01, zs01, zc23, zs23;
@@ -701,7 +700,7 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
       if (cp->slice[q] == i) rev.push_back(q);
   thread_local std::vector<float> zrow;  // the row's final normals
   if (NOISE && !act_b.empty()) {
-    zrow.resize(static_cast<size_t>(I));
+    zrow.resize(static_cast<size_t>(I) + AGG_RANGE_PAD);
     aggregate_normals_range(u.seed, u.offset, static_cast<uint32_t>(row), I, zrow.data());
   }
   const int32_t* xbits = reinterpret_cast<const int32_t*>(T.xbits.data());
@@ -772,17 +771,9 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
       }
       const vi n = popcount(xw & dw) & mk;
       cnt += n;
-      const vi multi = n > splat_i(1);
-      if (!any(multi)) {
-        G.one_pulse<MULT, NOISE>(mk, up, m, v);
-        continue;
-      }
-      const vi big = n > splat_i(AGG_POLY_MAX);
-      G.few_pulses<MULT, NOISE>(mk & ~big, up, n, multi, m, v);
+      [[maybe_unused]] const vi big = G.pulses<MULT, NOISE>(mk, up, n, m, v);  // (AT_LANES_MANY: none left)
+#if !AT_LANES_MANY
       if (!any(big)) continue;
-#if AT_LANES_MANY
-      G.many_pulses<MULT, NOISE>(big, up, n, m, v);
-#else
       spill();
       for (int l = 0; l < G.nl; ++l) {  // n > AGG_POLY_MAX: the scalar closed form (log1p/expm1)
         if (!big[l]) continue;
@@ -972,26 +963,19 @@ using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t
 // noise; exact: without write noise), else the generic job path.
 Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int nw, int O, int I, const float* w_p,
                        bool carry = false) {
-#if AT_FUSED_AVX512
-  const bool fast = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1 &&
-                    static_cast<int64_t>(NP_PLANES) * O * I < (int64_t{1} << 31);  // 32-bit gather indices
+  const bool lin1 = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1;
+  const bool fast = lin1 && static_cast<int64_t>(NP_PLANES) * O * I < (int64_t{1} << 31);  // 32-bit gather indices
   const bool write_noise = w_p && g.write_noise > 0.0f;
+#if AT_FUSED_AVX512
   // aggregated one-sample calls (c-TTv2/AGAD A updates): the job path, on the touched lanes only
   if (fast && u.aggregate) return (B == 1 && !write_noise && !carry) ? Trains::FUSED : Trains::AGG_FAST;
   if (fast && !write_noise) return Trains::FUSED;
 #else
-  const bool lin1 = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1;
   // aggregated batches on the portable lanes
   if (lin1 && u.aggregate && B > 1) return Trains::AGG_LANES;
-#if AT_FUSED_AVX2
   // the AVX2 fused path without write noise (the visible weight is the state): the exact mode, and
   // where AT_FUSED_AGG the aggregated one-sample calls (else the job path, active columns only)
-  if (lin1 && !(w_p && g.write_noise > 0.0f) && static_cast<int64_t>(NP_PLANES) * O * I < (int64_t{1} << 31) &&
-      (!u.aggregate || (AT_FUSED_AGG && !carry)))
-    return Trains::FUSED;
-#else
-  (void)w_p, (void)O, (void)I, (void)carry;
-#endif
+  if (AT_FUSED_AVX2 && fast && !write_noise && (!u.aggregate || (AT_FUSED_AGG && !carry))) return Trains::FUSED;
 #endif
   return Trains::GENERIC;
 }
