@@ -204,37 +204,24 @@ struct Group {
     store(mk, m + d, vn, m, v);
   }
 
-  // n pulses (1 <= n <= AGG_POLY_MAX) on the lanes mk, multi = those with n >= 2: the sums of
-  // aggregate_sample as the binomial polynomials (agg_poly_sum, same operations), n = 1 lanes exact.
-  template <bool MULT, bool NOISE>
-  AT_LANES_INLINE void few_pulses(vi mk, vi up, vi n, vi multi, vf& m, vf& v) const {
+  // The binomial coefficients (C(n,2), C(n,3), C(n,4)) of agg_poly_sum for lanes of n <= AGG_POLY_MAX
+  // pulses: exact small integers there (agg_poly_sum's n(n−1)·0.5, c2(n−2)/3, c3(n−3)·0.25 round to them),
+  // so a table lookup gives the same floats without the division's latency in the moments' chain. Lanes
+  // of other counts get values the callers select away.
+  AT_LANES_INLINE static void binomials(vi n, vf nf, vf& c2, vf& c3, vf& c4) {
+#if defined(__AVX2__)
+    (void)nf;
+    const __m256i k = (__m256i)n;  // (vpermps reads the index's low 3 bits)
+    c2 = (vf)_mm256_permutevar8x32_ps(_mm256_setr_ps(0, 0, 1, 3, 6, 0, 0, 0), k);
+    c3 = (vf)_mm256_permutevar8x32_ps(_mm256_setr_ps(0, 0, 0, 1, 4, 0, 0, 0), k);
+    c4 = (vf)_mm256_permutevar8x32_ps(_mm256_setr_ps(0, 0, 0, 0, 1, 0, 0, 0), k);
+#else
+    (void)n;
     const vf one = splat(1.0f);
-    const vf nf = __builtin_convertvector(n, vf);
-    const vf c2 = (nf * (nf - one)) * splat(0.5f);
-    const vf c3 = (c2 * (nf - splat(2.0f))) / splat(3.0f);
-    const vf c4 = (c3 * (nf - splat(3.0f))) * splat(0.25f);
-    const auto poly = [&](vf x) { return nf + x * (c2 + x * (c3 + x * c4)); };  // Σ_{k<n} (1 + x)^k
-    const vf alpha = sel(up, al_up, al_dn);
-    const vf r_p = poly(alpha);
-    const vf e = sel(multi, alpha * r_p, alpha);  // A^n − 1
-    const vf r = sel(multi, r_p, one);            // Σ_{k<n} A^k
-    const vf d = step(up, m);
-    vf vn = splat(0.0f);
-    if (NOISE) {
-      const vf an = one + e;
-      if (MULT) {
-        const vf eps = sel(up, eps_up, eps_dn);
-        const vf sq = sel(multi, poly(eps), one);  // Σ_{j<n} (1 + ε)^j
-        const vf an1 = sel(multi, an * sel(up, ia_up, ia_dn), one);  // A^{n−1}
-        const vf t = (splat(sigma) * d) * an1;
-        vn = ((an * an) * (one + eps * sq)) * v + (t * t) * sq;
-      } else {
-        const vf sa = sel(multi, poly(alpha * (alpha + splat(2.0f))), one);  // Σ_{k<n} A^{2k}
-        const vf sc = splat(sigma) * sel(up, c_up, c_dn);
-        vn = (an * an) * v + (sc * sc) * sa;
-      }
-    }
-    store(mk, m + d * r, vn, m, v);
+    c2 = (nf * (nf - one)) * splat(0.5f);
+    c3 = (c2 * (nf - splat(2.0f))) / splat(3.0f);
+    c4 = (c3 * (nf - splat(3.0f))) * splat(0.25f);
+#endif
   }
 
 #if AT_LANES_MANY
@@ -249,46 +236,70 @@ struct Group {
     ib_up = one / (al_up * (al_up + two)), ib_dn = one / (al_dn * (al_dn + two));
     have_many = true;
   }
+#endif
 
-  // n > AGG_POLY_MAX pulses on the lanes mk: aggregate_sample's closed form (E = expm1(n·log1p α), the
-  // α = 0, ε = 0 and short-series cases), the same operations with libmvec's log1pf/expm1f.
-  template <bool MULT, bool NOISE>
-  void many_pulses(vi mk, vi up, vi n, vf& m, vf& v) {
-    if (!have_many) many_constants();
+  // One sample's pulses on the lanes mk when some lane takes two or more (multi: n >= 2), each lane with
+  // aggregate_sample's operations in its order: n = 1 lanes exactly one step, n <= AGG_POLY_MAX lanes the
+  // binomial polynomials (agg_poly_sum), and — BIG (AT_LANES_MANY only): some lane (`big`) takes more —
+  // the closed form there (E = expm1(n·log1p α); the α = 0, ε = 0 and short-series cases) with libmvec's
+  // expm1f. One step d and one store for all lanes (the sums differ per lane, the update's form does not).
+  template <bool MULT, bool NOISE, bool BIG>
+  AT_LANES_INLINE void closed(vi mk, vi up, vi n, vi multi, vi big, vf& m, vf& v) {
     const vf one = splat(1.0f), zero = splat(0.0f);
-    const auto em1 = [](vf x) { return (vf)_ZGVdN8v_expm1f((__m256)x); };
     const vf nf = __builtin_convertvector(n, vf);
+    const vi small = multi & ~big;  // 2 <= n <= AGG_POLY_MAX
+    vf c2, c3, c4;
+    binomials(n, nf, c2, c3, c4);
+    const auto poly = [&](vf x) { return nf + x * (c2 + x * (c3 + x * c4)); };  // Σ_{k<n} (1 + x)^k
     const vf alpha = sel(up, al_up, al_dn);
-    const vi a0 = alpha == zero;
-    const vf e = em1(nf * sel(up, l_up, l_dn));      // A^n − 1
-    const vf r = sel(a0, nf, e * sel(up, iu_up, iu_dn));  // Σ_{k<n} A^k
+    const vf r_p = poly(alpha);
+    vf e = sel(small, alpha * r_p, alpha);  // A^n − 1 (n = 1: α)
+    vf r = sel(small, r_p, one);            // Σ_{k<n} A^k
+    [[maybe_unused]] vi a0 = splat_i(0);
+#if AT_LANES_MANY
+    const auto em1 = [](vf x) { return (vf)_ZGVdN8v_expm1f((__m256)x); };
+    if (BIG) {
+      if (!have_many) many_constants();
+      a0 = alpha == zero;
+      const vf ex = em1(nf * sel(up, l_up, l_dn));
+      e = sel(big, ex, e);
+      r = sel(big, sel(a0, nf, ex * sel(up, iu_up, iu_dn)), r);
+    }
+#endif
     const vf d = step(up, m);
     vf vn = zero;
     if (NOISE) {
       const vf an = one + e;
       if (MULT) {
         const vf eps = sel(up, eps_up, eps_dn);
-        const vi e0 = eps == zero;
-        const vf ne = nf * eps;
-        const vi ser = (ne < splat(AGG_SERIES_MAX)) & ~e0;
-        vf sq = nf * (one + ((nf - one) * eps) * splat(0.5f));  // the series
-        if (any(mk & ~(ser | e0))) sq = sel(ser, sq, em1(nf * sel(up, lq_up, lq_dn)) * sel(up, ie_up, ie_dn));
-        sq = sel(e0, nf, sq);
-        const vf t = (splat(sigma) * d) * (an * sel(up, ia_up, ia_dn));  // A^{n−1} = A^n · iA
+        vf sq = sel(small, poly(eps), one);  // Σ_{j<n} (1 + ε)^j
+#if AT_LANES_MANY
+        if (BIG) {
+          const vi e0 = eps == zero;
+          const vi ser = ((nf * eps) < splat(AGG_SERIES_MAX)) & ~e0;
+          vf sqm = nf * (one + ((nf - one) * eps) * splat(0.5f));  // the series
+          if (any(big & ~(ser | e0))) sqm = sel(ser, sqm, em1(nf * sel(up, lq_up, lq_dn)) * sel(up, ie_up, ie_dn));
+          sq = sel(big, sel(e0, nf, sqm), sq);
+        }
+#endif
+        const vf an1 = sel(multi, an * sel(up, ia_up, ia_dn), one);  // A^{n−1}
+        const vf t = (splat(sigma) * d) * an1;
         vn = ((an * an) * (one + eps * sq)) * v + (t * t) * sq;
       } else {
-        const vf sa = sel(a0, nf, (e * (e + splat(2.0f))) * sel(up, ib_up, ib_dn));  // Σ_{k<n} A^{2k}
+        vf sa = sel(small, poly(alpha * (alpha + splat(2.0f))), one);  // Σ_{k<n} A^{2k}
+#if AT_LANES_MANY
+        if (BIG) sa = sel(big, sel(a0, nf, (e * (e + splat(2.0f))) * sel(up, ib_up, ib_dn)), sa);
+#endif
         const vf sc = splat(sigma) * sel(up, c_up, c_dn);
         vn = (an * an) * v + (sc * sc) * sa;
       }
     }
     store(mk, m + d * r, vn, m, v);
   }
-#endif
 
   // One sample's n >= 1 pulses on the lanes mk (n = 0 elsewhere): one_pulse when no lane takes two,
-  // else few_pulses and, for lanes of more than AGG_POLY_MAX, many_pulses. Returns the lanes of more
-  // than AGG_POLY_MAX pulses left to the caller's scalar closed form (none where AT_LANES_MANY).
+  // else closed. Returns the lanes of more than AGG_POLY_MAX pulses left to the caller's scalar closed
+  // form (none where AT_LANES_MANY).
   template <bool MULT, bool NOISE>
   AT_LANES_INLINE vi pulses(vi mk, vi up, vi n, vf& m, vf& v) {
     const vi multi = n > splat_i(1);
@@ -297,11 +308,14 @@ struct Group {
       return splat_i(0);
     }
     const vi big = n > splat_i(AGG_POLY_MAX);
-    few_pulses<MULT, NOISE>(mk & ~big, up, n, multi, m, v);
 #if AT_LANES_MANY
-    if (any(big)) many_pulses<MULT, NOISE>(big, up, n, m, v);
+    if (any(big))
+      closed<MULT, NOISE, true>(mk, up, n, multi, big, m, v);
+    else
+      closed<MULT, NOISE, false>(mk, up, n, multi, big, m, v);
     return splat_i(0);
 #else
+    closed<MULT, NOISE, false>(mk & ~big, up, n, multi, big, m, v);
     return big;
 #endif
   }

@@ -740,20 +740,23 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
       else
         std::memcpy(dst + j0, w + row + j0, sizeof(float) * static_cast<size_t>(G.nl));
     };
-    const auto spill = [&]() {
-      std::memcpy(ma, &m, sizeof(ma)), std::memcpy(va, &v, sizeof(va)), std::memcpy(ta, &touched, sizeof(ta));
+    // (m, v, touched are the lambdas' arguments, not captures: a closure holding their addresses keeps
+    // them in memory through the whole sample loop, a store-to-load round trip in every sample's chain of
+    // the moments)
+    const auto spill = [&](vf m_, vf v_, vi t_) {
+      std::memcpy(ma, &m_, sizeof(ma)), std::memcpy(va, &v_, sizeof(va)), std::memcpy(ta, &t_, sizeof(ta));
     };
-    const auto reload = [&]() {
-      std::memcpy(&m, ma, sizeof(ma)), std::memcpy(&v, va, sizeof(va)), std::memcpy(&touched, ta, sizeof(ta));
+    const auto reload = [&](vf& m_, vf& v_, vi& t_) {
+      m_ = load<vf>(ma, W), v_ = load<vf>(va, W), t_ = load<vi>(ta, W);
     };
     const std::vector<int>* evs = cp ? (cp->columns ? &T.gev[static_cast<size_t>(j0 / W)] : &rev) : nullptr;
     const int nev = evs ? static_cast<int>(evs->size()) : 0;
     int qe = 0;
     for (const int b : act_b) {
       if (qe < nev && cp->pos[(*evs)[qe]] <= b) {
-        spill();
+        spill(m, v, touched);
         for (; qe < nev && cp->pos[(*evs)[qe]] <= b; ++qe) event((*evs)[qe]);
-        reload();
+        reload(m, v, touched);
       }
       const int64_t qd = static_cast<int64_t>(b) * O + i, qx = static_cast<int64_t>(b) * I + j0;
       const vi dw = splat_i(static_cast<int32_t>(T.dbits[qd]));
@@ -774,7 +777,7 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
       [[maybe_unused]] const vi big = G.pulses<MULT, NOISE>(mk, up, n, m, v);  // (AT_LANES_MANY: none left)
 #if !AT_LANES_MANY
       if (!any(big)) continue;
-      spill();
+      spill(m, v, touched);
       for (int l = 0; l < G.nl; ++l) {  // n > AGG_POLY_MAX: the scalar closed form (log1p/expm1)
         if (!big[l]) continue;
         const ElemParams p = load_params(params, plane, row + j0 + l);
@@ -783,13 +786,13 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
         if (!have[u_l][l]) a = agg_dir(u_l ? p.s_up : p.s_dn, u_l, g), have[u_l][l] = true;
         aggregate_sample<MULT, NOISE>(ma[l], va[l], n[l], u_l, p, g, a);
       }
-      reload();
+      reload(m, v, touched);
 #endif
     }
     if (qe < nev) {
-      spill();
+      spill(m, v, touched);
       for (; qe < nev; ++qe) event((*evs)[qe]);
-      reload();
+      reload(m, v, touched);
     }
     // the end of the call: the touched lanes drawn, clipped (aggregate_draw) and stored (store_state:
     // state; with a persistent weight the visible one too, plus its write noise per element)

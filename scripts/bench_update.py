@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Micro-benchmark of the pulsed update alone (one ``DeviceArray.update`` call), next to a digital step.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_update.py [--size 512] [--batch 64] [--lr 0.01 0.5]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_update.py [--size 512] [--batch 64] [--lr 0.01 0.5] [--mode aggregated]
 
 Prints, per lr, the median time of one update of an O×I softbounds array with batch B (inputs as in
 ``bench_tile.py``: x ~ U(0, 1), d = N(0, 1)/B), the pulses it applied, ns per pulse, and the median of
@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="softbounds")
     ap.add_argument("--no-noise", action="store_true", help="dw_min_std = 0")
     ap.add_argument("--backend", default="compiled", choices=["compiled", "reference"])
+    ap.add_argument("--mode", default="pulsed", choices=["pulsed", "aggregated"],
+                    help="tile.update_mode: pulsed (one device step and normal per pulse) or aggregated")
     a = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -65,9 +67,9 @@ def main(argv=None) -> int:
     if a.no_noise:
         node["dw_min_std"] = 0.0
     cfg = device_from_config(node)
-    spec = update_spec(UpdateConfig())
+    spec = update_spec(UpdateConfig(), a.mode)
     ops.set_backend(a.backend)
-    print(f"load {os.getloadavg()[0]:.2f}  threads {torch.get_num_threads()}  digital step {dig:.3f} ms")
+    print(f"mode {a.mode}  load {os.getloadavg()[0]:.2f}  threads {torch.get_num_threads()}  digital step {dig:.3f} ms")
     for lr in a.lr:
         arr = DeviceArray(cfg, n, n, seed_device=1, seed_pulse=2)
         pulses = arr.update(x, d, lr, spec)

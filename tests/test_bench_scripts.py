@@ -58,3 +58,22 @@ def test_bench_tile_tiny_prints_both_modes_and_ratios(capsys):
     for r in rows:
         ratio, paired = (float(c) for c in r.split("|")[-3:-1])
         assert ratio > 0 and paired > 0  # the ratio columns (of medians; per-step against a paired digital step)
+
+
+def test_bench_update_reports_the_same_pulses_in_both_modes(capsys):
+    """bench_update.py --mode: the aggregated mode applies the pulsed mode's pulse counts (same seeds and
+    offsets), and --no-noise keeps them (the noise acts on the steps, not on the trains)."""
+    if not ops.compiled_available("cpu"):
+        pytest.skip("no compiled CPU kernel")
+    bench = _load("bench_update")
+    pulses = {}
+    for mode, extra in (("pulsed", []), ("aggregated", []), ("pulsed", ["--no-noise"])):
+        assert bench.main(["--size", "48", "--batch", "8", "--reps", "1", "--lr", "0.01", "0.5",
+                           "--mode", mode, *extra]) == 0
+        out = capsys.readouterr().out
+        assert f"mode {mode}" in out
+        pulses[(mode, bool(extra))] = [float(p) for p in re.findall(r"pulses\s+([0-9]+)", out)]
+    assert len(pulses[("pulsed", False)]) == 2
+    assert pulses[("pulsed", False)] == pulses[("aggregated", False)] == pulses[("pulsed", True)]
+    sparse, dense = pulses[("pulsed", False)]
+    assert dense > 10 * sparse > 0
