@@ -3,7 +3,7 @@
 // the pulsed mode with pulse trains of at most 32 slots, without write noise — the eight-lane twin of
 // cpu_fused_avx512.h's fused_jobs / fused_apply (same names and contracts, so cpu_ops.cpp's
 // run_row_fused and run_flat_fused drive either):
-//   pass 1  coincidences of the row's d train with every active column (popcount of x AND d, SWAR),
+//   pass 1  coincidences of the row's d train with every active column (popcount of x AND d: lanes::popcount),
 //           compressed into a dense job list (column, pulse count, x sign) through a permutation
 //           table (AVX2 has no compress-store);
 //   pass 2  8 jobs at a time: gather the device state and parameters, draw the cycle-to-cycle normals
