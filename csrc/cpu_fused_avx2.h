@@ -251,8 +251,17 @@ inline __m256i compress_perm8(unsigned m) {
                           _mm256_set1_epi32(7));
 }
 
+// max over the 8 lanes
+inline int hmax8(__m256i v) {
+  __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1));
+  return _mm_cvtsi128_si32(m);
+}
+
 // Pass 1: the jobs of (row, sample b): active columns act[0..na) with x trains xb (one word each) and
-// signs xs; returns the number of jobs (n > 0) written to J (cpu_fused_avx512.h fused_jobs' contract).
+// signs xs; returns the number of jobs (n > 0) written to J (cpu_fused_avx512.h fused_jobs' contract),
+// and sets J.nmax, their largest pulse count (run_row_fused orders dense job lists by count).
 inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, int na, uint32_t d0, FusedJobs& J) {
   if (static_cast<int>(J.j.size()) < na + 8) {  // (full 8-lane stores past the count)
     J.j.resize(na + 8);
@@ -260,6 +269,7 @@ inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, i
     J.sx.resize(na + 8);
   }
   const __m256i dv = _mm256_set1_epi32(static_cast<int>(d0)), zero = _mm256_setzero_si256();
+  __m256i vmax = zero;
   int cnt = 0;
   for (int t = 0; t < na; t += 8) {
     const __m256i lm = tail_mask8(na - t);
@@ -267,6 +277,7 @@ inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, i
     const __m256i n = (__m256i)lanes::popcount((lanes::vi)_mm256_and_si256(xw, dv));
     const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(n, zero))));
     if (!m) continue;
+    vmax = _mm256_max_epi32(vmax, n);
     const __m256i p = compress_perm8(m);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(J.j.data() + cnt),
                         _mm256_permutevar8x32_epi32(_mm256_maskload_epi32(act + t, lm), p));
@@ -274,15 +285,8 @@ inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, i
     _mm256_storeu_ps(J.sx.data() + cnt, _mm256_permutevar8x32_ps(_mm256_maskload_ps(xs + t, lm), p));
     cnt += __builtin_popcount(m);
   }
+  J.nmax = hmax8(vmax);
   return cnt;
-}
-
-// max over the 8 lanes
-inline int hmax8(__m256i v) {
-  __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
-  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1));
-  return _mm_cvtsi128_si32(m);
 }
 
 // Pass 2 on the jobs of (row, sample b). d sign sdi (±1, times chopper). Returns the pulses applied.

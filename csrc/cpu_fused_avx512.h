@@ -65,6 +65,7 @@ struct FusedRow {
 struct FusedJobs {
   std::vector<int32_t> j, n;
   std::vector<float> sx;
+  int nmax = 0;  // the largest pulse count of the jobs (set by the AVX2 fused_jobs only)
 };
 
 }  // namespace analogtrain

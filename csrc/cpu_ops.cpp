@@ -849,12 +849,40 @@ FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int6
   return R;
 }
 
+#if AT_FUSED_AVX2
+// From this many pulses in one job (dense trains), the AVX2 path orders a job list by count: fused_apply
+// steps each group of 8 lanes as often as its largest count, so groups of equal counts idle no lane.
+// Below it the counting sort costs more than the lanes it saves (c-TTv2's A updates, one to five pulses
+// a job: measured slower, sorted whole or with the single-pulse jobs split off).
+constexpr int FUSED_SORT_MIN = 8;
+
+// The jobs J[0, nj) reordered by decreasing pulse count (a stable counting sort into tmp, then the two
+// lists swapped). Elements are independent within a sample and each draw is keyed by (element, sample,
+// pulse), so no number changes.
+inline void sort_jobs_by_count(FusedJobs& J, FusedJobs& tmp, int nj) {
+  constexpr int NMAX = 32;  // one-word trains: at most 32 coincidences
+  int hist[NMAX + 1] = {};
+  for (int t = 0; t < nj; ++t) ++hist[J.n[t]];
+  int pos[NMAX + 1];
+  for (int k = NMAX, acc = 0; k >= 0; --k) pos[k] = acc, acc += hist[k];
+  const size_t cap = J.j.size();  // (fused_jobs' full-width stores run past nj)
+  if (tmp.j.size() < cap) tmp.j.resize(cap), tmp.n.resize(cap), tmp.sx.resize(cap);
+  for (int t = 0; t < nj; ++t) {
+    const int q = pos[J.n[t]]++;
+    tmp.j[q] = J.j[t], tmp.n[q] = J.n[t], tmp.sx[q] = J.sx[t];
+  }
+  std::swap(J.j, tmp.j), std::swap(J.n, tmp.n), std::swap(J.sx, tmp.sx);
+}
+#endif
+
 // Phase 2 for one row on the fused fast path (cpu_fused_avx512.h, or cpu_fused_avx2.h without AGG):
-// KIND_LINEAR, pulsed, BL <= 32; AGG: the aggregated mode's one-sample calls.
+// KIND_LINEAR, pulsed, BL <= 32; AGG: the aggregated mode's one-sample calls (moments in one go, no
+// per-pulse loop: the jobs' order by count does not matter there).
 template <bool MULT, bool NOISE, bool AGG>
 void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
                    const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
   thread_local FusedJobs J;
+  [[maybe_unused]] thread_local FusedJobs Jsorted;  // (AVX2: sort_jobs_by_count's buffer)
   const int I = T.I, O = T.O;
   // eligible only without write noise: the visible weight is the state
   const FusedRow R = fused_row(i, I, w, w_p, params, plane, pulses, true);
@@ -866,6 +894,9 @@ void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* pa
     const int64_t q0 = static_cast<int64_t>(b) * I;
     const int nj = fused_jobs(T.act.data() + q0, T.xact_bits.data() + q0, T.xact_sgn.data() + q0, T.nact[b],
                               T.dbits[qd], J);
+#if AT_FUSED_AVX2
+    if (!AGG && nj > 8 && J.nmax >= FUSED_SORT_MIN) sort_jobs_by_count(J, Jsorted, nj);
+#endif
     if (nj) tot += fused_apply<MULT, NOISE, AGG>(R, J, nj, T.sd[qd], static_cast<uint32_t>(b), g, u);
   }
   if (rtot) rtot[i] += tot;
@@ -882,6 +913,7 @@ template <bool MULT, bool NOISE, bool AGG>
 int64_t run_flat_fused(const Trains& T, float* w, float* w_p, const float* params, int64_t plane,
                        const DeviceGlobals& g, const UpdateArgs& u, float* pulses) {
   thread_local FusedJobs J;
+  [[maybe_unused]] thread_local FusedJobs Jsorted;  // (AVX2: sort_jobs_by_count's buffer)
   const int I = T.I, O = T.O, na = T.nact[0];
   const size_t cap = static_cast<size_t>(O) * static_cast<size_t>(na) + 16;
   if (J.j.size() < cap) J.j.resize(cap), J.n.resize(cap), J.sx.resize(cap);
@@ -898,6 +930,13 @@ int64_t run_flat_fused(const Trains& T, float* w, float* w_p, const float* param
       ++nj;
     }
   }
+#if AT_FUSED_AVX2
+  if (!AGG && nj > 8) {  // (the rows' jobs in one list, unordered by count: sorted as dense ones would be)
+    int nmax = 0;
+    for (int t = 0; t < nj; ++t) nmax = std::max(nmax, J.n[t]);
+    if (nmax >= FUSED_SORT_MIN) sort_jobs_by_count(J, Jsorted, nj);
+  }
+#endif
   const FusedRow R = fused_row(0, I, w, w_p, params, plane, pulses, true);
   return nj ? fused_apply<MULT, NOISE, AGG>(R, J, nj, 1.0f, 0u, g, u) : 0;
 }

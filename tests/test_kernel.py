@@ -247,6 +247,23 @@ def test_update_exact_bits_linear_kinds(kernel):
         _assert_same(_both(s, x, d, 0.1, UpdateSpec()), exact_weights=True)
 
 
+def test_update_exact_bits_with_dense_mixed_trains(kernel):
+    """Dense trains (BL 31 saturated: one to ~30 pulses per element and sample, dozens of elements per row)
+    make the fast paths reorder a row's jobs by pulse count (AVX2: sort_jobs_by_count) — the numbers must
+    not move: pulse counts equal and weights bit-identical to the reference, multiplicative and additive
+    noise, one sample and several."""
+    for key in ("softbounds", "linear_step_add"):
+        for B in (1, 4):
+            s = _dev(key, 10, 72)
+            x, d = _inputs(B, 10, 72, seed=31, zero_frac=0.1)
+            res = _both(s, x, d, 3.0, UpdateSpec())
+            if B == 1:  # premise: per row, many jobs of very different counts (some of 8 pulses or more)
+                n = res[0]
+                assert float(n.max()) >= 16 and int(((n > 0) & (n < 4)).sum()) >= 20
+                assert int((n > 0).sum(dim=1).max()) > 16
+            _assert_same(res, exact_weights=True)
+
+
 def test_update_sequence_of_calls_stays_identical(kernel):
     """Many calls with advancing offsets (like a training loop) stay identical: no divergence builds up."""
     s = _dev("reram_sb", 12, 14)
