@@ -261,7 +261,7 @@ inline int hmax8(__m256i v) {
 
 // Pass 1: the jobs of (row, sample b): active columns act[0..na) with x trains xb (one word each) and
 // signs xs; returns the number of jobs (n > 0) written to J (cpu_fused_avx512.h fused_jobs' contract),
-// and sets J.nmax, their largest pulse count (run_row_fused orders dense job lists by count).
+// and sets J.nmax, their largest pulse count (order_dense_jobs in cpu_ops.cpp).
 inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, int na, uint32_t d0, FusedJobs& J) {
   if (static_cast<int>(J.j.size()) < na + 8) {  // (full 8-lane stores past the count)
     J.j.resize(na + 8);

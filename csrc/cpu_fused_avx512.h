@@ -65,7 +65,7 @@ struct FusedRow {
 struct FusedJobs {
   std::vector<int32_t> j, n;
   std::vector<float> sx;
-  int nmax = 0;  // the largest pulse count of the jobs (set by the AVX2 fused_jobs only)
+  int nmax = 0;  // the largest pulse count of the jobs (set by the AVX2 fused_jobs and run_flat_fused; read by order_dense_jobs)
 };
 
 }  // namespace analogtrain

@@ -856,10 +856,13 @@ FusedRow fused_row(int i, int I, float* w, float* w_p, const float* params, int6
 // a job: measured slower, sorted whole or with the single-pulse jobs split off).
 constexpr int FUSED_SORT_MIN = 8;
 
-// The jobs J[0, nj) reordered by decreasing pulse count (a stable counting sort into tmp, then the two
-// lists swapped). Elements are independent within a sample and each draw is keyed by (element, sample,
-// pulse), so no number changes.
-inline void sort_jobs_by_count(FusedJobs& J, FusedJobs& tmp, int nj) {
+// The jobs J[0, nj) reordered by decreasing pulse count when the list is dense (more than one group of
+// 8 and J.nmax >= FUSED_SORT_MIN; the caller sets J.nmax): a stable counting sort into a scratch list,
+// then the two lists swapped. Elements are independent within a sample and each draw is keyed by
+// (element, sample, pulse), so no number changes.
+inline void order_dense_jobs(FusedJobs& J, int nj) {
+  if (nj <= 8 || J.nmax < FUSED_SORT_MIN) return;
+  thread_local FusedJobs tmp;
   constexpr int NMAX = 32;  // one-word trains: at most 32 coincidences
   int hist[NMAX + 1] = {};
   for (int t = 0; t < nj; ++t) ++hist[J.n[t]];
@@ -882,7 +885,6 @@ template <bool MULT, bool NOISE, bool AGG>
 void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
                    const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
   thread_local FusedJobs J;
-  [[maybe_unused]] thread_local FusedJobs Jsorted;  // (AVX2: sort_jobs_by_count's buffer)
   const int I = T.I, O = T.O;
   // eligible only without write noise: the visible weight is the state
   const FusedRow R = fused_row(i, I, w, w_p, params, plane, pulses, true);
@@ -895,7 +897,7 @@ void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* pa
     const int nj = fused_jobs(T.act.data() + q0, T.xact_bits.data() + q0, T.xact_sgn.data() + q0, T.nact[b],
                               T.dbits[qd], J);
 #if AT_FUSED_AVX2
-    if (!AGG && nj > 8 && J.nmax >= FUSED_SORT_MIN) sort_jobs_by_count(J, Jsorted, nj);
+    if (!AGG) order_dense_jobs(J, nj);
 #endif
     if (nj) tot += fused_apply<MULT, NOISE, AGG>(R, J, nj, T.sd[qd], static_cast<uint32_t>(b), g, u);
   }
@@ -913,11 +915,11 @@ template <bool MULT, bool NOISE, bool AGG>
 int64_t run_flat_fused(const Trains& T, float* w, float* w_p, const float* params, int64_t plane,
                        const DeviceGlobals& g, const UpdateArgs& u, float* pulses) {
   thread_local FusedJobs J;
-  [[maybe_unused]] thread_local FusedJobs Jsorted;  // (AVX2: sort_jobs_by_count's buffer)
   const int I = T.I, O = T.O, na = T.nact[0];
   const size_t cap = static_cast<size_t>(O) * static_cast<size_t>(na) + 16;
   if (J.j.size() < cap) J.j.resize(cap), J.n.resize(cap), J.sx.resize(cap);
   int nj = 0;
+  J.nmax = 0;
   for (int i = 0; i < O; ++i) {
     if (!T.dact[i]) continue;
     const uint32_t d0 = T.dbits[i];
@@ -927,15 +929,12 @@ int64_t run_flat_fused(const Trains& T, float* w, float* w_p, const float* param
       J.j[nj] = i * I + T.act[t];
       J.n[nj] = n;
       J.sx[nj] = T.xact_sgn[t] * T.sd[i];
+      J.nmax = std::max(J.nmax, n);
       ++nj;
     }
   }
 #if AT_FUSED_AVX2
-  if (!AGG && nj > 8) {  // (the rows' jobs in one list, unordered by count: sorted as dense ones would be)
-    int nmax = 0;
-    for (int t = 0; t < nj; ++t) nmax = std::max(nmax, J.n[t]);
-    if (nmax >= FUSED_SORT_MIN) sort_jobs_by_count(J, Jsorted, nj);
-  }
+  if (!AGG) order_dense_jobs(J, nj);
 #endif
   const FusedRow R = fused_row(0, I, w, w_p, params, plane, pulses, true);
   return nj ? fused_apply<MULT, NOISE, AGG>(R, J, nj, 1.0f, 0u, g, u) : 0;
