@@ -77,3 +77,60 @@ def test_bench_update_reports_the_same_pulses_in_both_modes(capsys):
     assert pulses[("pulsed", False)] == pulses[("aggregated", False)] == pulses[("pulsed", True)]
     sparse, dense = pulses[("pulsed", False)]
     assert dense > 10 * sparse > 0
+
+
+# The GPU image the checks run on has torch, numpy, scikit-learn and pytest but not Hydra, OmegaConf or
+# MLflow; scripts/gpu_check.sh imports the package from the checkout and runs the `cuda`-marked tests.
+_NO_CONFIG_STACK = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("hydra", "omegaconf", "mlflow"):
+            raise ImportError("not on the GPU image: " + name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_gpu_check_collects_every_cuda_test_without_the_config_stack(tmp_path):
+    """The test files gpu_check.sh selects (those with a `pytest.mark.cuda`) import without Hydra,
+    OmegaConf and MLflow, and together hold every cuda-marked test of the suite."""
+    import subprocess
+    import sys
+
+    repo = SCRIPTS.parent
+    files = sorted(str(p.relative_to(repo)) for p in (repo / "tests").glob("test_*.py")
+                   if "pytest.mark.cuda" in p.read_text())
+    assert "tests/test_kernel_cuda.py" in files
+    code = _NO_CONFIG_STACK + "import pytest\nsys.exit(pytest.main(sys.argv[1:]))\n"
+    args = ["--collect-only", "-q", "-m", "cuda", "-p", "no:cacheprovider"]
+    # (-p no:hydra_pytest: Hydra's pytest plugin, installed here with Hydra, is absent there too)
+    r = subprocess.run([sys.executable, "-c", code, *args, "-p", "no:hydra_pytest", *files], cwd=repo,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    picked = {ln for ln in r.stdout.splitlines() if "::" in ln}
+    # the same selection over the whole suite (the config stack importable here) finds nothing more
+    full = subprocess.run([sys.executable, "-m", "pytest", *args, "tests"], cwd=repo, capture_output=True, text=True,
+                          timeout=300)
+    assert full.returncode == 0, full.stdout[-3000:]
+    assert {ln for ln in full.stdout.splitlines() if "::" in ln} == picked
+    assert len(picked) >= 40
+
+
+def test_gpu_check_without_a_gpu_stops_with_its_own_status(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script would run the checks")
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert "no CUDA GPU visible to torch" in r.stderr
+    env_txt = (tmp_path / "out" / "env.txt").read_text()
+    assert f"torch {torch.__version__}" in env_txt and "gpu None" in env_txt
+    r = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh")], capture_output=True, text=True, timeout=120,
+                       env=dict(env, PYTHON="/nonexistent/python"))
+    assert r.returncode == 2 and "cannot import torch" in r.stderr
