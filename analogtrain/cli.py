@@ -35,7 +35,7 @@ _RUN_ERROR: list[BaseException] = []  # a single run's expected failure, reporte
 
 
 def _task(cfg: DictConfig) -> Any:
-    """The Hydra task: one run; returns the objective (``trainer.objective``) for sweepers.
+    """The Hydra task: one run; returns the objective (``trainer.objective``, ``auto`` resolved) for sweepers.
 
     In a single run, expected failures (bad config, missing data, diverged loss) are handed to
     :func:`main` (one-line message, exit status) instead of Hydra's report; in a multirun they propagate,
@@ -54,7 +54,7 @@ def _task(cfg: DictConfig) -> Any:
             raise
         _RUN_ERROR.append(e)
         return None
-    return summary.get(cfg.trainer.objective)
+    return summary.get(summary["objective"])  # (trainer.objective, auto resolved)
 
 
 # --------------------------------------------------------------------------------- error messages

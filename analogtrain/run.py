@@ -190,6 +190,24 @@ def log_artifacts(cfg, tracker, run_dir: Path, algo, model, summary, history) ->
                 tracker.log_artifact(path, sub)
 
 
+def resolve_objective(name: str, data) -> str:
+    """The metric ``trainer.objective`` names for a run on ``data`` (a built data set: its ``task`` and
+    splits), checked before any work. ``auto``: val/acc (classification) or val/loss (regression), from
+    the test split when there is no validation split. Raises ConfigError naming the metrics this run
+    produces when ``name`` is not one of them."""
+    available = {f"{s}/{m}" for s in ("val", "test") for m in ("loss", "acc")
+                 if len(getattr(data, s)) > 0 and (m == "loss" or data.task == "classification")}
+    available |= {"train/loss_epoch"} | ({"train/acc"} if data.task == "classification" else set())
+    if name == "auto":
+        metric = "acc" if data.task == "classification" else "loss"
+        split = "val" if len(data.val) > 0 else ("test" if len(data.test) > 0 else None)
+        return f"{split}/{metric}" if split else "train/loss_epoch"
+    if name not in available:
+        raise ConfigError("trainer.objective", f"'{name}' is not produced by this run; choose auto or one of "
+                          f"{', '.join(sorted(available))}")
+    return name
+
+
 def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | None = None) -> dict[str, Any]:
     """Run one training job described by the composed config ``cfg``; return the summary dict
     (final metrics, ``best/*``, ``status``, ``run_dir``, ``mlflow_run_id``).
@@ -219,12 +237,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
     seeds = derive_seeds(cfg.seed)
 
     data = build_data(cfg.data, seeds["data"])
-    available = {f"{s}/{m}" for s in ("val", "test") for m in ("loss", "acc")
-                 if len(getattr(data, s)) > 0 and (m == "loss" or data.task == "classification")}
-    available |= {"train/loss_epoch"} | ({"train/acc"} if data.task == "classification" else set())
-    if cfg.trainer.objective not in available:
-        raise ConfigError("trainer.objective", f"'{cfg.trainer.objective}' is not produced by this run; choose "
-                          f"one of {', '.join(sorted(available))}")
+    objective = resolve_objective(cfg.trainer.objective, data)
 
     ckpt_file = checkpoint_path(run_dir)
     fp = fingerprint(cfg)
@@ -295,7 +308,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
     finally:
         summary = dict(final) if status == "FINISHED" else (dict(history[-1]) if history else {})
         summary.update(status=status, run_name=name, run_dir=str(run_dir), mlflow_run_id=tracker.run_id,
-                       seed=int(cfg.seed), **{"time/total_s": time.perf_counter() - t_start})
+                       seed=int(cfg.seed), objective=objective, **{"time/total_s": time.perf_counter() - t_start})
         try:
             log_artifacts(cfg, tracker, run_dir, algo, model, summary, history)
         except Exception as e:  # artifacts are best-effort; the run status must still be recorded

@@ -108,3 +108,43 @@ def test_schema_rejects_unknown_keys_and_wrong_types_at_composition():
 def test_digital_is_the_default_algo_on_one_line():
     lines = [ln for ln in (CONF / "train.yaml").read_text().splitlines() if ln.strip().startswith("- algo:")]
     assert len(lines) == 1
+
+
+EXPERIMENTS = sorted(f.stem for f in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_overlay_names_an_objective_its_run_produces(experiment):
+    """The start-of-run check of `trainer.objective` (before any training) passes for every overlay as
+    written: a regression overlay (synthetic least squares) gets a loss, not the classification default."""
+    from analogtrain.data import build_data
+    from analogtrain.run import resolve_objective
+
+    cfg = compose_cfg([f"experiment={experiment}"])
+    try:
+        data = build_data(cfg.data, 0)
+    except ConfigError as e:  # a data set that needs files this machine lacks (e.g. Fashion-MNIST)
+        pytest.skip(str(e).splitlines()[0])
+    name = resolve_objective(cfg.trainer.objective, data)
+    metric = "acc" if data.task == "classification" else "loss"
+    assert name.endswith(metric) if cfg.trainer.objective == "auto" else name == cfg.trainer.objective
+
+
+def test_objective_auto_follows_the_task_and_the_splits():
+    from types import SimpleNamespace
+
+    from analogtrain.run import resolve_objective
+
+    def data(task, n_val, n_test):
+        return SimpleNamespace(task=task, val=[0] * n_val, test=[0] * n_test)
+
+    assert resolve_objective("auto", data("classification", 5, 5)) == "val/acc"
+    assert resolve_objective("auto", data("classification", 0, 5)) == "test/acc"
+    assert resolve_objective("auto", data("regression", 5, 5)) == "val/loss"
+    assert resolve_objective("auto", data("regression", 0, 5)) == "test/loss"
+    assert resolve_objective("auto", data("regression", 0, 0)) == "train/loss_epoch"
+    assert resolve_objective("test/loss", data("regression", 0, 5)) == "test/loss"
+    with pytest.raises(ConfigError) as e:
+        resolve_objective("val/acc", data("regression", 0, 5))
+    assert e.value.key == "trainer.objective"
+    assert "choose auto or one of test/loss, train/loss_epoch" in str(e.value)

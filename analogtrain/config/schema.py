@@ -238,7 +238,9 @@ class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | cuda ("device" means the resistive device here)
     num_threads: int = 0  # torch CPU threads; 0 = auto (1 in joblib sweep workers, else torch's default)
     deterministic: bool = True  # torch.use_deterministic_algorithms (bit-reproducible on CPU)
-    objective: str = "val/acc"  # metric returned to Hydra sweepers (e.g. optuna); last epoch value
+    # metric returned to Hydra sweepers (e.g. optuna), its last epoch value: auto = val/acc for classification,
+    # val/loss for regression (test/... when the data set has no validation split), or a metric name
+    objective: str = "auto"
     # Pipeline-parallel training (analogtrain.pipeline): mode none = the ordinary loop; sync/async run each
     # mini-batch through PipelineExecutor.train_step (sync with micro_batches=1 = unpipelined, with cycles).
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

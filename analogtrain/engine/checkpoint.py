@@ -31,7 +31,7 @@ from analogtrain.config.errors import ConfigError
 RESUME_MUTABLE = (
     "trainer.epochs", "trainer.max_steps", "trainer.progress", "trainer.resume", "trainer.checkpoint",
     "trainer.num_threads", "trainer.accelerator", "trainer.log_every_n_steps", "data.root", "data.download",
-    "data.eval_batch_size", "logger",
+    "data.eval_batch_size", "logger", "trainer.objective",
 )
 
 
