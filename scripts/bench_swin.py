@@ -18,7 +18,8 @@ and B at the head. ``conf/algo/cttv2.yaml`` and ``agad.yaml`` transfer one colum
 (``units_in_mbatch: false, transfer_every: 1``): 8192 transfers per tile and step at B = 32, which is
 what aihwkit does too but takes about a minute per step here. ``image`` (default) sets every TT-family
 algorithm to one transfer per image (``units_in_mbatch=true, transfer_every=1/B``: B transfers per tile
-and step; what ``experiment=swin_transfer_finetune`` uses); ``conf`` keeps each algorithm's config.
+and step, and for c-TTv2/AGAD ``auto_granularity=0``; what ``experiment=swin_transfer_finetune`` uses);
+``conf`` keeps each algorithm's config.
 
     .venv/bin/python scripts/bench_swin.py --quick          # batch 32, 1 thread, 3 repeats
     .venv/bin/python scripts/bench_swin.py                  # batches 32 and 128, 1 and 2 threads
@@ -43,7 +44,9 @@ TT_FAMILY = ("tt", "ttv2", "cttv2", "agad")
 def transfer_overrides(algo: str, mode: str, batch: int) -> list[str]:
     """Hydra overrides of ``--tt-transfer`` for ``algo`` (see the module docstring)."""
     if mode == "image" and algo in TT_FAMILY:
-        return ["algo.units_in_mbatch=true", f"algo.transfer_every={1.0 / batch!r}"]
+        over = ["algo.units_in_mbatch=true", f"algo.transfer_every={1.0 / batch!r}"]
+        # (as the fine-tuning overlay: auto_granularity, made for per-vector reads, would divide by 1/B)
+        return over + (["algo.auto_granularity=0"] if algo in ("cttv2", "agad") else [])
     return []
 
 

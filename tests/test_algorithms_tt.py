@@ -352,3 +352,23 @@ def test_algorithm_registry_trains_a_layer_and_reports_metrics(name):
         assert "chopper_flips" in keys
     assert max(v for k, v in m.items() if k.endswith("/transfers")) > 0
     assert max(v for k, v in m.items() if k.endswith("/pulses_a")) > 0
+
+
+CLASS_DEFAULTS = ["algo.auto_scale=false", "algo.auto_granularity=0", "algo.fast_lr=1.0", "algo.in_chop_prob=0.1"]
+
+
+@pytest.mark.parametrize("overrides", [[], CLASS_DEFAULTS], ids=["conf", "class_defaults"])
+def test_cttv2_as_configured_trains_a_conv_net(compose, tmp_path, overrides):
+    """`algo=cttv2` learns a LeNet (conv layers: one column read per image patch, ~2000 reads of conv1 per
+    step): after two epochs on digits the test accuracy is far above chance. With the class defaults
+    (buffer granularity dw_A, absolute fast lr 1) C is written by read noise and the net stays at chance,
+    the failure the conf values avoid."""
+    from analogtrain.run import train
+
+    cfg = compose(["experiment=digits_lenet", "algo=cttv2", "trainer.epochs=2", "trainer.lr_schedule=none",
+                   "logger=none", "trainer.progress=off", *overrides])
+    acc = train(cfg, run_dir=tmp_path)["test/acc"]
+    if overrides:
+        assert acc < 0.2
+    else:
+        assert acc > 0.45
