@@ -143,6 +143,7 @@ def test_objective_auto_follows_the_task_and_the_splits():
     assert resolve_objective("auto", data("regression", 5, 5)) == "val/loss"
     assert resolve_objective("auto", data("regression", 0, 5)) == "test/loss"
     assert resolve_objective("auto", data("regression", 0, 0)) == "train/loss_epoch"
+    assert resolve_objective("auto", data("classification", 0, 0)) == "train/acc"
     assert resolve_objective("test/loss", data("regression", 0, 5)) == "test/loss"
     with pytest.raises(ConfigError) as e:
         resolve_objective("val/acc", data("regression", 0, 5))
