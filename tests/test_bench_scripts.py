@@ -91,7 +91,7 @@ sys.meta_path.insert(0, _Block())
 """
 
 
-def test_gpu_check_collects_every_cuda_test_without_the_config_stack(tmp_path):
+def test_gpu_check_collects_every_cuda_test_without_the_config_stack():
     """The test files gpu_check.sh selects (those with a `pytest.mark.cuda`) import without Hydra,
     OmegaConf and MLflow, and together hold every cuda-marked test of the suite."""
     import subprocess
