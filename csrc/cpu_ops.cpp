@@ -1324,6 +1324,49 @@ bool buffer_step_raw(float* h, int64_t h_stride, const float* v, const float* ch
   return any;
 }
 
+// One buffered transfer on raw CPU buffers (the body of buffered_transfer_cpu and of each read of
+// buffered_transfer_seq_cpu): the buffer step of slice k of H (O, I) with the signal v (L,) and chopper
+// signs chop (L,) or nullptr, n written to n_out (L,); then, if `write` and any n != 0, the pulsed write
+// of C (w (O, I)) with x = e_k, d = −n (columns) or x = −n, d = e_k (rows), its pulse counts of the
+// slice written to sp_out (L,) (left untouched where n = 0: the caller zeroes it).
+struct TransferScratch {
+  std::vector<float> onehot, negn, ws;  // (S,), (L,), (O·I,) zeroed between calls
+};
+
+void buffered_transfer_raw(float* h_base, int64_t O, int64_t I, const float* v, int64_t k, const float* chop,
+                           float lr_scale, float thr, int64_t bl_t, double momentum, bool forget, bool no_buffer,
+                           double cap, bool columns, bool write, float* w, float* wp, const float* params,
+                           const DeviceGlobals& g, const UpdateArgs& u, float* n_out, float* sp_out,
+                           TransferScratch& s) {
+  const int64_t L = columns ? O : I;
+  const int64_t S = columns ? I : O;
+  float* hp = h_base + (columns ? k : k * I);
+  const int64_t hs = columns ? I : 1;
+  const bool any = buffer_step_raw(hp, hs, v, chop, L, lr_scale, thr, static_cast<float>(bl_t),
+                                   static_cast<float>(momentum), static_cast<float>(1.0 - momentum), forget, no_buffer,
+                                   static_cast<float>(cap * static_cast<double>(bl_t)), n_out);
+  if (!(write && any)) return;
+  // the C write: one sample, x = e_k and d = −n (columns) or x = −n and d = e_k (rows)
+  if (static_cast<int64_t>(s.onehot.size()) != S) s.onehot.assign(static_cast<size_t>(S), 0.0f);
+  s.negn.resize(static_cast<size_t>(L));
+  s.onehot[static_cast<size_t>(k)] = 1.0f;
+  for (int64_t r = 0; r < L; ++r) s.negn[static_cast<size_t>(r)] = -n_out[r];
+  const float* xs = columns ? s.onehot.data() : s.negn.data();
+  const float* ds = columns ? s.negn.data() : s.onehot.data();
+  // pulse counts land only on slice k (x or d is one-hot): a zeroed workspace, of which only the slice
+  // is read back and re-zeroed (no O·I memset per transfer)
+  if (s.ws.size() < static_cast<size_t>(O * I)) s.ws.assign(static_cast<size_t>(O * I), 0.0f);
+  pulsed_update_raw(w, wp, params, g, xs, ds, 1, static_cast<int>(O), static_cast<int>(I), u, nullptr, nullptr,
+                    s.ws.data(), 1);
+  s.onehot[static_cast<size_t>(k)] = 0.0f;
+  for (int64_t r = 0; r < L; ++r) {
+    if (n_out[r] == 0.0f) continue;  // n_r = 0: entry r of the write's train is empty, no pulse (a cold line)
+    float& cell = s.ws[static_cast<size_t>(columns ? r * I + k : k * I + r)];
+    sp_out[r] = cell;
+    cell = 0.0f;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at::Tensor& v, int64_t k, const std::optional<at::Tensor>& chop,
                                  double lr_scale, double thr, int64_t bl_t, double momentum, bool forget,
                                  bool no_buffer, double cap, bool columns, bool write, at::Tensor w,
@@ -1347,42 +1390,19 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at:
     TORCH_CHECK(chop->numel() == L, "analogtrain::buffered_transfer: chop must have ", L, " entries");
     cp = chop->data_ptr<float>();
   }
-  at::Tensor n = at::empty({L}, v.options());
-  at::Tensor slice_pulses = at::zeros({L}, v.options());
-  float* hp = h.data_ptr<float>() + (columns ? k : k * I);
-  const int64_t hs = columns ? I : 1;
-  const bool any = buffer_step_raw(hp, hs, v.data_ptr<float>(), cp, L, static_cast<float>(lr_scale),
-                                   static_cast<float>(thr), static_cast<float>(bl_t), static_cast<float>(momentum),
-                                   static_cast<float>(1.0 - momentum), forget, no_buffer,
-                                   static_cast<float>(cap * static_cast<double>(bl_t)), n.data_ptr<float>());
-  if (!(write && any)) return std::make_tuple(n, slice_pulses);
-  // the C write: one sample, x = e_k and d = −n (columns) or x = −n and d = e_k (rows)
-  std::vector<float> onehot(static_cast<size_t>(S), 0.0f), negn(static_cast<size_t>(L));
-  onehot[static_cast<size_t>(k)] = 1.0f;
-  const float* np_ = n.data_ptr<float>();
-  for (int64_t r = 0; r < L; ++r) negn[static_cast<size_t>(r)] = -np_[r];
-  const float* xs = columns ? onehot.data() : negn.data();
-  const float* ds = columns ? negn.data() : onehot.data();
   float* wp = nullptr;
   if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
     check_f32_cpu(*w_p, "w_p");
     wp = w_p->data_ptr<float>();
   }
-  // pulse counts land only on slice k (x or d is one-hot): a zeroed per-thread workspace, of which
-  // only the slice is read back and re-zeroed (no O·I memset per transfer)
-  thread_local std::vector<float> ws;
-  if (ws.size() < static_cast<size_t>(O * I)) ws.assign(static_cast<size_t>(O * I), 0.0f);
+  at::Tensor n = at::empty({L}, v.options());
+  at::Tensor slice_pulses = at::zeros({L}, v.options());
   const UpdateArgs u = make_args(lr, dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
                                  offset);
-  pulsed_update_raw(w.data_ptr<float>(), wp, params.data_ptr<float>(), globals_of(gparams), xs, ds, 1,
-                    static_cast<int>(O), static_cast<int>(I), u, nullptr, nullptr, ws.data(), 1);
-  float* sp = slice_pulses.data_ptr<float>();
-  for (int64_t r = 0; r < L; ++r) {
-    if (np_[r] == 0.0f) continue;  // n_r = 0: entry r of the write's train is empty, no pulse (a cold line)
-    float& cell = ws[static_cast<size_t>(columns ? r * I + k : k * I + r)];
-    sp[r] = cell;
-    cell = 0.0f;
-  }
+  thread_local TransferScratch scratch;
+  buffered_transfer_raw(h.data_ptr<float>(), O, I, v.contiguous().data_ptr<float>(), k, cp,
+                        static_cast<float>(lr_scale), static_cast<float>(thr), bl_t, momentum, forget, no_buffer, cap, columns, write, w.data_ptr<float>(), wp, params.data_ptr<float>(),
+                        globals_of(gparams), u, n.data_ptr<float>(), slice_pulses.data_ptr<float>(), scratch);
   return std::make_tuple(n, slice_pulses);
 }
 
@@ -1599,24 +1619,51 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_seq_cpu(
   at::Tensor lc = lr_scales.to(at::kDouble).contiguous(), wc = writes.to(at::kBool).contiguous();
   TORCH_CHECK(kc.numel() == R && oc.numel() == R && lc.numel() == R && wc.numel() == R,
               "analogtrain::buffered_transfer_seq: ks, lr_scales, writes, offsets must have R entries");
-  std::optional<at::Tensor> none;
+  check_f32_cpu(h, "h");
+  check_f32_cpu(w, "w");
+  check_f32_cpu(params, "params");
+  const int64_t O = h.size(0), I = h.size(1);
+  TORCH_CHECK(w.size(0) == O && w.size(1) == I, "analogtrain::buffered_transfer_seq: H and w shapes differ");
+  const int64_t L = columns ? O : I, S = columns ? I : O;
+  TORCH_CHECK(v.size(1) == L, "analogtrain::buffered_transfer_seq: v must be (R, ", L, ")");
+  const float* cp = nullptr;
+  at::Tensor chc;
   if (chop.has_value() && chop->defined()) {
     check_f32_cpu(*chop, "chop");
     TORCH_CHECK(chop->dim() == 2 && chop->size(0) == R, "analogtrain::buffered_transfer_seq: chop must be (R, L)");
+    chc = chop->contiguous();
+    TORCH_CHECK(chc.size(1) == L, "analogtrain::buffered_transfer_seq: chop must be (R, L)");
+    cp = chc.data_ptr<float>();
   }
-  at::Tensor n_all = at::zeros_like(v), p_all = at::zeros_like(v);
+  float* wp = nullptr;
+  if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
+    check_f32_cpu(*w_p, "w_p");
+    wp = w_p->data_ptr<float>();
+  }
+  at::Tensor vc = v.contiguous();
+  at::Tensor n_all = at::zeros_like(vc), p_all = at::zeros_like(vc);
   const int64_t* kp = kc.data_ptr<int64_t>();
   const int64_t* op = oc.data_ptr<int64_t>();
   const double* lp = lc.data_ptr<double>();
   const bool* wr = wc.data_ptr<bool>();
+  for (int64_t r = 0; r < R; ++r)
+    TORCH_CHECK(kp[r] >= 0 && kp[r] < S, "analogtrain::buffered_transfer_seq: slice index out of range");
+  const DeviceGlobals g = globals_of(gparams);
+  const float* vp = vc.data_ptr<float>();
+  float* np_ = n_all.data_ptr<float>();
+  float* pp = p_all.data_ptr<float>();
+  float* hb = h.data_ptr<float>();
+  float* wv = w.data_ptr<float>();
+  const float* prm = params.data_ptr<float>();
+  thread_local TransferScratch scratch;
+  // R reads in order, each exactly the buffered_transfer call of the per-read path (raw buffers: no
+  // tensor is made per read, which for a conv layer — thousands of reads per batch — was the cost)
   for (int64_t r = 0; r < R; ++r) {
-    std::optional<at::Tensor> ch;
-    if (chop.has_value() && chop->defined()) ch = chop->select(0, r);
-    auto out = buffered_transfer_cpu(h, v.select(0, r), kp[r], ch, lp[r], thr, bl_t, momentum, forget, no_buffer, cap,
-                                     columns, wr[r], w, w_p, params, gparams, lr, dw, desired_bl, fixed_bl, ublm, um,
-                                     um_grad_scale, res, sto_round, mode, seed, op[r]);
-    n_all.select(0, r).copy_(std::get<0>(out));
-    p_all.select(0, r).copy_(std::get<1>(out));
+    const UpdateArgs u = make_args(lr, dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
+                                   op[r]);
+    buffered_transfer_raw(hb, O, I, vp + r * L, kp[r], cp ? cp + r * L : nullptr, static_cast<float>(lp[r]),
+                          static_cast<float>(thr), bl_t, momentum, forget, no_buffer, cap,
+                          columns, wr[r], wv, wp, prm, g, u, np_ + r * L, pp + r * L, scratch);
   }
   return std::make_tuple(n_all, p_all);
 }

@@ -64,6 +64,9 @@ CASES = {
     "cttv2_regular": ("cttv2", {"in_chop_prob": 0.5, "in_chop_random": False, "fast_lr": 0.5}),
     "cttv2_out_chop": ("cttv2", {"in_chop_prob": 0.3, "out_chop_prob": 0.5, "fast_lr": 0.5}),
     "cttv2_auto_scale": ("cttv2", {"in_chop_prob": 0.3, "auto_scale": True, "fast_lr": 0.2}),
+    # the buffer scale divides by A's fast lr at the read, which moves per sample with auto_scale
+    "cttv2_auto_scale_corrected": ("cttv2", {"in_chop_prob": 0.3, "auto_scale": True, "fast_lr": 0.2,
+                                             "correct_gradient_magnitudes": True}),
     "cttv2_gamma": ("cttv2", {"in_chop_prob": 0.3, "gamma": 0.5, "fast_lr": 0.5, "transfer_forward": READ_IO}),
     "cttv2_every2": ("cttv2", {"in_chop_prob": 0.3, "transfer_every": 2, "fast_lr": 0.5}),
     "cttv2_every2_auto": ("cttv2", {"in_chop_prob": 0.3, "transfer_every": 2, "auto_scale": True,
@@ -85,8 +88,8 @@ CASES = {
 @pytest.mark.parametrize("size", [(5, 4), (4, 9)], ids=["wraps", "distinct"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_batched_schedule_equals_per_sample_loop(case, size, backend, monkeypatch):
-    """size (5, 4): 6 reads per batch > 4 slices (a slice read twice per batch: AGAD goes one by one);
-    (4, 9): distinct slices per batch (everything through ``buffered_transfer_seq``)."""
+    """size (5, 4): 6 reads per batch > 4 slices (a slice read twice per batch: AGAD's signals in rounds
+    of distinct slices); (4, 9): distinct slices per batch. Both through ONE ``buffered_transfer_seq``."""
     algo, kw = CASES[case]
     nb = 5 if size == (5, 4) else 10  # AGAD's warm-up (N + 1 sweeps) must end inside the run
     ref = _run(algo, kw, False, backend, size=size, batches=nb)
@@ -95,13 +98,36 @@ def test_batched_schedule_equals_per_sample_loop(case, size, backend, monkeypatc
     monkeypatch.setattr(ops, "buffered_transfer_seq", lambda *a, **k: (seq_calls.append(1), inner(*a, **k))[1])
     new = _run(algo, kw, True, backend, size=size, batches=nb)
     _assert_same(ref, new)
-    rows = size[0] if kw.get("transfer_columns", True) is False else size[1]
-    assert bool(seq_calls) == (algo != "agad" or 6 // kw.get("transfer_every", 1) <= rows)
+    assert len(seq_calls) == nb  # one per batch, whatever the number of reads per slice
     # the comparison is not vacuous: A moved, C was written, the schedule ran (and choppers flipped)
     assert int(new.transfers) >= 10 and float(new.pulses_a) > 0 and float(new.pulses_c) > 0
     if "in_chop_prob" in kw and algo != "ttv2":
         assert int(new.flips) > 0
     assert not torch.equal(new.A.w, torch.zeros_like(new.A.w))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_agad_batched_rounds_equal_loop_when_slices_repeat_often(backend, monkeypatch):
+    """AGAD with every slice read four times per batch (2 columns, batch 8): its batched signals run in
+    four rounds, each seeing the running mean M and the switched flags the earlier rounds left (P ← M at
+    the first read after a flip). Equal to the one-by-one loop, with the flags really used."""
+    kw = {"in_chop_prob": 0.45, "in_chop_random": True, "fast_lr": 0.5}
+    switched = []
+    from analogtrain.algorithms.agad import AGADRule
+
+    inner = AGADRule.batch_signals
+
+    def spy(self, k, v, flips):
+        switched.append(int(self.switched.sum()))
+        return inner(self, k, v, flips)
+
+    ref = _run("agad", kw, False, backend, size=(4, 2), batch=8, batches=8)
+    monkeypatch.setattr(AGADRule, "batch_signals", spy)
+    new = _run("agad", kw, True, backend, size=(4, 2), batch=8, batches=8)
+    _assert_same(ref, new)
+    assert len(switched) == 8 and sum(switched) > 0  # batches started with switched columns
+    assert int(new.flips) >= 8 and float(new.pulses_c) > 0
+    assert not torch.equal(new.P, torch.zeros_like(new.P))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

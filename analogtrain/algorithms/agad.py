@@ -50,8 +50,8 @@ class AGADRule(ChoppedRule):
             self.switched[j] = False
         return v - self._slice(self.P, k)
 
-    def accumulation_scale(self, lr: float, sweeps: int | None = None) -> float:
-        scale = self.buffer_scale(lr)
+    def accumulation_scale(self, lr: float, sweeps: int | None = None, lr_a: float | None = None) -> float:
+        scale = self.buffer_scale(lr, lr_a)
         if self.cfg.experimental_correct_accumulation:
             s = (int(self.sweeps) if sweeps is None else sweeps) % self.period + 1
             scale /= min(s, 1.0 / self.A.dw)
@@ -66,23 +66,30 @@ class AGADRule(ChoppedRule):
     def write_allowed(self, sweeps: int | None = None) -> bool:
         return (int(self.sweeps) if sweeps is None else sweeps) > self.period  # warm-up of N sweeps
 
-    def batch_signals(self, k, v):
-        """Vectorised ``reference_corrected`` of R reads of DISTINCT slices (R <= n_slices): a column
-        switched at its previous read takes P ← M first; its flag clears. A slice read twice in one batch
-        would see its own earlier read in M, so that case goes one by one (None)."""
-        if v.shape[0] > self.n_slices:
-            return None
+    def batch_signals(self, k, v, flips):
+        """Vectorised ``reference_corrected`` + ``after_read`` + ``on_flip`` of the R reads, in rounds of
+        at most n_slices consecutive reads (sequential slices: distinct within a round, so a round is
+        exactly its reads one by one): per round, a slice switched at its previous read takes P ← M first
+        and its flag clears, the signals are v − P, M ← (1 − β)·M + β·v, then the round's flipped slices
+        are marked switched for their next read (a later round). Same float32 operations per element as
+        the one-by-one path."""
+        R = v.shape[0]
         kd = k.to(self.switched.device)
-        sw = self.switched[kd]
-        if bool(sw.any()):
-            ks = kd[sw]
-            self._sm(self.P)[ks] = self._sm(self.M)[ks]
-        self.switched[kd] = False
-        return v - self._sm(self.P)[kd]
-
-    def after_reads(self, k, v):
-        kd = k.to(self.M.device)
-        self._sm(self.M)[kd] = (1.0 - self.beta) * self._sm(self.M)[kd] + self.beta * v
+        Psm, Msm = self._sm(self.P), self._sm(self.M)
+        out = torch.empty_like(v)
+        fl = torch.as_tensor(flips, dtype=torch.bool, device=kd.device)
+        for r0 in range(0, R, self.n_slices):
+            r1 = min(r0 + self.n_slices, R)
+            kr, vr = kd[r0:r1], v[r0:r1]
+            sw = self.switched[kr]
+            if bool(sw.any()):
+                ks = kr[sw]
+                Psm[ks] = Msm[ks]
+            self.switched[kr] = False
+            out[r0:r1] = vr - Psm[kr]
+            Msm[kr] = (1.0 - self.beta) * Msm[kr] + self.beta * vr
+            self.switched[kr[fl[r0:r1]]] = True
+        return out
 
     def on_flip(self, j: int) -> None:
         self.switched[j] = True

@@ -34,6 +34,7 @@ loop (``tests/test_chopped_carry.py``).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -46,7 +47,7 @@ from analogtrain import ops
 from analogtrain.ops import rng
 from analogtrain.ops.rng import Stream
 
-__all__ = ["ChoppedRule", "ChoppedTTv2", "chopper_period", "buffer_granularity"]
+__all__ = ["ChoppedRule", "ChoppedTTv2", "ReadPlan", "chopper_period", "buffer_granularity"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -66,13 +67,23 @@ def buffer_granularity(buffer_gran: float, auto_gran: float, dw_a: float, n_slic
     return bg
 
 
-def _ema_f(m: float, new: float, tau: float) -> float:
-    """``ChoppedRule._ema`` on Python floats (float64, the same two roundings as mul_/add_)."""
-    if m <= 0:
-        return new
-    if new > 0:
-        return m * (1.0 - tau) + tau * new
-    return m
+class ReadPlan:
+    """The planned transfer reads of one batch (``ChoppedRule._plan_choppers``), per read r:
+    ``flips[r]`` whether the slice's in-chopper flips after it, ``hits[r]`` the (L,) bool out-chopper
+    flips after it (a read of the last slice, with out_chop_prob > 0) or None, ``sweeps[r]`` the sweep
+    counter at it, ``signs`` (R, L) its chopper sign c_in[j]·c_out, ``lr_a[r]`` A's fast lr at it.
+    ``plan[r]`` is the tuple (flip, hit, sweeps, sign (L,), lr_a) of one read (the one-by-one path)."""
+
+    __slots__ = ("flips", "hits", "sweeps", "signs", "lr_a")
+
+    def __init__(self, flips: list, hits: list, sweeps: list, signs: torch.Tensor, lr_a: list):
+        self.flips, self.hits, self.sweeps, self.signs, self.lr_a = flips, hits, sweeps, signs, lr_a
+
+    def __len__(self) -> int:
+        return len(self.flips)
+
+    def __getitem__(self, r: int) -> tuple:
+        return self.flips[r], self.hits[r], self.sweeps[r], self.signs[r], self.lr_a[r]
 
 
 class ChoppedRule(TransferRule):
@@ -112,15 +123,16 @@ class ChoppedRule(TransferRule):
             base = base * self.spec.desired_bl * self.A.dw / (m_x * m_d)
         return base * lr if a.scale_fast_lr else base
 
-    def buffer_scale(self, lr: float) -> float:
-        """lr_scale: H increment per unit of read signal (dimensionless H, threshold 1)."""
+    def buffer_scale(self, lr: float, lr_a: float | None = None) -> float:
+        """lr_scale: H increment per unit of read signal (dimensionless H, threshold 1). ``lr_a``: A's
+        fast lr at the read (default: from the EMA buffers now), used with ``correct_gradient_magnitudes``."""
         a = self.cfg
         bg = buffer_granularity(float(a.buffer_granularity), float(a.auto_granularity), self.A.dw,
                                 self.n_slices, float(a.transfer_every))
         lr_t = abs(self.transfer_lr(lr))
         if a.correct_gradient_magnitudes:
             bg *= self.C.dw / self.A.dw
-            return lr_t / self.fast_lr(lr) / bg
+            return lr_t / (self.fast_lr(lr) if lr_a is None else lr_a) / bg
         return lr_t / bg
 
     def chop_args(self):
@@ -138,7 +150,7 @@ class ChoppedRule(TransferRule):
 
     @staticmethod
     def _ema(m: torch.Tensor, new: float, tau: float) -> None:
-        """EMA of max|x| / max|d| (m float64 buffer); ``_ema_f`` is the same in Python floats."""
+        """EMA of max|x| / max|d| (m float64 buffer); ``_plan_calls`` does the same in Python floats."""
         if float(m) <= 0:
             m.fill_(new)
         elif new > 0:
@@ -177,9 +189,30 @@ class ChoppedRule(TransferRule):
         """Whether this read may write C (``sweeps``: the sweep of the read, default the buffer)."""
         return True
 
-    def accumulation_scale(self, lr: float, sweeps: int | None = None) -> float:
-        """H increment per unit of signal of a read during sweep ``sweeps`` (default: the buffer)."""
-        return self.buffer_scale(lr)
+    def accumulation_scale(self, lr: float, sweeps: int | None = None, lr_a: float | None = None) -> float:
+        """H increment per unit of signal of a read during sweep ``sweeps`` (default: the buffer) with A's
+        fast lr ``lr_a`` at the read (default: the EMA buffers now)."""
+        return self.buffer_scale(lr, lr_a)
+
+    def planned_scales(self, lr: float, plan: "ReadPlan") -> tuple[list, list]:
+        """(lr_scales, writes) of the planned reads: ``accumulation_scale`` / ``write_allowed`` of each
+        read's sweep and fast lr, computed once per distinct pair (a conv layer reads thousands of times
+        per batch over a handful of sweeps)."""
+        cgm = bool(self.cfg.correct_gradient_magnitudes)
+        scales, writes, cache = [], [], {}
+        if not cgm:  # one value per sweep; the sweeps of a batch are runs of equal values
+            for sw, run in itertools.groupby(plan.sweeps):
+                n = len(list(run))
+                scales.extend([self.accumulation_scale(lr, sw)] * n)
+                writes.extend([self.write_allowed(sw)] * n)
+            return scales, writes
+        for sw, la in zip(plan.sweeps, plan.lr_a):
+            hit = cache.get((sw, la))
+            if hit is None:
+                hit = cache[(sw, la)] = (self.accumulation_scale(lr, sw, la), self.write_allowed(sw))
+            scales.append(hit[0])
+            writes.append(hit[1])
+        return scales, writes
 
     def buffer_cap(self) -> float:
         return 0.0
@@ -192,11 +225,13 @@ class ChoppedRule(TransferRule):
 
     def _transfer_slice(self, lr: float, k: torch.Tensor, v: torch.Tensor, plan=None) -> None:
         """Steps b–f of one read: buffer, threshold, C write, chopper flips. k (1,), v (1, L) the read;
-        ``plan`` = (in-flip, out-flip mask) decided in advance by ``_plan_choppers`` (batched path)."""
+        ``plan`` = the read's entry of ``_plan_choppers`` (batched path): its in-flip, out-flip mask and
+        A's fast lr at the read, decided in advance."""
         j = int(k[0])
         signal = self.reference_corrected(k, v)
-        self.buffered_transfer(j, signal[0], chop=self.read_sign(j), lr_scale=self.accumulation_scale(lr),
-                               thr=1.0, write=self.write_allowed(), cap=self.buffer_cap())
+        scale = self.accumulation_scale(lr, lr_a=None if plan is None else plan[4])
+        self.buffered_transfer(j, signal[0], chop=self.read_sign(j), lr_scale=scale, thr=1.0,
+                               write=self.write_allowed(), cap=self.buffer_cap())
         self.after_read(k, v)
         self._flip_in(j, None if plan is None else plan[0])
         if j == self.n_slices - 1:
@@ -211,48 +246,62 @@ class ChoppedRule(TransferRule):
 
     def _plan_calls(self, x, d, lr, chunks):
         """One call per chunk, or with auto_scale one call per sample with the EMAs moved before it (as
-        ``_update_fast``); the EMA buffers and ``lr_a`` end where the per-sample path leaves them."""
+        ``_update_fast``); the EMA buffers and ``lr_a`` end where the per-sample path leaves them.
+        The loop is ``_ema`` / ``fast_lr`` inlined with the same float64 operations in the same order
+        (a conv layer plans one call per image patch: thousands per batch)."""
         a = self.cfg
         if not (a.auto_scale and a.fast_lr > 0):
             lr_a = self.fast_lr(lr)
             self.lr_a.fill_(lr_a)
             return [c[0] for c in chunks], [lr_a] * len(chunks), [c[2] for c in chunks]
         tau = (1.0 - float(a.auto_momentum)) / x.shape[0]
+        keep = 1.0 - tau
+        base = float(a.fast_lr)
+        num = base * self.spec.desired_bl * self.A.dw  # fast_lr's numerator: (fast_lr·BL)·dw_A
+        scaled = bool(a.scale_fast_lr)
         xm, dm = x.abs().amax(dim=1).tolist(), d.abs().amax(dim=1).tolist()
         mx, md = float(self.m_x), float(self.m_d)
-        starts, lrs, xfer = [], [], []
-        for s, n, t in chunks:
-            for b in range(s, s + n):
-                mx, md = _ema_f(mx, xm[b], tau), _ema_f(md, dm[b], tau)
-                starts.append(b)
-                lrs.append(self.fast_lr(lr, mx, md))
-                xfer.append(t and b == s + n - 1)
+        # the chunks cover the batch in order: one call per sample b = 0 .. B − 1, a read after the last
+        # sample of each transferring chunk
+        starts, lrs, xfer = list(range(x.shape[0])), [], []
+        append = lrs.append
+        for nx, nd in zip(xm, dm):
+            mx = nx if mx <= 0 else (mx * keep + tau * nx if nx > 0 else mx)  # _ema of both EMAs
+            md = nd if md <= 0 else (md * keep + tau * nd if nd > 0 else md)
+            f = num / (mx * md) if (mx > 0 and md > 0) else base
+            append(f * lr if scaled else f)
+        for _, n, t in chunks:
+            xfer.extend([False] * (n - 1) + [t])
         self.m_x.fill_(mx)
         self.m_d.fill_(md)
         self.lr_a.fill_(lrs[-1])
         return starts, lrs, xfer
 
-    def _plan_choppers(self, xfer, slices):
+    def _plan_choppers(self, xfer, slices, lrs=None):
         """Chopper signs of every planned call and the flip decisions of every read: the flips are draws
         indexed by read event / sweep (or the regular pattern), never by A's values, so the whole
         sequence of the batch is known before the updates. Vectorised: the in-flip draws of all reads in
         one ``ops.uniform_counters``, the chopper rows of the calls by negating the tail rows of each
-        flipped entry (exact). Returns (chop_in (C, I), chop_out (C, O), plan: per read (in-flip, out-flip
-        mask or None, sweeps at the read, chopper sign (L,) of the read))."""
+        flipped entry (exact). ``lrs``: the fast lr of each planned call. Returns (chop_in (C, I),
+        chop_out (C, O), ``ReadPlan`` of the reads)."""
         C, R = len(xfer), len(slices)
         last = self.n_slices - 1
         call_of = [c for c, t in enumerate(xfer) if t]  # the call after which read r happens
-        sweeps_at, sw = [], int(self.sweeps)
-        for j in slices:  # sweeps counts the reads of the last slice, after their flip decisions
-            sweeps_at.append(sw)
-            sw += int(j == last)
-        flips = self._in_flip_decisions(slices, [int(self.reads) + r + 1 for r in range(R)], sweeps_at)
-        hits = [self._flip_out_decision(sweeps_at[r]) if slices[r] == last else None for r in range(R)]
+        # sweeps counts the reads of the last slice, after their flip decisions: the sweeps at read r are
+        # the sweeps before the batch plus the last-slice reads before r
+        is_last = [j == last for j in slices]
+        sweeps_at = list(itertools.accumulate(is_last[:-1], initial=int(self.sweeps))) if R else []
+        reads0 = int(self.reads)
+        flips = self._in_flip_decisions(slices, range(reads0 + 1, reads0 + R + 1), sweeps_at)
+        hits = [None] * R
+        if float(self.cfg.out_chop_prob) > 0:
+            for r in (r for r in range(R) if is_last[r]):
+                hits[r] = self._flip_out_decision(sweeps_at[r])
         # row c: the choppers during call c; row C: after the batch. A flip at the read after call c
         # negates its entries from row c + 1 on (×(−1): exact)
         ci = self.c_in.expand(C + 1, -1).clone()
         co = self.c_out.expand(C + 1, -1).clone()
-        for r in range(R):
+        for r in (r for r in range(R) if flips[r] or hits[r] is not None):
             if flips[r]:
                 ci[call_of[r] + 1:, slices[r]] *= -1.0
             if hits[r] is not None and bool(hits[r].any()):
@@ -260,7 +309,8 @@ class ChoppedRule(TransferRule):
         self._planned_end = (ci[C].clone(), co[C].clone())
         cr = torch.tensor(call_of, dtype=torch.int64, device=ci.device)
         signs = ci[cr, torch.tensor(slices, dtype=torch.int64, device=ci.device)][:, None] * co[cr]  # c_in[j]·c_out
-        plan = [(flips[r], hits[r], sweeps_at[r], signs[r]) for r in range(R)]
+        lr_a = [lrs[c] for c in call_of] if lrs is not None else [None] * R
+        plan = ReadPlan(flips, hits, sweeps_at, signs, lr_a)
         rows_in, rows_out = (ci[:C], co[:C]) if self.columns else (co[:C], ci[:C])
         return rows_in, rows_out, plan
 
@@ -270,6 +320,7 @@ class ChoppedRule(TransferRule):
         if p <= 0 or not js:
             return [False] * len(js)
         if self.cfg.in_chop_random:
+            evs = list(evs)
             u = ops.uniform_counters(int(self.seed_misc), [ev >> 32 for ev in evs], Stream.CHOPPER, js,
                                      [ev & _MASK32 for ev in evs], 0)
             return [v < p for v in u]
@@ -279,13 +330,12 @@ class ChoppedRule(TransferRule):
     def _transfer_read(self, lr, v, plan):
         self._transfer_slice(lr, self.next_slices(1), v, plan)
 
-    def batch_signals(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    def batch_signals(self, k: torch.Tensor, v: torch.Tensor, flips: list) -> torch.Tensor | None:
         """(R, L) what the R reads v (R, L) of slices k accumulate (``reference_corrected`` of each, in
-        order), or None when that needs the one-by-one path. c-TTv2: the reads themselves."""
+        order), or None when that needs the one-by-one path; it also does the reads' ``after_read`` and
+        the ``on_flip`` of the reads whose in-chopper flips (``flips[r]``), in read order, where they
+        touch what later signals see. c-TTv2: the reads themselves (no hooks)."""
         return v
-
-    def after_reads(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """``after_read`` of R reads at once (only called when ``batch_signals`` accepted them)."""
 
     def _transfers_batched(self, lr, v, k, plan):
         """Steps b–f of the R reads: buffers and C writes in ONE ``buffered_transfer_seq`` (chopper signs,
@@ -295,26 +345,21 @@ class ChoppedRule(TransferRule):
         if "read_sign" in self.__dict__ or type(self).read_sign is not ChoppedRule.read_sign:
             # the planned signs are c_in[j]·c_out; an overridden read_sign hook needs the one-by-one path
             return super()._transfers_batched(lr, v, k, plan)
-        signal = self.batch_signals(k, v)
+        signal = self.batch_signals(k, v, plan.flips)
         if signal is None:
             return super()._transfers_batched(lr, v, k, plan)
-        self._seq_transfer(k, signal, chop=torch.stack([p[3] for p in plan]),
-                           lr_scales=[self.accumulation_scale(lr, p[2]) for p in plan],
-                           writes=[self.write_allowed(p[2]) for p in plan], thr=1.0, cap=self.buffer_cap())
-        self.after_reads(k, v)
+        scales, writes = self.planned_scales(lr, plan)
+        self._seq_transfer(k, signal, chop=plan.signs, lr_scales=scales, writes=writes, thr=1.0,
+                           cap=self.buffer_cap())
         # the planned flips, as the one-by-one path leaves them: choppers at their end-of-batch state
-        # (_plan_choppers), the flip counter, on_flip per flipped read in order, the sweeps
+        # (_plan_choppers), the flip counter, the sweeps (on_flip: batch_signals marked them)
         ci_end, co_end = self._planned_end
-        n_in = 0
-        for j, p in zip(k.tolist(), plan):
-            if p[0]:
-                n_in += 1
-                self.on_flip(j)
-        n_out = sum(int(p[1].sum()) for p in plan if p[1] is not None)
+        n_in = sum(1 for f in plan.flips if f)
+        n_out = sum(int(h.sum()) for h in plan.hits if h is not None)
         self.c_in.copy_(ci_end)
         self.c_out.copy_(co_end)
         self.flips += n_in + n_out
-        self.sweeps += sum(1 for j in k.tolist() if j == self.n_slices - 1)
+        self.sweeps += int((k == self.n_slices - 1).sum())
         self.slice_idx.fill_((int(k[-1]) + 1) % self.n_slices)
 
     # --- choppers -----------------------------------------------------------------------------------

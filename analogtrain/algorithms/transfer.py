@@ -317,8 +317,9 @@ class TransferRule(TileRule):
         lr_a = self.fast_lr(lr)
         return [c[0] for c in chunks], [lr_a] * len(chunks), [c[2] for c in chunks]
 
-    def _plan_choppers(self, xfer: list, slices: list) -> tuple:
-        """(chop_in (C, I) or None, chop_out (C, O) or None, per-transfer plan) of the planned calls."""
+    def _plan_choppers(self, xfer: list, slices: list, lrs: list | None = None) -> tuple:
+        """(chop_in (C, I) or None, chop_out (C, O) or None, per-transfer plan) of the planned calls
+        (``lrs``: their fast lrs)."""
         return None, None, [None] * len(slices)
 
     def _transfer_read(self, lr: float, v: torch.Tensor, plan) -> None:
@@ -343,27 +344,28 @@ class TransferRule(TileRule):
         x_in, d_in = x, d  # the planning sees what the per-sample path sees (auto-scale EMAs)
         x = x.detach().to(self.A.w.device, torch.float32).contiguous()
         d = d.detach().to(self.A.w.device, torch.float32).contiguous()
-        chunks, s, samples = [], 0, int(self.samples)
-        while s < m:
-            n = min(every - samples % every, m - s)
-            samples += n
-            chunks.append((s, n, samples % every == 0))
-            s += n
+        # chunks end where the sample counter hits a multiple of ``every`` (and at the batch's end)
+        s0 = int(self.samples)
+        ends = list(range(every - s0 % every, m + 1, every))
+        xfer_end = len(ends)
+        if not ends or ends[-1] != m:
+            ends.append(m)
+        chunks = [(0 if c == 0 else ends[c - 1], ends[c] - (0 if c == 0 else ends[c - 1]), c < xfer_end)
+                  for c in range(len(ends))]
         starts, lrs, xfer = self._plan_calls(x_in, d_in, lr, chunks)
         C = len(starts)
-        n_read = sum(1 for t in xfer if t)
+        n_read = sum(xfer)
         slice0 = int(self.slice_idx)
         slices = [(slice0 + r) % self.n_slices for r in range(n_read)]
-        snap, r = [], 0
-        for t in xfer:
-            snap.append(slices[r] if t else -1)
-            r += int(t)
-        chop_in, chop_out, plan = self._plan_choppers(xfer, slices)
+        xfer_t = torch.tensor(xfer, dtype=torch.bool)
+        snap_t = torch.full((C,), -1, dtype=torch.int64)
+        snap_t[xfer_t] = torch.tensor(slices, dtype=torch.int64)
+        chop_in, chop_out, plan = self._plan_choppers(xfer, slices, lrs)
         A = self.A
         snaps, sums = ops.chopped_update_snapshots(
             A.w, A.w_p if A.has_write_noise else None, A.params, A.gparams, x, d, starts + [m],
-            [int(A.offset) + c for c in range(C)], lrs, chop_in, chop_out, snap, self.columns, A.dw, self.spec,
-            int(A.seed))
+            torch.arange(C, dtype=torch.int64) + int(A.offset), lrs, chop_in, chop_out, snap_t, self.columns,
+            A.dw, self.spec, int(A.seed))
         A.offset += C
         # pulse statistics exactly as C separate record_a calls (float64 sums in call order)
         acc_a, acc_m = float(self.pulses_a), float(self.meter_a.pulses)
@@ -379,7 +381,7 @@ class TransferRule(TileRule):
         if n_read == 0:
             return
         k = torch.tensor(slices, dtype=torch.int64)
-        idx = torch.tensor([c for c in range(C) if xfer[c]], dtype=torch.int64)
+        idx = xfer_t.nonzero().view(-1)
         offs = torch.arange(n_read, dtype=torch.int64) + int(A.read_offset)
         v = snapshot_reads(snaps[idx.to(snaps.device)], k, self.n_slices, self.cfg.transfer_forward,
                            seed=int(A.seed), offsets=offs)
@@ -409,7 +411,7 @@ class TransferRule(TileRule):
             self.H, signal, k, chop=chop, lr_scales=lr_scales, writes=writes, thr=thr,
             bl=int(a.transfer_update.desired_bl), momentum=float(a.momentum), forget=bool(a.forget_buffer), w=C.w,
             w_p=C.w_p if C.has_write_noise else None, params=C.params, gparams=C.gparams, lr=float(a.step) * C.dw,
-            dw=C.dw, spec=self.transfer_spec, seed=int(C.seed), offsets=[off0 + r for r in range(R_)],
+            dw=C.dw, spec=self.transfer_spec, seed=int(C.seed), offsets=torch.arange(R_, dtype=torch.int64) + off0,
             columns=self.columns, no_buffer=bool(getattr(a, "no_buffer", False)), cap=cap)
         C.offset += R_
         wrote = (n != 0).any(dim=1) & torch.as_tensor(writes, dtype=torch.bool, device=n.device)

@@ -180,6 +180,14 @@ def _i64(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
 
 
+def _i64_counters(v) -> torch.Tensor:
+    """``_i64`` of a sequence of counters as an int64 tensor (an int64 tensor passes through: its bits
+    already are the counters')."""
+    if isinstance(v, torch.Tensor) and v.dtype == torch.int64:
+        return v.cpu()
+    return torch.as_tensor([_i64(o) for o in v], dtype=torch.int64)
+
+
 def _f32(t, device):
     return None if t is None else t.to(device=device, dtype=torch.float32).contiguous()
 
@@ -285,9 +293,13 @@ def uniform_counters(seed: int, offsets, stream: int, a, b, draw: int) -> list[f
 
     m = np.uint64(0xFFFFFFFF)
     k0, k1 = np.uint64(int(seed) & 0xFFFFFFFF), np.uint64((int(seed) >> 32) & 0xFFFFFFFF)
-    c0 = np.asarray([int(v) & 0xFFFFFFFF for v in a], dtype=np.uint64)
-    c2 = np.asarray([int(v) & 0xFFFFFFFF for v in b], dtype=np.uint64)
-    c3 = np.asarray([int(v) & 0xFFFFFFFF for v in offsets], dtype=np.uint64)
+    def low32(v):  # int(e) & 0xFFFFFFFF of each entry (int64 two's complement keeps the same low bits)
+        try:
+            return np.asarray(v, dtype=np.int64).astype(np.uint64) & m
+        except OverflowError:  # beyond int64: Python ints
+            return np.asarray([int(e) & 0xFFFFFFFF for e in v], dtype=np.uint64)
+
+    c0, c2, c3 = low32(list(a)), low32(list(b)), low32(list(offsets))
     c1 = np.full_like(c0, ((int(stream) & 0xFF) << 24) | ((int(draw) >> 2) & 0xFFFFFF))
     w0, w1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
     for _ in range(10):  # 32×32 -> 64-bit products fit uint64
@@ -390,7 +402,7 @@ def buffered_transfer_seq(h, v, ks, *, chop, lr_scales, writes, thr, bl, momentu
             torch.as_tensor(lr_scales, dtype=torch.float64), torch.as_tensor(writes, dtype=torch.bool), float(thr),
             int(bl), float(momentum), bool(forget), bool(no_buffer), float(cap), bool(columns), w, w_p,
             params.to(dev, torch.float32).contiguous(), gparams, float(lr), float(dw), *_spec_args(spec),
-            _i64(seed), torch.as_tensor([_i64(o) for o in offsets], dtype=torch.int64))
+            _i64(seed), _i64_counters(offsets))
     from analogtrain.ops.reference_chopped import buffered_transfer_seq_ref
 
     return buffered_transfer_seq_ref(h, v, ks, chop=chop, lr_scales=lr_scales, writes=writes, offsets=offsets,
