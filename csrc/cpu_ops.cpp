@@ -1734,6 +1734,39 @@ at::Tensor device_step_cpu(const at::Tensor& w_dev, const at::Tensor& up, const 
   return out;
 }
 
+// The auto-scaled fast lrs of a chopped-transfer batch (twin: ops.auto_scale_lrs_ref, the loop of
+// ChoppedRule._plan_calls): per sample b the EMAs move first, m ← new when m <= 0, else (1 − τ)·m + τ·new
+// when new > 0 (keep = 1 − τ given), then lr_b = num/(m_x·m_d) (base when either EMA is 0), ×lr when
+// scaled. xm, dm: (B,) float64 per-sample max|x|, max|d|. float64 in the loop's order, no fused
+// multiply-add (-ffp-contract=off), so the numbers are the Python floats'. Returns (lrs (B,), m_x, m_d).
+std::tuple<at::Tensor, double, double> auto_scale_lrs(const at::Tensor& xm, const at::Tensor& dm, double mx, double md,
+                                                      double tau, double keep, double num, double base, double lr,
+                                                      bool scaled) {
+  TORCH_CHECK(xm.device().is_cpu() && dm.device().is_cpu() && xm.scalar_type() == at::kDouble &&
+                  dm.scalar_type() == at::kDouble && xm.dim() == 1 && dm.sizes() == xm.sizes(),
+              "analogtrain::auto_scale_lrs: xm, dm must be (B,) float64 CPU tensors");
+  at::Tensor xc = xm.contiguous(), dc = dm.contiguous();
+  const int64_t B = xc.numel();
+  at::Tensor out = at::empty({B}, xc.options());
+  const double* xp = xc.data_ptr<double>();
+  const double* dp = dc.data_ptr<double>();
+  double* op = out.data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) {
+    const double nx = xp[b], nd = dp[b];
+    if (mx <= 0)
+      mx = nx;
+    else if (nx > 0)
+      mx = mx * keep + tau * nx;
+    if (md <= 0)
+      md = nd;
+    else if (nd > 0)
+      md = md * keep + tau * nd;
+    const double f = (mx > 0 && md > 0) ? num / (mx * md) : base;
+    op[b] = scaled ? f * lr : f;
+  }
+  return std::make_tuple(out, mx, md);
+}
+
 // Which fast paths this build has: 1 the AVX-512 ones (cpu_fused_avx512.h), 2 the AVX2 one of the exact
 // mode (cpu_fused_avx2.h), 0 none (the portable lanes and the generic job path).
 int64_t cpu_fast_paths() { return AT_FUSED_AVX512 ? 1 : (AT_FUSED_AVX2 ? 2 : 0); }
@@ -1769,6 +1802,8 @@ TORCH_LIBRARY(analogtrain, m) {
   m.def("philox_uniform_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("device_step(Tensor w_dev, Tensor up, Tensor params, Tensor gparams, Tensor xi) -> Tensor");
   m.def("cpu_fast_paths() -> int", &analogtrain::cpu_fast_paths);
+  m.def("auto_scale_lrs(Tensor xm, Tensor dm, float mx, float md, float tau, float keep, float num, float base, "
+        "float lr, bool scaled) -> (Tensor, float, float)", &analogtrain::auto_scale_lrs);
 }
 
 TORCH_LIBRARY_IMPL(analogtrain, CPU, m) {

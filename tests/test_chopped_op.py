@@ -106,6 +106,30 @@ def test_batched_schedule_equals_per_sample_loop(case, size, backend, monkeypatc
     assert not torch.equal(new.A.w, torch.zeros_like(new.A.w))
 
 
+@pytest.mark.skipif("compiled" not in BACKENDS, reason="compiled CPU kernel not available")
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("m0", [(0.0, 0.0), (0.7, 0.02)], ids=["cold", "warm"])
+def test_auto_scale_lrs_compiled_equals_python_loop(scaled, m0):
+    """The compiled auto-scale loop gives the Python loop's float64 numbers bit for bit: EMAs that start
+    at 0 (first value taken), samples with max 0 (EMA kept; lr = fast_lr while an EMA is 0), and the
+    (fast_lr·BL)·dw / (m_x·m_d) lrs, scaled by the SGD lr or not."""
+    g = torch.Generator().manual_seed(5)
+    xm = torch.rand(2000, generator=g, dtype=torch.float64) * 3.0
+    dm = torch.rand(2000, generator=g, dtype=torch.float64) * 0.05
+    xm[::7] = 0.0  # all-zero patches (image border)
+    dm[:3] = 0.0
+    args = (m0[0], m0[1], 0.9 / 2000, 0.5 * 31 * 0.001, 0.5, 0.03, scaled)
+    ops.set_backend("compiled")
+    try:
+        got = ops.auto_scale_lrs(xm, dm, *args)
+    finally:
+        ops.set_backend("auto")
+    want = ops.auto_scale_lrs_ref(xm.tolist(), dm.tolist(), *args)
+    assert got[1:] == want[1:]
+    assert got[0] == want[0]  # every lr, exactly
+    assert len(set(want[0])) > 1000  # the EMAs really moved
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_agad_batched_rounds_equal_loop_when_slices_repeat_often(backend, monkeypatch):
     """AGAD with every slice read four times per batch (2 columns, batch 8): its batched signals run in

@@ -67,28 +67,39 @@ class AGADRule(ChoppedRule):
         return (int(self.sweeps) if sweeps is None else sweeps) > self.period  # warm-up of N sweeps
 
     def batch_signals(self, k, v, flips):
-        """Vectorised ``reference_corrected`` + ``after_read`` + ``on_flip`` of the R reads, in rounds of
-        at most n_slices consecutive reads (sequential slices: distinct within a round, so a round is
-        exactly its reads one by one): per round, a slice switched at its previous read takes P ← M first
-        and its flag clears, the signals are v − P, M ← (1 − β)·M + β·v, then the round's flipped slices
-        are marked switched for their next read (a later round). Same float32 operations per element as
-        the one-by-one path."""
-        R = v.shape[0]
-        kd = k.to(self.switched.device)
+        """Vectorised ``reference_corrected`` + ``after_read`` + ``on_flip`` of the R reads (k (R,) slices,
+        v (R, L) reads, flips (R,) bool), in rounds of n_slices consecutive reads. Slices are read in
+        sequence, so every round visits the same cyclic order k[0], k[0] + 1, ... (the last one maybe a
+        prefix of it) and each slice once: M, P and the switched flags are gathered into that order once,
+        and a round is then a few whole-block operations. Per round, as the one-by-one path per read: a
+        slice switched at its previous read takes P ← M, the signal is v − P, M ← (1 − β)·M + β·v (the same
+        float32 operations), then the slices whose chopper flips are marked switched for the next round."""
+        R, n = v.shape[0], self.n_slices
+        dev = self.switched.device
+        order = k[:min(R, n)].to(dev)  # the slices of a round, in read order
         Psm, Msm = self._sm(self.P), self._sm(self.M)
+        Pr, Mr, sr = Psm[order], Msm[order], self.switched[order]  # (copies, in round order)
+        nr = (R + n - 1) // n
+        fl = torch.zeros(nr * n, dtype=torch.bool, device=dev)
+        fl[:R] = torch.as_tensor(flips, dtype=torch.bool)
+        fl = fl.view(nr, n)
+        # whether a round starts with switched slices: the flags before the batch, then the last round's flips
+        switched_at = [bool(sr.any())] + fl[:-1].any(dim=1).tolist()
+        bv = self.beta * v  # β·v of every read
+        keep = 1.0 - self.beta
         out = torch.empty_like(v)
-        fl = torch.as_tensor(flips, dtype=torch.bool, device=kd.device)
-        for r0 in range(0, R, self.n_slices):
-            r1 = min(r0 + self.n_slices, R)
-            kr, vr = kd[r0:r1], v[r0:r1]
-            sw = self.switched[kr]
-            if bool(sw.any()):
-                ks = kr[sw]
-                Psm[ks] = Msm[ks]
-            self.switched[kr] = False
-            out[r0:r1] = vr - Psm[kr]
-            Msm[kr] = (1.0 - self.beta) * Msm[kr] + self.beta * vr
-            self.switched[kr[fl[r0:r1]]] = True
+        for t in range(nr):
+            r0 = t * n
+            r1 = min(r0 + n, R)
+            ln = r1 - r0
+            if switched_at[t]:
+                Pr[:ln] = torch.where(sr[:ln, None], Mr[:ln], Pr[:ln])
+            torch.sub(v[r0:r1], Pr[:ln], out=out[r0:r1])
+            torch.add(keep * Mr[:ln], bv[r0:r1], out=Mr[:ln])
+            sr[:ln] = fl[t, :ln]
+        Psm[order] = Pr
+        Msm[order] = Mr
+        self.switched[order] = sr
         return out
 
     def on_flip(self, j: int) -> None:

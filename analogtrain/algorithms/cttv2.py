@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 
 from analogtrain.algorithms.base import register_algorithm
@@ -150,7 +151,7 @@ class ChoppedRule(TransferRule):
 
     @staticmethod
     def _ema(m: torch.Tensor, new: float, tau: float) -> None:
-        """EMA of max|x| / max|d| (m float64 buffer); ``_plan_calls`` does the same in Python floats."""
+        """EMA of max|x| / max|d| (m float64 buffer); ``ops.auto_scale_lrs`` does the same for a batch."""
         if float(m) <= 0:
             m.fill_(new)
         elif new > 0:
@@ -247,31 +248,26 @@ class ChoppedRule(TransferRule):
     def _plan_calls(self, x, d, lr, chunks):
         """One call per chunk, or with auto_scale one call per sample with the EMAs moved before it (as
         ``_update_fast``); the EMA buffers and ``lr_a`` end where the per-sample path leaves them.
-        The loop is ``_ema`` / ``fast_lr`` inlined with the same float64 operations in the same order
-        (a conv layer plans one call per image patch: thousands per batch)."""
+        The EMAs and lrs of the samples come from ``ops.auto_scale_lrs`` (``_ema`` / ``fast_lr`` in one
+        loop, the same float64 operations in the same order; compiled where available: a conv layer plans
+        one call per image patch, tens of thousands per batch)."""
         a = self.cfg
         if not (a.auto_scale and a.fast_lr > 0):
             lr_a = self.fast_lr(lr)
             self.lr_a.fill_(lr_a)
             return [c[0] for c in chunks], [lr_a] * len(chunks), [c[2] for c in chunks]
         tau = (1.0 - float(a.auto_momentum)) / x.shape[0]
-        keep = 1.0 - tau
-        base = float(a.fast_lr)
-        num = base * self.spec.desired_bl * self.A.dw  # fast_lr's numerator: (fast_lr·BL)·dw_A
-        scaled = bool(a.scale_fast_lr)
-        xm, dm = x.abs().amax(dim=1).tolist(), d.abs().amax(dim=1).tolist()
-        mx, md = float(self.m_x), float(self.m_d)
+        num = float(a.fast_lr) * self.spec.desired_bl * self.A.dw  # fast_lr's numerator: (fast_lr·BL)·dw_A
+        lrs, mx, md = ops.auto_scale_lrs(x.abs().amax(dim=1), d.abs().amax(dim=1), float(self.m_x),
+                                         float(self.m_d), tau, num, float(a.fast_lr), lr,
+                                         bool(a.scale_fast_lr))
         # the chunks cover the batch in order: one call per sample b = 0 .. B − 1, a read after the last
         # sample of each transferring chunk
-        starts, lrs, xfer = list(range(x.shape[0])), [], []
-        append = lrs.append
-        for nx, nd in zip(xm, dm):
-            mx = nx if mx <= 0 else (mx * keep + tau * nx if nx > 0 else mx)  # _ema of both EMAs
-            md = nd if md <= 0 else (md * keep + tau * nd if nd > 0 else md)
-            f = num / (mx * md) if (mx > 0 and md > 0) else base
-            append(f * lr if scaled else f)
-        for _, n, t in chunks:
-            xfer.extend([False] * (n - 1) + [t])
+        starts = list(range(x.shape[0]))
+        xfer = [False] * x.shape[0]
+        for s, n, t in chunks:
+            if t:
+                xfer[s + n - 1] = True
         self.m_x.fill_(mx)
         self.m_d.fill_(md)
         self.lr_a.fill_(lrs[-1])
@@ -286,7 +282,7 @@ class ChoppedRule(TransferRule):
         chop_out (C, O), ``ReadPlan`` of the reads)."""
         C, R = len(xfer), len(slices)
         last = self.n_slices - 1
-        call_of = [c for c, t in enumerate(xfer) if t]  # the call after which read r happens
+        call_of = list(itertools.compress(range(C), xfer))  # the call after which read r happens
         # sweeps counts the reads of the last slice, after their flip decisions: the sweeps at read r are
         # the sweeps before the batch plus the last-slice reads before r
         is_last = [j == last for j in slices]
@@ -320,9 +316,8 @@ class ChoppedRule(TransferRule):
         if p <= 0 or not js:
             return [False] * len(js)
         if self.cfg.in_chop_random:
-            evs = list(evs)
-            u = ops.uniform_counters(int(self.seed_misc), [ev >> 32 for ev in evs], Stream.CHOPPER, js,
-                                     [ev & _MASK32 for ev in evs], 0)
+            ev = np.asarray(evs, dtype=np.int64)  # read events: counters far below 2^63
+            u = ops.uniform_counters(int(self.seed_misc), ev >> 32, Stream.CHOPPER, js, ev & _MASK32, 0)
             return [v < p for v in u]
         n = chopper_period(p)
         return [(sw % n) + 1 == n for sw in sweeps]

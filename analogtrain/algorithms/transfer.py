@@ -38,7 +38,9 @@ in ONE batched periphery pass and all buffer steps / C writes in ONE ``ops.buffe
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -350,8 +352,9 @@ class TransferRule(TileRule):
         xfer_end = len(ends)
         if not ends or ends[-1] != m:
             ends.append(m)
-        chunks = [(0 if c == 0 else ends[c - 1], ends[c] - (0 if c == 0 else ends[c - 1]), c < xfer_end)
-                  for c in range(len(ends))]
+        begins = [0] + ends[:-1]
+        chunks = list(zip(begins, map(operator.sub, ends, begins),
+                          itertools.chain(itertools.repeat(True, xfer_end), itertools.repeat(False))))
         starts, lrs, xfer = self._plan_calls(x_in, d_in, lr, chunks)
         C = len(starts)
         n_read = sum(xfer)

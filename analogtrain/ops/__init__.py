@@ -284,6 +284,38 @@ def uniform_scalar(seed: int, offset: int, stream: int, a: int, b: int, draw: in
     return struct.unpack("f", struct.pack("f", ((r >> 8) + 0.5) * 2.0**-24))[0]
 
 
+def auto_scale_lrs_ref(xm, dm, mx: float, md: float, tau: float, num: float, base: float, lr: float,
+                       scaled: bool) -> tuple[list[float], float, float]:
+    """The auto-scaled fast lr of each sample of a chopped-transfer batch (aihwkit ``auto_scale``, §3.4):
+    per sample b the EMAs of max|x| and max|d| move first (m ← new when m <= 0, else (1 − τ)·m + τ·new
+    when new > 0), then lr_b = num/(m_x·m_d) with num = (fast_lr·BL)·dw_A (``fast_lr`` alone while either
+    EMA is 0), ×lr when ``scaled``. xm, dm: the (B,) per-sample maxima. float64 throughout, the same
+    operations in the same order as ``ChoppedRule._ema`` / ``fast_lr``. Returns (lrs, m_x, m_d)."""
+    keep = 1.0 - tau
+    lrs = []
+    append = lrs.append
+    for nx, nd in zip(xm, dm):
+        mx = nx if mx <= 0 else (mx * keep + tau * nx if nx > 0 else mx)
+        md = nd if md <= 0 else (md * keep + tau * nd if nd > 0 else md)
+        f = num / (mx * md) if (mx > 0 and md > 0) else base
+        append(f * lr if scaled else f)
+    return lrs, mx, md
+
+
+def auto_scale_lrs(xm: torch.Tensor, dm: torch.Tensor, mx: float, md: float, tau: float, num: float,
+                   base: float, lr: float, scaled: bool,
+                   backend: str | None = None) -> tuple[list[float], float, float]:
+    """``auto_scale_lrs_ref`` (xm, dm: (B,) tensors) through the compiled loop where it is available (a
+    conv layer plans one call per image patch: tens of thousands per batch); identical numbers."""
+    xm = xm.detach().to("cpu", torch.float64)
+    dm = dm.detach().to("cpu", torch.float64)
+    if _compiled("cpu", backend or _BACKEND):
+        lrs, mx, md = torch.ops.analogtrain.auto_scale_lrs(
+            xm, dm, float(mx), float(md), float(tau), 1.0 - tau, float(num), float(base), float(lr), bool(scaled))
+        return lrs.tolist(), mx, md
+    return auto_scale_lrs_ref(xm.tolist(), dm.tolist(), mx, md, tau, num, base, lr, scaled)
+
+
 def uniform_counters(seed: int, offsets, stream: int, a, b, draw: int) -> list[float]:
     """``uniform_scalar`` of many counters at once: element q is draw ``draw`` of the sequence
     ``(seed, offsets[q], stream, a[q], b[q])`` (offsets, a, b: equal-length int sequences), the same
@@ -299,7 +331,7 @@ def uniform_counters(seed: int, offsets, stream: int, a, b, draw: int) -> list[f
         except OverflowError:  # beyond int64: Python ints
             return np.asarray([int(e) & 0xFFFFFFFF for e in v], dtype=np.uint64)
 
-    c0, c2, c3 = low32(list(a)), low32(list(b)), low32(list(offsets))
+    c0, c2, c3 = low32(a), low32(b), low32(offsets)
     c1 = np.full_like(c0, ((int(stream) & 0xFF) << 24) | ((int(draw) >> 2) & 0xFFFFFF))
     w0, w1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
     for _ in range(10):  # 32×32 -> 64-bit products fit uint64
