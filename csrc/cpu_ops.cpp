@@ -1330,7 +1330,7 @@ bool buffer_step_raw(float* h, int64_t h_stride, const float* v, const float* ch
 // of C (w (O, I)) with x = e_k, d = −n (columns) or x = −n, d = e_k (rows), its pulse counts of the
 // slice written to sp_out (L,) (left untouched where n = 0: the caller zeroes it).
 struct TransferScratch {
-  std::vector<float> onehot, negn, ws;  // (S,), (L,), (O·I,) zeroed between calls
+  std::vector<float> onehot, negn, ws;  // (S,) one-hot, (L,) −n, (O·I,) pulse counts zeroed between calls
 };
 
 void buffered_transfer_raw(float* h_base, int64_t O, int64_t I, const float* v, int64_t k, const float* chop,
@@ -1347,7 +1347,7 @@ void buffered_transfer_raw(float* h_base, int64_t O, int64_t I, const float* v, 
                                    static_cast<float>(cap * static_cast<double>(bl_t)), n_out);
   if (!(write && any)) return;
   // the C write: one sample, x = e_k and d = −n (columns) or x = −n and d = e_k (rows)
-  if (static_cast<int64_t>(s.onehot.size()) != S) s.onehot.assign(static_cast<size_t>(S), 0.0f);
+  s.onehot.assign(static_cast<size_t>(S), 0.0f);  // (all of it: a call that threw may have left a 1)
   s.negn.resize(static_cast<size_t>(L));
   s.onehot[static_cast<size_t>(k)] = 1.0f;
   for (int64_t r = 0; r < L; ++r) s.negn[static_cast<size_t>(r)] = -n_out[r];
@@ -1358,7 +1358,6 @@ void buffered_transfer_raw(float* h_base, int64_t O, int64_t I, const float* v, 
   if (s.ws.size() < static_cast<size_t>(O * I)) s.ws.assign(static_cast<size_t>(O * I), 0.0f);
   pulsed_update_raw(w, wp, params, g, xs, ds, 1, static_cast<int>(O), static_cast<int>(I), u, nullptr, nullptr,
                     s.ws.data(), 1);
-  s.onehot[static_cast<size_t>(k)] = 0.0f;
   for (int64_t r = 0; r < L; ++r) {
     if (n_out[r] == 0.0f) continue;  // n_r = 0: entry r of the write's train is empty, no pulse (a cold line)
     float& cell = s.ws[static_cast<size_t>(columns ? r * I + k : k * I + r)];
@@ -1400,9 +1399,11 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at:
   const UpdateArgs u = make_args(lr, dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
                                  offset);
   thread_local TransferScratch scratch;
-  buffered_transfer_raw(h.data_ptr<float>(), O, I, v.contiguous().data_ptr<float>(), k, cp,
-                        static_cast<float>(lr_scale), static_cast<float>(thr), bl_t, momentum, forget, no_buffer, cap, columns, write, w.data_ptr<float>(), wp, params.data_ptr<float>(),
-                        globals_of(gparams), u, n.data_ptr<float>(), slice_pulses.data_ptr<float>(), scratch);
+  const at::Tensor vc = v.contiguous();
+  buffered_transfer_raw(h.data_ptr<float>(), O, I, vc.data_ptr<float>(), k, cp, static_cast<float>(lr_scale),
+                        static_cast<float>(thr), bl_t, momentum, forget, no_buffer, cap, columns, write,
+                        w.data_ptr<float>(), wp, params.data_ptr<float>(), globals_of(gparams), u, n.data_ptr<float>(),
+                        slice_pulses.data_ptr<float>(), scratch);
   return std::make_tuple(n, slice_pulses);
 }
 
