@@ -9,6 +9,7 @@
 //                                   the slice read after each call (reference_chopped.py)
 //   analogtrain::buffered_transfer_seq    the R transfers of a batch, each exactly one buffered_transfer
 //   analogtrain::philox_*_grid_offsets     IO-noise grids with one op-call counter per row (batched reads)
+//   analogtrain::auto_scale_lrs           the auto-scale EMA / fast-lr loop of a chopped batch (float64)
 //
 // Work split of pulsed_update (semantics: every sample is its own update, applied in batch order):
 //   phase 1 (parallel over samples): per-sample scales, probabilities, bit-packed x and d pulse trains
