@@ -10,6 +10,7 @@
 //   analogtrain::buffered_transfer_seq    the R transfers of a batch, each exactly one buffered_transfer
 //   analogtrain::philox_*_grid_offsets     IO-noise grids with one op-call counter per row (batched reads)
 //   analogtrain::auto_scale_lrs           the auto-scale EMA / fast-lr loop of a chopped batch (float64)
+//   analogtrain::agad_signals             AGAD's reference correction of a batch's reads, in read order
 //
 // Work split of pulsed_update (semantics: every sample is its own update, applied in batch order):
 //   phase 1 (parallel over samples): per-sample scales, probabilities, bit-packed x and d pulse trains
@@ -1769,6 +1770,54 @@ std::tuple<at::Tensor, double, double> auto_scale_lrs(const at::Tensor& xm, cons
   return std::make_tuple(out, mx, md);
 }
 
+// AGAD's batched reference correction (twin: the torch rounds of AGADRule.batch_signals). Read r of the
+// batch is at position q = r mod n0 of the round order (n0 = min(R, n_slices): sequential slices, every
+// round in the same cyclic order); mr, pr (n0, L) are M and P and sr (n0,) the switched flags gathered
+// into that order, updated in place. Per read, as the one-by-one path: P_q ← M_q if switched, signal
+// v_r − P_q, M_q ← (1 − β)·M_q + β·v_r (float32 products with the factors rounded to float32, then the
+// sum: torch's scalar·tensor ops; no fused multiply-add), switched_q ← flips[r]. Returns the signals
+// (R, L).
+at::Tensor agad_signals(const at::Tensor& v, at::Tensor mr, at::Tensor pr, at::Tensor sr, const at::Tensor& flips,
+                        double beta) {
+  TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat && v.dim() == 2 && v.is_contiguous(),
+              "analogtrain::agad_signals: v must be a contiguous (R, L) float32 CPU tensor");
+  const int64_t R = v.size(0), L = v.size(1);
+  TORCH_CHECK(mr.scalar_type() == at::kFloat && pr.scalar_type() == at::kFloat && mr.is_contiguous() &&
+                  pr.is_contiguous() && mr.dim() == 2 && mr.sizes() == pr.sizes() && mr.size(1) == L &&
+                  mr.device().is_cpu() && pr.device().is_cpu(),
+              "analogtrain::agad_signals: mr, pr must be contiguous (n0, L) float32 CPU tensors");
+  const int64_t n0 = mr.size(0);
+  TORCH_CHECK(n0 > 0 || R == 0, "analogtrain::agad_signals: empty round order");
+  TORCH_CHECK(sr.scalar_type() == at::kBool && sr.is_contiguous() && sr.numel() == n0 && sr.device().is_cpu(),
+              "analogtrain::agad_signals: sr must be a contiguous (n0,) bool CPU tensor");
+  at::Tensor fc = flips.to(at::kBool).contiguous();
+  TORCH_CHECK(fc.numel() == R && fc.device().is_cpu(), "analogtrain::agad_signals: flips must be (R,) on the CPU");
+  at::Tensor out = at::empty({R, L}, v.options());
+  const float* vp = v.data_ptr<float>();
+  float* mp = mr.data_ptr<float>();
+  float* pp = pr.data_ptr<float>();
+  bool* sp = sr.data_ptr<bool>();
+  const bool* fp = fc.data_ptr<bool>();
+  float* op = out.data_ptr<float>();
+  const float keep = static_cast<float>(1.0 - beta), bf = static_cast<float>(beta);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t q = r % n0;
+    const float* vr = vp + r * L;
+    float* m = mp + q * L;
+    float* p = pp + q * L;
+    float* o = op + r * L;
+    if (sp[q]) std::memcpy(p, m, sizeof(float) * static_cast<size_t>(L));
+    for (int64_t e = 0; e < L; ++e) {
+      o[e] = vr[e] - p[e];
+      const float a = keep * m[e];
+      const float b = bf * vr[e];
+      m[e] = a + b;
+    }
+    sp[q] = fp[r];
+  }
+  return out;
+}
+
 // Which fast paths this build has: 1 the AVX-512 ones (cpu_fused_avx512.h), 2 the AVX2 one of the exact
 // mode (cpu_fused_avx2.h), 0 none (the portable lanes and the generic job path).
 int64_t cpu_fast_paths() { return AT_FUSED_AVX512 ? 1 : (AT_FUSED_AVX2 ? 2 : 0); }
@@ -1804,6 +1853,8 @@ TORCH_LIBRARY(analogtrain, m) {
   m.def("philox_uniform_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("device_step(Tensor w_dev, Tensor up, Tensor params, Tensor gparams, Tensor xi) -> Tensor");
   m.def("cpu_fast_paths() -> int", &analogtrain::cpu_fast_paths);
+  m.def("agad_signals(Tensor v, Tensor(a!) mr, Tensor(b!) pr, Tensor(c!) sr, Tensor flips, float beta) -> Tensor",
+        &analogtrain::agad_signals);
   m.def("auto_scale_lrs(Tensor xm, Tensor dm, float mx, float md, float tau, float keep, float num, float base, "
         "float lr, bool scaled) -> (Tensor, float, float)", &analogtrain::auto_scale_lrs);
 }

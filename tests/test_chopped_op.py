@@ -82,6 +82,9 @@ CASES = {
     "agad_warmup": ("agad", {"in_chop_prob": 0.5, "fast_lr": 0.5}),  # N = 2: warm-up, then writes
     "agad_random_auto": ("agad", {"in_chop_prob": 0.4, "in_chop_random": True, "auto_scale": True,
                                   "fast_lr": 0.2, "transfer_forward": READ_IO}),
+    # β = tail_weightening/N < 1 (the presets' 5/50): M is a real running mean, not the last read
+    "agad_tail": ("agad", {"in_chop_prob": 0.3, "in_chop_random": True, "tail_weightening": 1.5,
+                           "fast_lr": 0.5}),
     "agad_cap": ("agad", {"in_chop_prob": 0.5, "forget_buffer": False, "buffer_cap": 2.0, "fast_lr": 0.5,
                           "experimental_correct_accumulation": True}),
     "ttv2_one_read": ("ttv2", {"units_in_mbatch": False, "transfer_every": 1, "fast_lr": 0.5}),
@@ -142,7 +145,7 @@ def test_agad_batched_rounds_equal_loop_when_slices_repeat_often(backend, monkey
     """AGAD with every slice read four times per batch (2 columns, batch 8): its batched signals run in
     four rounds, each seeing the running mean M and the switched flags the earlier rounds left (P ← M at
     the first read after a flip). Equal to the one-by-one loop, with the flags really used."""
-    kw = {"in_chop_prob": 0.45, "in_chop_random": True, "fast_lr": 0.5}
+    kw = {"in_chop_prob": 0.45, "in_chop_random": True, "fast_lr": 0.5, "tail_weightening": 2.0}  # β = 2/3
     switched = []
     from analogtrain.algorithms.agad import AGADRule
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from analogtrain import ops
 from analogtrain.algorithms.base import register_algorithm
 from analogtrain.algorithms.cttv2 import ChoppedRule, check_chopped, chopper_period
 from analogtrain.algorithms.schema import AGADConfig
@@ -71,14 +72,28 @@ class AGADRule(ChoppedRule):
         v (R, L) reads, flips (R,) bool), in rounds of n_slices consecutive reads. Slices are read in
         sequence, so every round visits the same cyclic order k[0], k[0] + 1, ... (the last one maybe a
         prefix of it) and each slice once: M, P and the switched flags are gathered into that order once,
-        and a round is then a few whole-block operations. Per round, as the one-by-one path per read: a
-        slice switched at its previous read takes P ← M, the signal is v − P, M ← (1 − β)·M + β·v (the same
-        float32 operations), then the slices whose chopper flips are marked switched for the next round."""
+        and a round is then a few whole-block operations (``ops.agad_signals``: compiled, read by read;
+        ``_rounds``: torch). Per round, as the one-by-one path per read: a slice switched at its previous
+        read takes P ← M, the signal is v − P, M ← (1 − β)·M + β·v (the same float32 operations), then the
+        slices whose chopper flips are marked switched for the next round."""
         R, n = v.shape[0], self.n_slices
         dev = self.switched.device
         order = k[:min(R, n)].to(dev)  # the slices of a round, in read order
         Psm, Msm = self._sm(self.P), self._sm(self.M)
         Pr, Mr, sr = Psm[order], Msm[order], self.switched[order]  # (copies, in round order)
+        out = ops.agad_signals(v, Mr, Pr, sr, flips, self.beta)  # the compiled loop, read by read
+        if out is None:
+            out = self._rounds(v, Mr, Pr, sr, flips)
+        Psm[order] = Pr
+        Msm[order] = Mr
+        self.switched[order] = sr
+        return out
+
+    def _rounds(self, v, Mr, Pr, sr, flips):
+        """The torch twin of ``ops.agad_signals``: the rounds as whole-block operations (see
+        ``batch_signals``); updates Mr, Pr, sr in place, returns the signals (R, L)."""
+        R, n = v.shape[0], self.n_slices
+        dev = sr.device
         nr = (R + n - 1) // n
         fl = torch.zeros(nr * n, dtype=torch.bool, device=dev)
         fl[:R] = torch.as_tensor(flips, dtype=torch.bool)
@@ -97,9 +112,6 @@ class AGADRule(ChoppedRule):
             torch.sub(v[r0:r1], Pr[:ln], out=out[r0:r1])
             torch.add(keep * Mr[:ln], bv[r0:r1], out=Mr[:ln])
             sr[:ln] = fl[t, :ln]
-        Psm[order] = Pr
-        Msm[order] = Mr
-        self.switched[order] = sr
         return out
 
     def on_flip(self, j: int) -> None:

@@ -316,6 +316,19 @@ def auto_scale_lrs(xm: torch.Tensor, dm: torch.Tensor, mx: float, md: float, tau
     return auto_scale_lrs_ref(xm.tolist(), dm.tolist(), mx, md, tau, num, base, lr, scaled)
 
 
+def agad_signals(v: torch.Tensor, mr: torch.Tensor, pr: torch.Tensor, sr: torch.Tensor, flips, beta: float,
+                 backend: str | None = None) -> torch.Tensor | None:
+    """AGAD's reference correction of a batch's R reads v (R, L), read r at position r mod n0 of the round
+    order, with M, P (n0, L) and the switched flags sr (n0,) gathered into that order and updated in place
+    (contract: ``analogtrain::agad_signals`` in ``csrc/cpu_ops.cpp``). Returns the signals (R, L), or None
+    where the compiled kernel does not serve (reference backend, non-CPU tensors): the caller's torch
+    rounds (``AGADRule.batch_signals``) are the twin, with the same float32 operations."""
+    if v.device.type != "cpu" or not _compiled("cpu", backend or _BACKEND):
+        return None
+    return torch.ops.analogtrain.agad_signals(v.to(torch.float32).contiguous(), mr, pr, sr,
+                                              torch.as_tensor(flips, dtype=torch.bool), float(beta))
+
+
 def uniform_counters(seed: int, offsets, stream: int, a, b, draw: int) -> list[float]:
     """``uniform_scalar`` of many counters at once: element q is draw ``draw`` of the sequence
     ``(seed, offsets[q], stream, a[q], b[q])`` (offsets, a, b: equal-length int sequences), the same
