@@ -193,15 +193,15 @@ def log_artifacts(cfg, tracker, run_dir: Path, algo, model, summary, history) ->
 def resolve_objective(name: str, data) -> str:
     """The metric ``trainer.objective`` names for a run on ``data`` (a built data set: its ``task`` and
     splits), checked before any work. ``auto``: val/acc (classification) or val/loss (regression), from
-    the test split when there is no validation split (from training when there is neither). Raises ConfigError naming the metrics this run
-    produces when ``name`` is not one of them."""
-    available = {f"{s}/{m}" for s in ("val", "test") for m in ("loss", "acc")
-                 if len(getattr(data, s)) > 0 and (m == "loss" or data.task == "classification")}
-    available |= {"train/loss_epoch"} | ({"train/acc"} if data.task == "classification" else set())
+    the test split when there is no validation split (from training when there is neither). Raises
+    ConfigError naming the metrics this run produces when ``name`` is not one of them."""
     if name == "auto":
         metric = "acc" if data.task == "classification" else "loss"
         split = "val" if len(data.val) > 0 else ("test" if len(data.test) > 0 else None)
         return f"{split}/{metric}" if split else ("train/acc" if metric == "acc" else "train/loss_epoch")
+    available = {f"{s}/{m}" for s in ("val", "test") for m in ("loss", "acc")
+                 if len(getattr(data, s)) > 0 and (m == "loss" or data.task == "classification")}
+    available |= {"train/loss_epoch"} | ({"train/acc"} if data.task == "classification" else set())
     if name not in available:
         raise ConfigError("trainer.objective", f"'{name}' is not produced by this run; choose auto or one of "
                           f"{', '.join(sorted(available))}")

@@ -1633,9 +1633,9 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_seq_cpu(
   at::Tensor chc;
   if (chop.has_value() && chop->defined()) {
     check_f32_cpu(*chop, "chop");
-    TORCH_CHECK(chop->dim() == 2 && chop->size(0) == R, "analogtrain::buffered_transfer_seq: chop must be (R, L)");
+    TORCH_CHECK(chop->dim() == 2 && chop->size(0) == R && chop->size(1) == L,
+                "analogtrain::buffered_transfer_seq: chop must be (R, L)");
     chc = chop->contiguous();
-    TORCH_CHECK(chc.size(1) == L, "analogtrain::buffered_transfer_seq: chop must be (R, L)");
     cp = chc.data_ptr<float>();
   }
   float* wp = nullptr;

@@ -80,9 +80,6 @@ class ReadPlan:
     def __init__(self, flips: list, hits: list, sweeps: list, signs: torch.Tensor, lr_a: list):
         self.flips, self.hits, self.sweeps, self.signs, self.lr_a = flips, hits, sweeps, signs, lr_a
 
-    def __len__(self) -> int:
-        return len(self.flips)
-
     def __getitem__(self, r: int) -> tuple:
         return self.flips[r], self.hits[r], self.sweeps[r], self.signs[r], self.lr_a[r]
 
@@ -195,24 +192,17 @@ class ChoppedRule(TransferRule):
         fast lr ``lr_a`` at the read (default: the EMA buffers now)."""
         return self.buffer_scale(lr, lr_a)
 
-    def planned_scales(self, lr: float, plan: "ReadPlan") -> tuple[list, list]:
+    def planned_scales(self, lr: float, plan: ReadPlan) -> tuple[list, list]:
         """(lr_scales, writes) of the planned reads: ``accumulation_scale`` / ``write_allowed`` of each
-        read's sweep and fast lr, computed once per distinct pair (a conv layer reads thousands of times
-        per batch over a handful of sweeps)."""
+        read's sweep (and fast lr, which only ``correct_gradient_magnitudes`` uses), computed once per run
+        of equal values (a conv layer reads thousands of times per batch over a handful of sweeps)."""
         cgm = bool(self.cfg.correct_gradient_magnitudes)
-        scales, writes, cache = [], [], {}
-        if not cgm:  # one value per sweep; the sweeps of a batch are runs of equal values
-            for sw, run in itertools.groupby(plan.sweeps):
-                n = len(list(run))
-                scales.extend([self.accumulation_scale(lr, sw)] * n)
-                writes.extend([self.write_allowed(sw)] * n)
-            return scales, writes
-        for sw, la in zip(plan.sweeps, plan.lr_a):
-            hit = cache.get((sw, la))
-            if hit is None:
-                hit = cache[(sw, la)] = (self.accumulation_scale(lr, sw, la), self.write_allowed(sw))
-            scales.append(hit[0])
-            writes.append(hit[1])
+        keys = zip(plan.sweeps, plan.lr_a if cgm else itertools.repeat(None))
+        scales, writes = [], []
+        for (sw, la), run in itertools.groupby(keys):
+            n = len(list(run))
+            scales.extend([self.accumulation_scale(lr, sw, la)] * n)
+            writes.extend([self.write_allowed(sw)] * n)
         return scales, writes
 
     def buffer_cap(self) -> float:

@@ -38,9 +38,7 @@ in ONE batched periphery pass and all buffer steps / C writes in ONE ``ops.buffe
 
 from __future__ import annotations
 
-import itertools
 import math
-import operator
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -352,17 +350,16 @@ class TransferRule(TileRule):
         xfer_end = len(ends)
         if not ends or ends[-1] != m:
             ends.append(m)
-        begins = [0] + ends[:-1]
-        chunks = list(zip(begins, map(operator.sub, ends, begins),
-                          itertools.chain(itertools.repeat(True, xfer_end), itertools.repeat(False))))
+        chunks = [(b, e - b, c < xfer_end) for c, (b, e) in enumerate(zip([0] + ends[:-1], ends))]
         starts, lrs, xfer = self._plan_calls(x_in, d_in, lr, chunks)
         C = len(starts)
         n_read = sum(xfer)
         slice0 = int(self.slice_idx)
         slices = [(slice0 + r) % self.n_slices for r in range(n_read)]
+        k = torch.tensor(slices, dtype=torch.int64)
         xfer_t = torch.tensor(xfer, dtype=torch.bool)
         snap_t = torch.full((C,), -1, dtype=torch.int64)
-        snap_t[xfer_t] = torch.tensor(slices, dtype=torch.int64)
+        snap_t[xfer_t] = k
         chop_in, chop_out, plan = self._plan_choppers(xfer, slices, lrs)
         A = self.A
         snaps, sums = ops.chopped_update_snapshots(
@@ -383,7 +380,6 @@ class TransferRule(TileRule):
         self.samples += m
         if n_read == 0:
             return
-        k = torch.tensor(slices, dtype=torch.int64)
         idx = xfer_t.nonzero().view(-1)
         offs = torch.arange(n_read, dtype=torch.int64) + int(A.read_offset)
         v = snapshot_reads(snaps[idx.to(snaps.device)], k, self.n_slices, self.cfg.transfer_forward,
