@@ -82,6 +82,35 @@ inline void philox8(__m256i e, uint32_t stream, uint32_t blk, uint32_t b, uint64
   r0 = c0, r1 = c1, r2 = c2, r3 = c3;
 }
 
+// The one-word trains (bl <= 32 slots) of n entries with Bernoulli thresholds thr (the contract of
+// cpu_ops.cpp trains_many and cpu_fused_avx512.h trains16): entry k = a0 + q is counter a of sample b, slot
+// s fires when (word s & 3 of Philox block s >> 2) >> 8 < thr. 8 entries per philox8; a group whose
+// thresholds are all 0 (never fires) draws nothing. (r >> 8 < 2^24 and thr <= 2^24: a signed compare.)
+inline void trains8(const uint32_t* thr, int n, uint32_t a0, uint32_t stream, uint32_t b, int bl, uint64_t seed,
+                    uint64_t offset, uint32_t* out) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const int nblk = (bl + 3) >> 2;
+  for (int q0 = 0; q0 < n; q0 += 8) {
+    const __m256i lm = tail_mask8(n - q0);
+    const __m256i t = _mm256_maskload_epi32(reinterpret_cast<const int*>(thr + q0), lm);
+    __m256i bits = _mm256_setzero_si256();
+    if (!_mm256_testz_si256(t, t)) {
+      const __m256i a = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(a0 + static_cast<uint32_t>(q0))), lane);
+      for (int blk = 0; blk < nblk; ++blk) {
+        __m256i r[4];
+        philox8(a, stream, static_cast<uint32_t>(blk), b, seed, offset, r[0], r[1], r[2], r[3]);
+        for (int q = 0; q < 4; ++q) {
+          const int k = (blk << 2) + q;
+          if (k >= bl) break;
+          const __m256i f = _mm256_cmpgt_epi32(t, _mm256_srli_epi32(r[q], 8));
+          bits = _mm256_or_si256(bits, _mm256_and_si256(f, _mm256_set1_epi32(static_cast<int>(1u << k))));
+        }
+      }
+    }
+    _mm256_maskstore_epi32(reinterpret_cast<int*>(out + q0), lm, bits);
+  }
+}
+
 // ((r >> 8) + 0.5)·2^-24 of the 4 words of half h (0: lanes 0-3, 1: lanes 4-7), exact in double
 // (philox.h word_to_uniform_d; r >> 8 < 2^24 converts exactly as int32).
 inline __m256d uniform4d(__m256i r, int h) {

@@ -281,7 +281,11 @@ void build_side(const UpdateArgs& u, int b, int bl, double scale, const float* v
     else
 #endif
       for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
+#if AT_FUSED_AVX2
+    trains8(thr.data(), n, 0u, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
+#else
     trains_many(thr.data(), n, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
+#endif
     for (int k = 0; k < n; ++k) on[k] = (bits[k] != 0u && sg[k] != 0.0f) ? 1 : 0;
     return;
   }
