@@ -1262,7 +1262,7 @@ void chopped_carry_raw(float* w, float* w_p, const float* params, const DeviceGl
 
 
 void check_f32_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "analogtrain::pulsed_update: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.device().is_cpu(), "analogtrain: ", name, " must be a CPU tensor");
   TORCH_CHECK(t.scalar_type() == at::kFloat, "analogtrain: ", name, " must be float32");
   TORCH_CHECK(t.is_contiguous(), "analogtrain: ", name, " must be contiguous");
 }
@@ -1372,6 +1372,36 @@ void buffered_transfer_raw(float* h_base, int64_t O, int64_t I, const float* v, 
   }
 }
 
+// The tile tensors of the two transfer ops, checked (op: the op's name for the messages): h the (O, I)
+// buffer, w (and w_p when given) C's weights of the same shape, params C's (NP, O, I) planes, dw and mode
+// C's update arguments. Returns the slice geometry (L entries per slice, S slices) and w_p's data (null
+// when absent).
+struct TransferTile {
+  int64_t O, I, L, S;
+  float* wp;
+};
+TransferTile check_transfer_tile(const char* op, const at::Tensor& h, const at::Tensor& w,
+                                 const std::optional<at::Tensor>& w_p, const at::Tensor& params, bool columns,
+                                 double dw, int64_t mode) {
+  check_f32_cpu(h, "h");
+  check_f32_cpu(w, "w");
+  check_f32_cpu(params, "params");
+  TORCH_CHECK(h.dim() == 2 && w.dim() == 2, op, ": h and w must be 2-D");
+  const int64_t O = h.size(0), I = h.size(1);
+  TORCH_CHECK(w.size(0) == O && w.size(1) == I, op, ": H and w shapes differ");
+  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
+              op, ": params must be (NP, O, I)");
+  TORCH_CHECK(valid_mode_code(mode), op, ": unknown mode ", mode);
+  TORCH_CHECK(dw > 0, op, ": dw must be > 0");
+  float* wp = nullptr;
+  if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
+    check_f32_cpu(*w_p, "w_p");
+    TORCH_CHECK(w_p->sizes() == w.sizes(), op, ": w_p and w shapes differ");
+    wp = w_p->data_ptr<float>();
+  }
+  return TransferTile{O, I, columns ? O : I, columns ? I : O, wp};
+}
+
 std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at::Tensor& v, int64_t k, const std::optional<at::Tensor>& chop,
                                  double lr_scale, double thr, int64_t bl_t, double momentum, bool forget,
                                  bool no_buffer, double cap, bool columns, bool write, at::Tensor w,
@@ -1379,14 +1409,9 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at:
                                  const at::Tensor& gparams, double lr, double dw, int64_t desired_bl, bool fixed_bl,
                                  bool ublm, bool um, double um_grad_scale, double res, bool sto_round, int64_t mode,
                                  int64_t seed, int64_t offset) {
-  check_f32_cpu(h, "h");
   check_f32_cpu(v, "v");
-  check_f32_cpu(w, "w");
-  check_f32_cpu(params, "params");
-  const int64_t O = h.size(0), I = h.size(1);
-  TORCH_CHECK(w.size(0) == O && w.size(1) == I, "analogtrain::buffered_transfer: H and w shapes differ");
-  const int64_t L = columns ? O : I;
-  const int64_t S = columns ? I : O;
+  const TransferTile t = check_transfer_tile("analogtrain::buffered_transfer", h, w, w_p, params, columns, dw, mode);
+  const int64_t O = t.O, I = t.I, L = t.L, S = t.S;
   TORCH_CHECK(v.numel() == L, "analogtrain::buffered_transfer: v must have ", L, " entries");
   TORCH_CHECK(k >= 0 && k < S, "analogtrain::buffered_transfer: slice index out of range");
   const float* cp = nullptr;
@@ -1395,11 +1420,7 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cpu(at::Tensor h, const at:
     TORCH_CHECK(chop->numel() == L, "analogtrain::buffered_transfer: chop must have ", L, " entries");
     cp = chop->data_ptr<float>();
   }
-  float* wp = nullptr;
-  if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
-    check_f32_cpu(*w_p, "w_p");
-    wp = w_p->data_ptr<float>();
-  }
+  float* wp = t.wp;
   at::Tensor n = at::empty({L}, v.options());
   at::Tensor slice_pulses = at::zeros({L}, v.options());
   const UpdateArgs u = make_args(lr, dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
@@ -1626,12 +1647,9 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_seq_cpu(
   at::Tensor lc = lr_scales.to(at::kDouble).contiguous(), wc = writes.to(at::kBool).contiguous();
   TORCH_CHECK(kc.numel() == R && oc.numel() == R && lc.numel() == R && wc.numel() == R,
               "analogtrain::buffered_transfer_seq: ks, lr_scales, writes, offsets must have R entries");
-  check_f32_cpu(h, "h");
-  check_f32_cpu(w, "w");
-  check_f32_cpu(params, "params");
-  const int64_t O = h.size(0), I = h.size(1);
-  TORCH_CHECK(w.size(0) == O && w.size(1) == I, "analogtrain::buffered_transfer_seq: H and w shapes differ");
-  const int64_t L = columns ? O : I, S = columns ? I : O;
+  const TransferTile t =
+      check_transfer_tile("analogtrain::buffered_transfer_seq", h, w, w_p, params, columns, dw, mode);
+  const int64_t O = t.O, I = t.I, L = t.L, S = t.S;
   TORCH_CHECK(v.size(1) == L, "analogtrain::buffered_transfer_seq: v must be (R, ", L, ")");
   const float* cp = nullptr;
   at::Tensor chc;
@@ -1642,11 +1660,7 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_seq_cpu(
     chc = chop->contiguous();
     cp = chc.data_ptr<float>();
   }
-  float* wp = nullptr;
-  if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
-    check_f32_cpu(*w_p, "w_p");
-    wp = w_p->data_ptr<float>();
-  }
+  float* wp = t.wp;
   at::Tensor vc = v.contiguous();
   at::Tensor n_all = at::zeros_like(vc), p_all = at::zeros_like(vc);
   const int64_t* kp = kc.data_ptr<int64_t>();

@@ -140,6 +140,7 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cuda(at::Tensor h, const at
   check_f32_cuda(v, "v", h);
   check_f32_cuda(w, "w", h);
   check_f32_cuda(params, "params", h);
+  TORCH_CHECK(h.dim() == 2 && w.sizes() == h.sizes(), "analogtrain::buffered_transfer (CUDA): H and w shapes differ");
   const int64_t O = h.size(0), I = h.size(1);
   const int64_t L = columns ? O : I, S = columns ? I : O;
   TORCH_CHECK(v.numel() == L, "analogtrain::buffered_transfer (CUDA): v must have ", L, " entries");

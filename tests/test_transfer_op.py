@@ -162,6 +162,39 @@ def test_transfer_write_equals_pulsed_update_of_one_hot(kernel):
     torch.testing.assert_close(h1, h2)
 
 
+@pytest.mark.compiled
+@pytest.mark.parametrize("op", ["buffered_transfer", "buffered_transfer_seq"])
+@pytest.mark.parametrize("bad", ["params_shape", "w_p_shape", "dw", "w_shape"])
+def test_transfer_ops_reject_bad_tile_tensors(kernel, op, bad):
+    """Both compiled transfer ops check C's tensors before touching memory: a params block of another tile,
+    a w_p of another shape, dw <= 0 and an H/w mismatch each raise an error naming the op and the argument
+    (the kernel would otherwise read out of bounds or divide by dw; an unknown mode stops in ``_spec_args``)."""
+    O, I = 5, 4
+    s = sample_device(device_from_config({"name": "softbounds"}), O, I, 1)
+    h, w = torch.zeros(O, I), torch.zeros(O, I)
+    w_p, params, dw, spec = None, s.params, s.dw, BL1
+    if bad == "params_shape":
+        params = sample_device(device_from_config({"name": "softbounds"}), O, I + 1, 1).params
+    elif bad == "w_p_shape":
+        w_p = torch.zeros(O, I + 2)
+    elif bad == "dw":
+        dw = 0.0
+    elif bad == "w_shape":
+        w = torch.zeros(O + 1, I)
+    msg = {"params_shape": "params must be", "w_p_shape": "w_p and w shapes differ", "dw": "dw must be > 0",
+           "w_shape": "H and w shapes differ"}[bad]
+    kw = dict(thr=1.0, bl=1, momentum=0.0, forget=True, w=w, w_p=w_p, params=params, gparams=s.gparams, lr=s.dw,
+              dw=dw, spec=spec, seed=1, backend="compiled")
+    with pytest.raises(RuntimeError, match=f"analogtrain::{op}: {msg}"):
+        if op == "buffered_transfer":
+            ops.buffered_transfer(h, torch.ones(O), 1, lr_scale=1.0, offset=0, **kw)
+        else:
+            ops.buffered_transfer_seq(h, torch.ones(2, O), torch.tensor([1, 2]), chop=None,
+                                      lr_scales=torch.ones(2, dtype=torch.float64),
+                                      writes=torch.ones(2, dtype=torch.bool), offsets=torch.tensor([0, 1]), **kw)
+    assert h.abs().sum() == 0 and w.abs().sum() == 0  # nothing written before the check
+
+
 def test_twin_matches_the_algorithms_unfused_buffer_arithmetic():
     """Switching the TT family from its torch transfer (``algorithms.ttv2.buffer_step``) to the fused op
     changes nothing: same n and H for forget / no forget, chopped and weight-unit thresholds."""

@@ -118,8 +118,13 @@ class ChoppedRule(TransferRule):
         m_d = float(self.m_d) if m_d is None else m_d
         base = float(a.fast_lr)
         if a.auto_scale and m_x > 0 and m_d > 0:
-            base = base * self.spec.desired_bl * self.A.dw / (m_x * m_d)
+            base = self._auto_numerator() / (m_x * m_d)
         return base * lr if a.scale_fast_lr else base
+
+    def _auto_numerator(self) -> float:
+        """The auto-scaled fast lr's numerator (fast_lr·BL)·dw_A: lr_A = numerator/(m_x·m_d) (float64, this
+        operation order; ``_plan_calls`` hands it to ``ops.auto_scale_lrs``)."""
+        return float(self.cfg.fast_lr) * self.spec.desired_bl * self.A.dw
 
     def buffer_scale(self, lr: float, lr_a: float | None = None) -> float:
         """lr_scale: H increment per unit of read signal (dimensionless H, threshold 1). ``lr_a``: A's
@@ -247,9 +252,8 @@ class ChoppedRule(TransferRule):
             self.lr_a.fill_(lr_a)
             return [c[0] for c in chunks], [lr_a] * len(chunks), [c[2] for c in chunks]
         tau = (1.0 - float(a.auto_momentum)) / x.shape[0]
-        num = float(a.fast_lr) * self.spec.desired_bl * self.A.dw  # fast_lr's numerator: (fast_lr·BL)·dw_A
         lrs, mx, md = ops.auto_scale_lrs(x.abs().amax(dim=1), d.abs().amax(dim=1), float(self.m_x),
-                                         float(self.m_d), tau, num, float(a.fast_lr), lr,
+                                         float(self.m_d), tau, self._auto_numerator(), float(a.fast_lr), lr,
                                          bool(a.scale_fast_lr))
         # the chunks cover the batch in order: one call per sample b = 0 .. B − 1, a read after the last
         # sample of each transferring chunk
