@@ -83,9 +83,10 @@ inline void philox8(__m256i e, uint32_t stream, uint32_t blk, uint32_t b, uint64
 }
 
 // The one-word trains (bl <= 32 slots) of n entries with Bernoulli thresholds thr (the contract of
-// cpu_ops.cpp trains_many and cpu_fused_avx512.h trains16): entry k = a0 + q is counter a of sample b, slot
-// s fires when (word s & 3 of Philox block s >> 2) >> 8 < thr. 8 entries per philox8; a group whose
-// thresholds are all 0 (never fires) draws nothing. (r >> 8 < 2^24 and thr <= 2^24: a signed compare.)
+// cpu_ops.cpp trains_many and cpu_fused_avx512.h trains16): entry q < n is Philox counter a = a0 + q of
+// sample b, and its slot s fires when (word s & 3 of block s >> 2) >> 8 < thr[q]. 8 entries per philox8; a
+// group whose thresholds are all 0 (never fires) draws nothing. (r >> 8 < 2^24 and thr <= 2^24: a signed
+// compare is exact.)
 inline void trains8(const uint32_t* thr, int n, uint32_t a0, uint32_t stream, uint32_t b, int bl, uint64_t seed,
                     uint64_t offset, uint32_t* out) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
