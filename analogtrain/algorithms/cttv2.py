@@ -250,7 +250,7 @@ class ChoppedRule(TransferRule):
         if not (a.auto_scale and a.fast_lr > 0):
             lr_a = self.fast_lr(lr)
             self.lr_a.fill_(lr_a)
-            return [c[0] for c in chunks], [lr_a] * len(chunks), [c[2] for c in chunks]
+            return chunks.starts, [lr_a] * len(chunks.starts), chunks.xfer
         tau = (1.0 - float(a.auto_momentum)) / x.shape[0]
         lrs, mx, md = ops.auto_scale_lrs(x.abs().amax(dim=1), d.abs().amax(dim=1), float(self.m_x),
                                          float(self.m_d), tau, self._auto_numerator(), float(a.fast_lr), lr,
@@ -258,10 +258,9 @@ class ChoppedRule(TransferRule):
         # the chunks cover the batch in order: one call per sample b = 0 .. B − 1, a read after the last
         # sample of each transferring chunk
         starts = list(range(x.shape[0]))
-        xfer = [False] * x.shape[0]
-        for s, n, t in chunks:
-            if t:
-                xfer[s + n - 1] = True
+        xfer_np = np.zeros(x.shape[0], dtype=bool)
+        xfer_np[np.asarray(chunks.ends[:chunks.n_xfer], dtype=np.int64) - 1] = True
+        xfer = xfer_np.tolist()
         self.m_x.fill_(mx)
         self.m_d.fill_(md)
         self.lr_a.fill_(lrs[-1])

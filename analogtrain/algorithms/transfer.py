@@ -42,6 +42,7 @@ import math
 from dataclasses import fields, is_dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from analogtrain.config.errors import ConfigError
@@ -175,6 +176,28 @@ def lr_transfer(transfer_lr: float, scale: bool, lr: float) -> float:
 
 def _scalar(v, dtype=torch.int64) -> torch.Tensor:
     return torch.tensor(v, dtype=dtype)
+
+
+class Chunks:
+    """The pulsed-update chunks of one batch on the batched schedule: chunk c covers samples
+    ``starts[c] .. ends[c] − 1``, and ``xfer[c]`` says whether a transfer read follows it (the sample
+    counter hits a multiple of ``every`` at its end; only the last chunk of a batch may not). Plain lists,
+    built with C-level list operations: a conv layer with ``transfer_every`` 1 has one chunk per image
+    patch, tens of thousands per batch."""
+
+    __slots__ = ("starts", "ends", "xfer", "n_xfer")
+
+    def __init__(self, starts: list, ends: list, xfer: list, n_xfer: int):
+        self.starts, self.ends, self.xfer, self.n_xfer = starts, ends, xfer, n_xfer
+
+    @classmethod
+    def of_batch(cls, s0: int, every: int, m: int) -> Chunks:
+        """The chunks of a batch of ``m`` samples when ``s0`` samples were seen before it (every > 0)."""
+        ends = list(range(every - s0 % every, m + 1, every))  # the transferring chunks end here
+        n_xfer = len(ends)
+        if not ends or ends[-1] != m:
+            ends.append(m)  # the batch's tail: no read after it
+        return cls([0] + ends[:-1], ends, [True] * n_xfer + [False] * (len(ends) - n_xfer), n_xfer)
 
 
 class TransferRule(TileRule):
@@ -311,11 +334,11 @@ class TransferRule(TileRule):
         per transfer and implement ``_transfer_read`` say yes; the read IO must allow snapshot reads."""
         return False
 
-    def _plan_calls(self, x: torch.Tensor, d: torch.Tensor, lr: float, chunks: list) -> tuple[list, list, list]:
-        """The pulsed-update calls of A the per-sample path makes for ``chunks`` [(start, n, transfer_after)]:
-        returns (starts, lrs, transfer_after) per call; here one call per chunk with ``fast_lr(lr)``."""
+    def _plan_calls(self, x: torch.Tensor, d: torch.Tensor, lr: float, chunks: Chunks) -> tuple[list, list, list]:
+        """The pulsed-update calls of A the per-sample path makes for ``chunks``: returns (starts, lrs,
+        transfer_after) per call; here one call per chunk with ``fast_lr(lr)``."""
         lr_a = self.fast_lr(lr)
-        return [c[0] for c in chunks], [lr_a] * len(chunks), [c[2] for c in chunks]
+        return chunks.starts, [lr_a] * len(chunks.starts), chunks.xfer
 
     def _plan_choppers(self, xfer: list, slices: list, lrs: list | None = None) -> tuple:
         """(chop_in (C, I) or None, chop_out (C, O) or None, per-transfer plan) of the planned calls
@@ -345,18 +368,13 @@ class TransferRule(TileRule):
         x = x.detach().to(self.A.w.device, torch.float32).contiguous()
         d = d.detach().to(self.A.w.device, torch.float32).contiguous()
         # chunks end where the sample counter hits a multiple of ``every`` (and at the batch's end)
-        s0 = int(self.samples)
-        ends = list(range(every - s0 % every, m + 1, every))
-        xfer_end = len(ends)
-        if not ends or ends[-1] != m:
-            ends.append(m)
-        chunks = [(b, e - b, c < xfer_end) for c, (b, e) in enumerate(zip([0] + ends[:-1], ends))]
+        chunks = Chunks.of_batch(int(self.samples), every, m)
         starts, lrs, xfer = self._plan_calls(x_in, d_in, lr, chunks)
         C = len(starts)
         n_read = sum(xfer)
-        slice0 = int(self.slice_idx)
-        slices = [(slice0 + r) % self.n_slices for r in range(n_read)]
-        k = torch.tensor(slices, dtype=torch.int64)
+        # the slices read, in sequence from slice_idx (a conv layer reads thousands per batch: built in numpy)
+        k = torch.from_numpy((np.arange(n_read, dtype=np.int64) + int(self.slice_idx)) % self.n_slices)
+        slices = k.tolist()
         xfer_t = torch.tensor(xfer, dtype=torch.bool)
         snap_t = torch.full((C,), -1, dtype=torch.int64)
         snap_t[xfer_t] = k
