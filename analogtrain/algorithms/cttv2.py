@@ -269,39 +269,56 @@ class ChoppedRule(TransferRule):
     def _plan_choppers(self, xfer, slices, lrs=None):
         """Chopper signs of every planned call and the flip decisions of every read: the flips are draws
         indexed by read event / sweep (or the regular pattern), never by A's values, so the whole
-        sequence of the batch is known before the updates. Vectorised: the in-flip draws of all reads in
-        one ``ops.uniform_counters``, the chopper rows of the calls by negating the tail rows of each
-        flipped entry (exact). ``lrs``: the fast lr of each planned call. Returns (chop_in (C, I),
-        chop_out (C, O), ``ReadPlan`` of the reads)."""
+        sequence of the batch is known before the updates. Vectorised (a conv layer plans tens of
+        thousands of reads per batch): the in-flip draws of all reads in one ``ops.uniform_counters``,
+        the in-chopper rows of the calls from a running count of each entry's flips (``_flipped_rows``),
+        the rare out-chopper flips by negating the tail rows of each flipped entry. ``lrs``: the fast lr
+        of each planned call. Returns (chop_in (C, I), chop_out (C, O), ``ReadPlan`` of the reads)."""
         C, R = len(xfer), len(slices)
-        last = self.n_slices - 1
-        call_of = list(itertools.compress(range(C), xfer))  # the call after which read r happens
+        js = np.asarray(slices, dtype=np.int64)
+        call_of = np.flatnonzero(np.asarray(xfer, dtype=bool))  # the call after which read r happens
         # sweeps counts the reads of the last slice, after their flip decisions: the sweeps at read r are
         # the sweeps before the batch plus the last-slice reads before r
-        is_last = [j == last for j in slices]
-        sweeps_at = list(itertools.accumulate(is_last[:-1], initial=int(self.sweeps))) if R else []
+        is_last = js == self.n_slices - 1
+        sweeps_at = (int(self.sweeps) + np.cumsum(is_last, dtype=np.int64) - is_last).tolist()
         reads0 = int(self.reads)
         flips = self._in_flip_decisions(slices, range(reads0 + 1, reads0 + R + 1), sweeps_at)
         hits = [None] * R
-        if float(self.cfg.out_chop_prob) > 0:
-            for r in (r for r in range(R) if is_last[r]):
-                hits[r] = self._flip_out_decision(sweeps_at[r])
+        out_reads = np.flatnonzero(is_last).tolist() if float(self.cfg.out_chop_prob) > 0 else []
+        for r in out_reads:
+            hits[r] = self._flip_out_decision(sweeps_at[r])
         # row c: the choppers during call c; row C: after the batch. A flip at the read after call c
         # negates its entries from row c + 1 on (×(−1): exact)
-        ci = self.c_in.expand(C + 1, -1).clone()
+        fl = np.asarray(flips, dtype=bool)
+        ci = self._flipped_rows(self.c_in, C + 1, call_of[fl] + 1, js[fl])
         co = self.c_out.expand(C + 1, -1).clone()
-        for r in (r for r in range(R) if flips[r] or hits[r] is not None):
-            if flips[r]:
-                ci[call_of[r] + 1:, slices[r]] *= -1.0
-            if hits[r] is not None and bool(hits[r].any()):
-                co[call_of[r] + 1:, hits[r]] *= -1.0
+        for r in out_reads:
+            if bool(hits[r].any()):
+                co[int(call_of[r]) + 1:, hits[r]] *= -1.0
         self._planned_end = (ci[C].clone(), co[C].clone())
-        cr = torch.tensor(call_of, dtype=torch.int64, device=ci.device)
-        signs = ci[cr, torch.tensor(slices, dtype=torch.int64, device=ci.device)][:, None] * co[cr]  # c_in[j]·c_out
-        lr_a = [lrs[c] for c in call_of] if lrs is not None else [None] * R
+        cr = torch.from_numpy(call_of).to(ci.device)
+        signs = ci[cr, torch.from_numpy(js).to(ci.device)][:, None] * co[cr]  # c_in[j]·c_out
+        lr_a = list(map(lrs.__getitem__, call_of.tolist())) if lrs is not None else [None] * R
         plan = ReadPlan(flips, hits, sweeps_at, signs, lr_a)
         rows_in, rows_out = (ci[:C], co[:C]) if self.columns else (co[:C], ci[:C])
         return rows_in, rows_out, plan
+
+    @staticmethod
+    def _flipped_rows(c: torch.Tensor, n_rows: int, rows: np.ndarray, entries: np.ndarray) -> torch.Tensor:
+        """(n_rows, len(c)): the chopper vector c in rows 0 .. n_rows − 1 when entry ``entries[f]`` flips
+        from row ``rows[f]`` on (int arrays of equal length, repeats allowed): row t is c with each entry
+        negated once per flip of it at a row <= t, i.e. negated where that count is odd (−x is exact, so
+        this equals negating the rows block by block, flip by flip). The K flips cut the rows into K + 1
+        runs of one chopper state each: the K + 1 states are built (K × len(c)) and gathered per row."""
+        order = np.argsort(rows, kind="stable")
+        r_sorted, e_sorted = rows[order], entries[order]
+        K = len(r_sorted)
+        flipped = np.zeros((K + 1, c.shape[0]), dtype=np.int32)  # state k: after the first k flips
+        flipped[np.arange(1, K + 1), e_sorted] = 1
+        odd = torch.from_numpy((np.cumsum(flipped, axis=0) & 1) == 1).to(c.device)
+        states = torch.where(odd, -c, c)
+        run = np.searchsorted(r_sorted, np.arange(n_rows), side="right")  # flips at rows <= t
+        return states[torch.from_numpy(run).to(c.device)]
 
     def _in_flip_decisions(self, js: list, evs: list, sweeps: list) -> list:
         """``_flip_in_decision`` of several reads (slices js, read events evs, sweeps at the reads)."""
