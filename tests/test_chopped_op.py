@@ -136,7 +136,7 @@ def test_auto_scale_lrs_compiled_equals_python_loop(scaled, m0):
         ops.set_backend("auto")
     want = ops.auto_scale_lrs_ref(xm.tolist(), dm.tolist(), *args)
     assert got[1:] == want[1:]
-    assert got[0] == want[0]  # every lr, exactly
+    assert got[0].tolist() == want[0]  # every lr, exactly
     assert len(set(want[0])) > 1000  # the EMAs really moved
 
 

@@ -197,18 +197,27 @@ class ChoppedRule(TransferRule):
         fast lr ``lr_a`` at the read (default: the EMA buffers now)."""
         return self.buffer_scale(lr, lr_a)
 
-    def planned_scales(self, lr: float, plan: ReadPlan) -> tuple[list, list]:
-        """(lr_scales, writes) of the planned reads: ``accumulation_scale`` / ``write_allowed`` of each
-        read's sweep (and fast lr, which only ``correct_gradient_magnitudes`` uses), computed once per run
-        of equal values (a conv layer reads thousands of times per batch over a handful of sweeps)."""
+    def planned_scales(self, lr: float, plan: ReadPlan) -> tuple[np.ndarray, np.ndarray]:
+        """(lr_scales float64 (R,), writes bool (R,)) of the planned reads: ``accumulation_scale`` /
+        ``write_allowed`` of each read's sweep (and fast lr, which only ``correct_gradient_magnitudes``
+        uses), computed once per run of equal values (a conv layer reads thousands of times per batch
+        over a handful of sweeps) and repeated over the run."""
         cgm = bool(self.cfg.correct_gradient_magnitudes)
-        keys = zip(plan.sweeps, plan.lr_a if cgm else itertools.repeat(None))
-        scales, writes = [], []
-        for (sw, la), run in itertools.groupby(keys):
-            n = len(list(run))
-            scales.extend([self.accumulation_scale(lr, sw, la)] * n)
-            writes.extend([self.write_allowed(sw)] * n)
-        return scales, writes
+        R = len(plan.sweeps)
+        if R == 0:
+            return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=bool)
+        sw = np.asarray(plan.sweeps, dtype=np.int64)
+        change = sw[1:] != sw[:-1]
+        if cgm:
+            la = np.asarray(plan.lr_a, dtype=np.float64)
+            change |= la[1:] != la[:-1]  # (a NaN starts a run at every read, as an unequal key would)
+        first = np.concatenate(([0], np.flatnonzero(change) + 1))  # the first read of each run
+        counts = np.diff(np.append(first, R))
+        firsts = first.tolist()
+        scales = [self.accumulation_scale(lr, int(sw[f]), float(la[f]) if cgm else None) for f in firsts]
+        writes = [self.write_allowed(int(sw[f])) for f in firsts]
+        return (np.repeat(np.asarray(scales, dtype=np.float64), counts),
+                np.repeat(np.asarray(writes, dtype=bool), counts))
 
     def buffer_cap(self) -> float:
         return 0.0
@@ -257,10 +266,9 @@ class ChoppedRule(TransferRule):
                                          bool(a.scale_fast_lr))
         # the chunks cover the batch in order: one call per sample b = 0 .. B − 1, a read after the last
         # sample of each transferring chunk
-        starts = list(range(x.shape[0]))
-        xfer_np = np.zeros(x.shape[0], dtype=bool)
-        xfer_np[np.asarray(chunks.ends[:chunks.n_xfer], dtype=np.int64) - 1] = True
-        xfer = xfer_np.tolist()
+        starts = np.arange(x.shape[0], dtype=np.int64)
+        xfer = np.zeros(x.shape[0], dtype=bool)
+        xfer[np.asarray(chunks.ends[:chunks.n_xfer], dtype=np.int64) - 1] = True
         self.m_x.fill_(mx)
         self.m_d.fill_(md)
         self.lr_a.fill_(lrs[-1])
@@ -298,7 +306,7 @@ class ChoppedRule(TransferRule):
         self._planned_end = (ci[C].clone(), co[C].clone())
         cr = torch.from_numpy(call_of).to(ci.device)
         signs = ci[cr, torch.from_numpy(js).to(ci.device)][:, None] * co[cr]  # c_in[j]·c_out
-        lr_a = list(map(lrs.__getitem__, call_of.tolist())) if lrs is not None else [None] * R
+        lr_a = np.asarray(lrs, dtype=np.float64)[call_of].tolist() if lrs is not None else [None] * R
         plan = ReadPlan(flips, hits, sweeps_at, signs, lr_a)
         rows_in, rows_out = (ci[:C], co[:C]) if self.columns else (co[:C], ci[:C])
         return rows_in, rows_out, plan

@@ -371,17 +371,18 @@ class TransferRule(TileRule):
         chunks = Chunks.of_batch(int(self.samples), every, m)
         starts, lrs, xfer = self._plan_calls(x_in, d_in, lr, chunks)
         C = len(starts)
-        n_read = sum(xfer)
+        xfer = np.asarray(xfer, dtype=bool)
+        n_read = int(np.count_nonzero(xfer))
         # the slices read, in sequence from slice_idx (a conv layer reads thousands per batch: built in numpy)
         k = torch.from_numpy((np.arange(n_read, dtype=np.int64) + int(self.slice_idx)) % self.n_slices)
         slices = k.tolist()
-        xfer_t = torch.tensor(xfer, dtype=torch.bool)
+        xfer_t = torch.from_numpy(xfer)
         snap_t = torch.full((C,), -1, dtype=torch.int64)
         snap_t[xfer_t] = k
         chop_in, chop_out, plan = self._plan_choppers(xfer, slices, lrs)
         A = self.A
         snaps, sums = ops.chopped_update_snapshots(
-            A.w, A.w_p if A.has_write_noise else None, A.params, A.gparams, x, d, starts + [m],
+            A.w, A.w_p if A.has_write_noise else None, A.params, A.gparams, x, d, np.append(starts, m),
             torch.arange(C, dtype=torch.int64) + int(A.offset), lrs, chop_in, chop_out, snap_t, self.columns,
             A.dw, self.spec, int(A.seed))
         A.offset += C

@@ -304,16 +304,20 @@ def auto_scale_lrs_ref(xm, dm, mx: float, md: float, tau: float, num: float, bas
 
 def auto_scale_lrs(xm: torch.Tensor, dm: torch.Tensor, mx: float, md: float, tau: float, num: float,
                    base: float, lr: float, scaled: bool,
-                   backend: str | None = None) -> tuple[list[float], float, float]:
+                   backend: str | None = None):
     """``auto_scale_lrs_ref`` (xm, dm: (B,) tensors) through the compiled loop where it is available (a
-    conv layer plans one call per image patch: tens of thousands per batch); identical numbers."""
+    conv layer plans one call per image patch: tens of thousands per batch); identical numbers. Returns
+    (lrs as a (B,) float64 numpy array, m_x, m_d)."""
+    import numpy as np
+
     xm = xm.detach().to("cpu", torch.float64)
     dm = dm.detach().to("cpu", torch.float64)
     if _compiled("cpu", backend or _BACKEND):
         lrs, mx, md = torch.ops.analogtrain.auto_scale_lrs(
             xm, dm, float(mx), float(md), float(tau), 1.0 - tau, float(num), float(base), float(lr), bool(scaled))
-        return lrs.tolist(), mx, md
-    return auto_scale_lrs_ref(xm.tolist(), dm.tolist(), mx, md, tau, num, base, lr, scaled)
+        return lrs.numpy(), mx, md
+    lrs, mx, md = auto_scale_lrs_ref(xm.tolist(), dm.tolist(), mx, md, tau, num, base, lr, scaled)
+    return np.asarray(lrs, dtype=np.float64), mx, md
 
 
 def agad_signals(v: torch.Tensor, mr: torch.Tensor, pr: torch.Tensor, sr: torch.Tensor, flips, beta: float,
