@@ -178,6 +178,15 @@ def _scalar(v, dtype=torch.int64) -> torch.Tensor:
     return torch.tensor(v, dtype=dtype)
 
 
+def _sequential_sum(acc: float, values: np.ndarray) -> float:
+    """acc + values[0] + values[1] + ... in float64, left to right (``np.add.accumulate`` adds in order,
+    unlike ``np.sum``'s pairwise summation): the pulse statistics of a batch of calls end exactly where
+    the same calls made one by one leave them."""
+    if values.size == 0:
+        return acc
+    return float(np.add.accumulate(np.concatenate(([acc], values)))[-1])
+
+
 class Chunks:
     """The pulsed-update chunks of one batch on the batched schedule: chunk c covers samples
     ``starts[c] .. ends[c] − 1``, and ``xfer[c]`` says whether a transfer read follows it (the sample
@@ -387,12 +396,9 @@ class TransferRule(TileRule):
             A.dw, self.spec, int(A.seed))
         A.offset += C
         # pulse statistics exactly as C separate record_a calls (float64 sums in call order)
-        acc_a, acc_m = float(self.pulses_a), float(self.meter_a.pulses)
-        for v in sums.tolist():
-            acc_a += v
-            acc_m += v
-        self.pulses_a.fill_(acc_a)
-        self.meter_a.pulses.fill_(acc_m)
+        per_call = sums.detach().cpu().numpy().astype(np.float64)
+        self.pulses_a.fill_(_sequential_sum(float(self.pulses_a), per_call))
+        self.meter_a.pulses.fill_(_sequential_sum(float(self.meter_a.pulses), per_call))
         self.meter_a.calls += C
         self.meter_a.samples += m
         self.meter_a.elements.fill_(A.w.numel())
@@ -434,14 +440,11 @@ class TransferRule(TileRule):
         C.offset += R_
         wrote = (n != 0).any(dim=1) & torch.as_tensor(writes, dtype=torch.bool, device=n.device)
         if bool(wrote.any()):
-            tots = pulses.sum(dim=1)[wrote].tolist()  # integer counts: exact, as R separate slice sums
-            acc_c, acc_m = float(self.pulses_c), float(self.meter_c.pulses)
-            for t in tots:
-                acc_c += t
-                acc_m += t
-            self.pulses_c.fill_(acc_c)
+            # integer counts: exact, as R separate slice sums
+            tots = pulses.sum(dim=1)[wrote].cpu().numpy().astype(np.float64)
+            self.pulses_c.fill_(_sequential_sum(float(self.pulses_c), tots))
             mc = self.meter_c
-            mc.pulses.fill_(acc_m)
+            mc.pulses.fill_(_sequential_sum(float(mc.pulses), tots))
             mc.calls += len(tots)
             mc.samples += len(tots)
             mc.elements.fill_(C.w.numel())
