@@ -343,15 +343,17 @@ class TransferRule(TileRule):
         per transfer and implement ``_transfer_read`` say yes; the read IO must allow snapshot reads."""
         return False
 
-    def _plan_calls(self, x: torch.Tensor, d: torch.Tensor, lr: float, chunks: Chunks) -> tuple[list, list, list]:
+    def _plan_calls(self, x: torch.Tensor, d: torch.Tensor, lr: float, chunks: Chunks) -> tuple:
         """The pulsed-update calls of A the per-sample path makes for ``chunks``: returns (starts, lrs,
-        transfer_after) per call; here one call per chunk with ``fast_lr(lr)``."""
+        transfer_after), one entry per call (lists or numpy arrays); here one call per chunk with
+        ``fast_lr(lr)``."""
         lr_a = self.fast_lr(lr)
         return chunks.starts, [lr_a] * len(chunks.starts), chunks.xfer
 
-    def _plan_choppers(self, xfer: list, slices: list, lrs: list | None = None) -> tuple:
+    def _plan_choppers(self, xfer, slices: list, lrs=None) -> tuple:
         """(chop_in (C, I) or None, chop_out (C, O) or None, per-transfer plan) of the planned calls
-        (``lrs``: their fast lrs)."""
+        (``xfer``: (C,) whether a read follows each; ``slices``: the R slices read; ``lrs``: the calls'
+        fast lrs)."""
         return None, None, [None] * len(slices)
 
     def _transfer_read(self, lr: float, v: torch.Tensor, plan) -> None:
