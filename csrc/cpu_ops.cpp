@@ -1273,27 +1273,37 @@ DeviceGlobals globals_of(const at::Tensor& gparams) {
   return make_globals(g.data_ptr<double>());
 }
 
+// The checks of a tile's update tensors that every CPU update op makes (op: its name for the messages):
+// w (O, I) float32, params its (NP, O, I) planes, a known mode code, dw > 0, and w_p (when given, non-empty)
+// float32 of w's shape. Returns w_p's data, or null without one. (The CUDA ops: cuda_ops.cpp
+// check_update_inputs.)
+float* check_tile_tensors(const char* op, const at::Tensor& w, const std::optional<at::Tensor>& w_p,
+                          const at::Tensor& params, double dw, int64_t mode) {
+  check_f32_cpu(w, "w");
+  check_f32_cpu(params, "params");
+  TORCH_CHECK(w.dim() == 2, op, ": w must be 2-D");
+  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == w.size(0) &&
+                  params.size(2) == w.size(1),
+              op, ": params must be (NP, O, I)");
+  TORCH_CHECK(valid_mode_code(mode), op, ": unknown mode ", mode);
+  TORCH_CHECK(dw > 0, op, ": dw must be > 0");
+  if (!(w_p.has_value() && w_p->defined() && w_p->numel() > 0)) return nullptr;
+  check_f32_cpu(*w_p, "w_p");
+  TORCH_CHECK(w_p->sizes() == w.sizes(), op, ": w_p and w shapes differ");
+  return w_p->data_ptr<float>();
+}
+
 at::Tensor pulsed_update_cpu(at::Tensor w, const std::optional<at::Tensor>& w_p, const at::Tensor& params,
                              const at::Tensor& gparams, const at::Tensor& x, const at::Tensor& d, double lr, double dw,
                              int64_t desired_bl, bool fixed_bl, bool ublm, bool um, double um_grad_scale, double res,
                              bool sto_round, int64_t mode, int64_t seed, int64_t offset,
                              const std::optional<at::Tensor>& chop_in, const std::optional<at::Tensor>& chop_out) {
-  check_f32_cpu(w, "w");
-  check_f32_cpu(params, "params");
+  float* wp = check_tile_tensors("analogtrain::pulsed_update", w, w_p, params, dw, mode);
   check_f32_cpu(x, "x");
   check_f32_cpu(d, "d");
-  TORCH_CHECK(w.dim() == 2 && x.dim() == 2 && d.dim() == 2, "analogtrain::pulsed_update: w, x, d must be 2-D");
+  TORCH_CHECK(x.dim() == 2 && d.dim() == 2, "analogtrain::pulsed_update: w, x, d must be 2-D");
   const int O = static_cast<int>(w.size(0)), I = static_cast<int>(w.size(1)), B = static_cast<int>(x.size(0));
   TORCH_CHECK(x.size(1) == I && d.size(1) == O && d.size(0) == B, "analogtrain::pulsed_update: shape mismatch");
-  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
-              "analogtrain::pulsed_update: params must be (NP, O, I)");
-  TORCH_CHECK(valid_mode_code(mode), "analogtrain::pulsed_update: unknown mode ", mode);
-  TORCH_CHECK(dw > 0, "analogtrain::pulsed_update: dw must be > 0");
-  float* wp = nullptr;
-  if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
-    check_f32_cpu(*w_p, "w_p");
-    wp = w_p->data_ptr<float>();
-  }
   const float* ci = nullptr;
   const float* co = nullptr;
   if (chop_in.has_value() && chop_in->defined()) {
@@ -1372,10 +1382,9 @@ void buffered_transfer_raw(float* h_base, int64_t O, int64_t I, const float* v, 
   }
 }
 
-// The tile tensors of the two transfer ops, checked (op: the op's name for the messages): h the (O, I)
-// buffer, w (and w_p when given) C's weights of the same shape, params C's (NP, O, I) planes, dw and mode
-// C's update arguments. Returns the slice geometry (L entries per slice, S slices) and w_p's data (null
-// when absent).
+// The tensors of the two transfer ops, checked (op: the op's name for the messages): h the (O, I) buffer,
+// and C's w, w_p, params, dw and mode as every update op checks them (check_tile_tensors). Returns the
+// slice geometry (L entries per slice, S slices) and w_p's data (null when absent).
 struct TransferTile {
   int64_t O, I, L, S;
   float* wp;
@@ -1384,21 +1393,9 @@ TransferTile check_transfer_tile(const char* op, const at::Tensor& h, const at::
                                  const std::optional<at::Tensor>& w_p, const at::Tensor& params, bool columns,
                                  double dw, int64_t mode) {
   check_f32_cpu(h, "h");
-  check_f32_cpu(w, "w");
-  check_f32_cpu(params, "params");
-  TORCH_CHECK(h.dim() == 2 && w.dim() == 2, op, ": h and w must be 2-D");
+  TORCH_CHECK(h.dim() == 2 && w.sizes() == h.sizes(), op, ": H and w shapes differ");
+  float* wp = check_tile_tensors(op, w, w_p, params, dw, mode);
   const int64_t O = h.size(0), I = h.size(1);
-  TORCH_CHECK(w.size(0) == O && w.size(1) == I, op, ": H and w shapes differ");
-  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
-              op, ": params must be (NP, O, I)");
-  TORCH_CHECK(valid_mode_code(mode), op, ": unknown mode ", mode);
-  TORCH_CHECK(dw > 0, op, ": dw must be > 0");
-  float* wp = nullptr;
-  if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
-    check_f32_cpu(*w_p, "w_p");
-    TORCH_CHECK(w_p->sizes() == w.sizes(), op, ": w_p and w shapes differ");
-    wp = w_p->data_ptr<float>();
-  }
   return TransferTile{O, I, columns ? O : I, columns ? I : O, wp};
 }
 
@@ -1449,18 +1446,13 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
     const at::Tensor& lrs, const std::optional<at::Tensor>& chop_in, const std::optional<at::Tensor>& chop_out,
     const at::Tensor& snap, bool columns, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um,
     double um_grad_scale, double res, bool sto_round, int64_t mode, int64_t seed) {
-  check_f32_cpu(w, "w");
-  check_f32_cpu(params, "params");
+  float* wp = check_tile_tensors("analogtrain::chopped_update_snapshots", w, w_p, params, dw, mode);
   check_f32_cpu(x, "x");
   check_f32_cpu(d, "d");
-  TORCH_CHECK(w.dim() == 2 && x.dim() == 2 && d.dim() == 2, "analogtrain::chopped_update_snapshots: w, x, d 2-D");
+  TORCH_CHECK(x.dim() == 2 && d.dim() == 2, "analogtrain::chopped_update_snapshots: w, x, d 2-D");
   const int O = static_cast<int>(w.size(0)), I = static_cast<int>(w.size(1));
   TORCH_CHECK(x.size(1) == I && d.size(1) == O && d.size(0) == x.size(0),
               "analogtrain::chopped_update_snapshots: shape mismatch");
-  TORCH_CHECK(params.dim() == 3 && params.size(0) >= NP_PLANES && params.size(1) == O && params.size(2) == I,
-              "analogtrain::chopped_update_snapshots: params must be (NP, O, I)");
-  TORCH_CHECK(valid_mode_code(mode), "analogtrain::chopped_update_snapshots: unknown mode ", mode);
-  TORCH_CHECK(dw > 0, "analogtrain::chopped_update_snapshots: dw must be > 0");
   at::Tensor st = starts.to(at::kLong).contiguous(), of = offsets.to(at::kLong).contiguous();
   at::Tensor lr = lrs.to(at::kDouble).contiguous(), sn = snap.to(at::kLong).contiguous();
   const int64_t C = of.numel();
@@ -1469,11 +1461,6 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   const int64_t* stp = st.data_ptr<int64_t>();
   TORCH_CHECK(stp[0] >= 0 && stp[C] <= x.size(0), "analogtrain::chopped_update_snapshots: starts out of range");
   for (int64_t c = 0; c < C; ++c) TORCH_CHECK(stp[c + 1] >= stp[c], "chopped_update_snapshots: starts must grow");
-  float* wp = nullptr;
-  if (w_p.has_value() && w_p->defined() && w_p->numel() > 0) {
-    check_f32_cpu(*w_p, "w_p");
-    wp = w_p->data_ptr<float>();
-  }
   const float* ci = nullptr;
   const float* co = nullptr;
   if (chop_in.has_value() && chop_in->defined()) {

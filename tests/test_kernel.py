@@ -225,6 +225,19 @@ def test_update_parity_edge_cases(kernel):
     _assert_same(res)
 
 
+def test_update_rejects_a_persistent_weight_of_another_shape(kernel):
+    """w_p (the visible weight of a write-noise device) must have w's shape: the kernel indexes both with
+    the same element offsets, so a larger w_p would be read and written at the wrong elements. The
+    error names the op and leaves w and w_p untouched."""
+    s = _dev("reram_sb", 10, 12)
+    x, d = _inputs(4, 10, 12, seed=3)
+    w = torch.zeros(10, 12)
+    w_p = torch.zeros(12, 10)
+    with pytest.raises(RuntimeError, match="analogtrain::pulsed_update: w_p and w shapes differ"):
+        ops.pulsed_update(w, w_p, s.params, s.gparams, x, d, 0.03, s.dw, UpdateSpec(), 1, 0, backend="compiled")
+    assert w.abs().sum() == 0 and w_p.abs().sum() == 0
+
+
 def test_update_parity_at_the_edges_of_the_bernoulli_grid(kernel):
     """Train probabilities below one step of the 24-bit Bernoulli grid (0 < p < 2^-24: never fires),
     across the grid's first steps, and saturated (p >= 1 without update management: always fires) give
