@@ -34,7 +34,6 @@ loop (``tests/test_chopped_carry.py``).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -328,10 +327,11 @@ class ChoppedRule(TransferRule):
         run = np.searchsorted(r_sorted, np.arange(n_rows), side="right")  # flips at rows <= t
         return states[torch.from_numpy(run).to(c.device)]
 
-    def _in_flip_decisions(self, js: list, evs: list, sweeps: list) -> list:
-        """``_flip_in_decision`` of several reads (slices js, read events evs, sweeps at the reads)."""
+    def _in_flip_decisions(self, js, evs, sweeps: list) -> list:
+        """``_flip_in_decision`` of several reads (slices js: an int sequence or array, read events evs,
+        sweeps at the reads)."""
         p = float(self.cfg.in_chop_prob)
-        if p <= 0 or not js:
+        if p <= 0 or len(js) == 0:
             return [False] * len(js)
         if self.cfg.in_chop_random:
             ev = np.asarray(evs, dtype=np.int64)  # read events: counters far below 2^63

@@ -350,7 +350,7 @@ class TransferRule(TileRule):
         lr_a = self.fast_lr(lr)
         return chunks.starts, [lr_a] * len(chunks.starts), chunks.xfer
 
-    def _plan_choppers(self, xfer, slices: list, lrs=None) -> tuple:
+    def _plan_choppers(self, xfer, slices, lrs=None) -> tuple:
         """(chop_in (C, I) or None, chop_out (C, O) or None, per-transfer plan) of the planned calls
         (``xfer``: (C,) whether a read follows each; ``slices``: the R slices read; ``lrs``: the calls'
         fast lrs)."""
@@ -385,8 +385,8 @@ class TransferRule(TileRule):
         xfer = np.asarray(xfer, dtype=bool)
         n_read = int(np.count_nonzero(xfer))
         # the slices read, in sequence from slice_idx (a conv layer reads thousands per batch: built in numpy)
-        k = torch.from_numpy((np.arange(n_read, dtype=np.int64) + int(self.slice_idx)) % self.n_slices)
-        slices = k.tolist()
+        slices = (np.arange(n_read, dtype=np.int64) + int(self.slice_idx)) % self.n_slices
+        k = torch.from_numpy(slices)
         xfer_t = torch.from_numpy(xfer)
         snap_t = torch.full((C,), -1, dtype=torch.int64)
         snap_t[xfer_t] = k
