@@ -10,11 +10,14 @@ Fixtures/helpers for every test file:
 * ``MLFLOW_TRACKING_URI`` points into the session's temp dir for the whole session, so nothing a test
   (or a CLI subprocess it starts) logs lands in the repository's ``outputs/mlflow.db``.
 * ``-m cuda`` tests are skipped cleanly without a GPU.
+* The session's temp dir (MLflow store included) is removed when pytest exits, so repeated test runs do
+  not fill ``/tmp``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -69,6 +72,11 @@ def cli_env(**extra) -> dict:
     env.pop("HYDRA_FULL_ERROR", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def pytest_unconfigure(config):
+    """Remove the session's temp dir (its MLflow store and whatever tests wrote beside it)."""
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
