@@ -281,15 +281,16 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
             tracker.set_tags({"analogtrain.is_analog": str(bool(getattr(algo, "is_analog", False))).lower(),
                               "analogtrain.n_params": n_params,
                               "analogtrain.torch_threads": torch.get_num_threads(),
-                              "analogtrain.accelerator": str(device)})
+                              "analogtrain.accelerator": str(device),
+                              "analogtrain.data_source": data.source})
             seed_everything(seeds["pulse"])  # global RNG for anything without its own counter (e.g. dropout)
             trainer = Trainer(cfg, model, algo, data, tracker, run_dir, device, checkpoint_extra={
                 "fingerprint": fp, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri})
             if ckpt is not None:
                 trainer.load_state(ckpt)
-            log.info("run %s: %s on %s, model %s (%d params), %d train / %d val / %d test samples, dir %s",
-                     name, cfg.algo.name, device, cfg.model.name, n_params,
-                     len(data.train), len(data.val), len(data.test), run_dir)
+            log.info("run %s: %s on %s, model %s (%d params), %d train / %d val / %d test samples from %s, "
+                     "dir %s", name, cfg.algo.name, device, cfg.model.name, n_params,
+                     len(data.train), len(data.val), len(data.test), data.source, run_dir)
             try:
                 final = trainer.fit()
             finally:

@@ -110,6 +110,7 @@ def test_fashion_mnist_from_torchvision_layout_with_padding_and_classes(tmp_path
     arrays = _fake_mnist(tmp_path / "FashionMNIST" / "raw")
     b = build_data(dcfg(name="fashion_mnist", root=str(tmp_path), val_fraction=0.0, normalize=False), seed=0)
     assert b.input_shape == (1, 28, 28) and len(b.train) == 60 and len(b.test) == 20
+    assert b.source == str(tmp_path / "FashionMNIST" / "raw")  # the folder the run records it read
     # test split is the official one, in file order; pixels scaled by 1/255
     assert torch.equal(b.test.y, torch.from_numpy(arrays["test_y"]).long())
     assert torch.allclose(b.test.prepare(b.test.x[:1])[0, 0], torch.from_numpy(arrays["test_x"][0]).float() / 255)
@@ -139,6 +140,7 @@ def test_fashion_mnist_falls_back_to_the_debian_copy(tmp_path, monkeypatch):
     b = build_data(dcfg(name="fashion_mnist", root=str(tmp_path / "empty"), val_fraction=0.0, normalize=False),
                    seed=0)
     assert len(b.train) == 60 and torch.equal(b.test.y, torch.from_numpy(arrays["test_y"]).long())
+    assert b.source == str(debian)  # the run's record says which copy it read, not the empty data.root
 
 
 def test_mnist_uncompressed_files(tmp_path):
@@ -177,6 +179,7 @@ def test_cifar10_reader(tmp_path):
     _fake_cifar(tmp_path / "cifar-10-batches-py", files, "labels", 20, 10, "batches.meta", "label_names")
     b = build_data(dcfg(name="cifar10", root=str(tmp_path), val_fraction=0.1), seed=0)
     assert b.input_shape == (3, 32, 32) and len(b.train) + len(b.val) == 100 and len(b.test) == 20
+    assert b.source == str(tmp_path / "cifar-10-batches-py")
     raw = pickle.load(open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb"))
     assert torch.equal(b.test.x[3], torch.from_numpy(raw["data"][3].reshape(3, 32, 32)))  # CHW, no transpose
     aug = build_data(dcfg(name="cifar10", root=str(tmp_path), augment=True, batch_size=16), seed=0)

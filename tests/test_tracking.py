@@ -36,6 +36,7 @@ def test_run_logs_params_metrics_artifacts_and_finishes(tmp_path, mlflow_uri):
     p = r.data.params
     assert p["trainer.lr"] == "0.3" and p["model.hidden_sizes"] == "[32]" and p["data.name"] == "digits"
     assert p["algo.name"] == "digital" and "tile.forward.out_noise" in p and "seeds.pulse" in p
+    assert r.data.tags["analogtrain.data_source"].startswith("scikit-learn")  # where the samples came from
     steps = {k: [m.step for m in c.get_metric_history(r.info.run_id, k)] for k in r.data.metrics}
     # per-step train loss at multiples of log_every_n_steps; per-epoch metrics at epochs 1..3
     n_steps = s["global_step"]  # 200 samples / batch 8 = 25 per epoch

@@ -82,6 +82,9 @@ class DataBundle:
     num_outputs: classes (classification) or target dimension (regression).
     task: "classification" (cross-entropy, accuracy) or "regression" (MSE).
     extra: data-set specific facts, e.g. the synthetic teacher ``teacher_weight`` (n_out, n_in).
+    source: where the samples came from, for the run's record: the folder the files were read from (the
+        one that won of data.root's layout and the system copies), or what made them (``scikit-learn``,
+        ``generated``).
     """
 
     name: str
@@ -97,6 +100,7 @@ class DataBundle:
     batch_size: int = 32
     eval_batch_size: int = 512
     augment: bool = False
+    source: str = ""
 
     def steps_per_epoch(self) -> int:
         return (len(self.train) + self.batch_size - 1) // self.batch_size
@@ -177,7 +181,7 @@ def resolve_classes(classes, names: list[str], key: str = "data.classes") -> lis
 
 
 def finalize(name: str, cfg, seed: int, train: Split, test: Split, *, class_names=None,
-             task="classification", num_outputs=None, extra=None, scale_stats=True) -> DataBundle:
+             task="classification", num_outputs=None, extra=None, scale_stats=True, source="") -> DataBundle:
     """Shared tail of every loader: class subset, val hold-out, limits, normalisation statistics.
 
     ``train``/``test`` come in raw (official split); ``seed`` is ``seeds["data"]``.
@@ -229,4 +233,4 @@ def finalize(name: str, cfg, seed: int, train: Split, test: Split, *, class_name
     return DataBundle(name=name, train=train, val=val, test=test, input_shape=shape, num_outputs=num_outputs,
                       task=task, class_names=class_names, extra=extra or {}, seed=seed,
                       batch_size=int(cfg.batch_size), eval_batch_size=int(cfg.eval_batch_size),
-                      augment=bool(cfg.augment))
+                      augment=bool(cfg.augment), source=str(source))

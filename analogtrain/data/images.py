@@ -94,7 +94,7 @@ def _load_idx_dataset(name: str, cfg, seed: int, tv_folder: str, tv_class: str, 
     arr = {k: torch.from_numpy(read_idx(v).copy()) for k, v in files.items()}
     train = Split(arr["train_x"].unsqueeze(1), arr["train_y"].long(), scale=255.0)
     test = Split(arr["test_x"].unsqueeze(1), arr["test_y"].long(), scale=255.0)
-    return finalize(name, cfg, seed, train, test, class_names=class_names)
+    return finalize(name, cfg, seed, train, test, class_names=class_names, source=files["train_x"].parent)
 
 
 @register_dataset("fashion_mnist")
@@ -124,7 +124,8 @@ def load_digits(cfg, seed: int):
     n_test = int(round(cfg.test_fraction * len(y)))
     train = Split(x[perm[n_test:]], y[perm[n_test:]], scale=16.0)
     test = Split(x[perm[:n_test]], y[perm[:n_test]], scale=16.0)
-    return finalize("digits", cfg, seed, train, test, class_names=[str(i) for i in range(10)])
+    return finalize("digits", cfg, seed, train, test, class_names=[str(i) for i in range(10)],
+                    source="scikit-learn (sklearn.datasets.load_digits)")
 
 
 def _unpickle(path: Path) -> dict:
@@ -157,7 +158,7 @@ def _load_cifar(name: str, cfg, seed: int, folder: str, train_files, test_file, 
     names = list(_unpickle(base / meta_file)[names_key])
     train = Split(*read(train_files), scale=255.0)
     test = Split(*read([test_file]), scale=255.0)
-    return finalize(name, cfg, seed, train, test, class_names=names)
+    return finalize(name, cfg, seed, train, test, class_names=names, source=base)
 
 
 @register_dataset("cifar10")

@@ -42,7 +42,7 @@ def load_synthetic(cfg, seed: int):
     train = Split(x_tr.float(), y_tr.float())
     test = Split(x_te.float(), y_te.float())
     bundle = finalize("synthetic", cfg, seed, train, test, task="regression", num_outputs=n_out,
-                      scale_stats=False)
+                      scale_stats=False, source=f"generated (teacher-student, seeds.data={seed})")
     # least-squares optimum of the split the model actually trains on (after the val hold-out / limit)
     xt, yt = bundle.train.x.double(), bundle.train.y.double()
     w_ls = torch.linalg.lstsq(xt, yt).solution.T  # (n_out, n_in)
