@@ -28,6 +28,14 @@ NOISY = {"name": "softbounds", "dw_min": 0.02, "write_noise_std": 0.5}
 # transfer reads with every noise / quantiser the snapshot read reproduces
 READ_IO = {"noise_management": "none", "bound_management": "none", "out_noise": 0.06, "w_noise": 0.02,
            "w_noise_type": "pcm_read", "inp_res": 1.0 / 126, "out_res": 1.0 / 510, "out_asymmetry": 0.05}
+# the other branches of the read periphery: stochastic DAC rounding (the one-hot's 1 becomes 0.96 or 1.2,
+# a draw per read and element) and ADC rounding, additive w-noise (the input's norm), negative-input
+# asymmetry; the deterministic twin has a DAC bound below 1 (the one-hot's 1 clipped). A fine ADC keeps
+# small errors of the read visible in the state.
+READ_IO_STO = {"noise_management": "none", "bound_management": "none", "out_noise": 0.06, "w_noise": 0.02,
+               "w_noise_type": "additive_constant", "inp_res": 1.0 / 10, "inp_sto_round": True,
+               "inp_bound": 1.2, "inp_asymmetry": 0.1, "out_res": 1e-6, "out_sto_round": True}
+READ_IO_DET = dict(READ_IO_STO, inp_sto_round=False, inp_bound=0.9)
 
 
 def _run(algo, kw, batched, backend, *, size=(5, 4), batches=5, batch=6, tile_kw=None, device=NOISY, lr=0.1):
@@ -88,6 +96,8 @@ CASES = {
     "agad_cap": ("agad", {"in_chop_prob": 0.5, "forget_buffer": False, "buffer_cap": 2.0, "fast_lr": 0.5,
                           "experimental_correct_accumulation": True}),
     "ttv2_one_read": ("ttv2", {"units_in_mbatch": False, "transfer_every": 1, "fast_lr": 0.5}),
+    "cttv2_sto_io": ("cttv2", {"in_chop_prob": 0.3, "fast_lr": 0.5, "transfer_forward": READ_IO_STO}),
+    "cttv2_det_io": ("cttv2", {"in_chop_prob": 0.3, "fast_lr": 0.5, "transfer_forward": READ_IO_DET}),
 }
 
 

@@ -121,7 +121,8 @@ def snapshot_reads(snaps: torch.Tensor, k: torch.Tensor, n_slices: int, io, *, s
 
     snaps (R, L) float32 slice values, k (R,) slice indices, n_slices = length of the one-hot input;
     returns (R, L) float32. The same float32 operations as ``periphery.analog_mvm`` run element-wise on
-    the (R, ·) tensors; the matrix product ``v @ M.t()`` of a one-hot ``v`` is ``v[k]·M[:, k]`` exactly
+    the (R, ·) tensors (the input side on one row for all reads unless the DAC rounds stochastically:
+    every read's input is the same one-hot vector up to the position of its 1); the matrix product ``v @ M.t()`` of a one-hot ``v`` is ``v[k]·M[:, k]`` exactly
     (every other product is an exact zero), and the IO noise comes from ``ops.random_grid_offsets`` with
     b = 0 and offset ``offsets[r]`` — the numbers the per-read call draws on the same backend.
     Requires ``snapshot_reads_supported(io)``."""
@@ -132,11 +133,19 @@ def snapshot_reads(snaps: torch.Tensor, k: torch.Tensor, n_slices: int, io, *, s
     Rn, L = snaps.shape
     dev = snaps.device
     f32 = torch.float32
-    x = torch.zeros(Rn, int(n_slices), dtype=f32, device=dev)
-    rows = torch.arange(Rn, device=dev)
-    x[rows, k.to(dev)] = 1.0
     if io.is_perfect:
         return io.out_scale * snaps.to(f32)
+    inp_bin, out_bin = io_bins(io)
+    # Every read's input is e_k with noise management off (scale 1), so the input periphery (quantiser,
+    # bound, asymmetry) maps it to the same vector up to where its one non-zero sits, the zeros staying
+    # exact zeros: one row stands for all R (bit for bit, the additive w-noise norm included). Stochastic
+    # input rounding draws a number per element and read, so then all R rows go through.
+    per_read_input = inp_bin > 0 and bool(io.inp_sto_round)
+    n_in = Rn if per_read_input else 1
+    x = torch.zeros(n_in, int(n_slices), dtype=f32, device=dev)
+    rows = torch.arange(n_in, device=dev)
+    hot = k.to(dev) if per_read_input else torch.zeros(1, dtype=torch.int64, device=dev)
+    x[rows, hot] = 1.0
     b0 = torch.zeros(Rn, dtype=torch.int64)
 
     def normal(n_a, draw):
@@ -155,17 +164,16 @@ def snapshot_reads(snaps: torch.Tensor, k: torch.Tensor, n_slices: int, io, *, s
             q = torch.round(q)
         return q * bin_
 
-    inp_bin, out_bin = io_bins(io)
     ob = float(io.out_bound)
-    alpha = torch.ones(Rn, dtype=f32, device=dev)  # noise management off
-    red = torch.ones(Rn, dtype=f32, device=dev)
+    alpha = torch.ones(n_in, dtype=f32, device=dev)  # noise management off
+    red = torch.ones(n_in, dtype=f32, device=dev)
     s = (1.0 / alpha) / red
     v = x * s[:, None]
     v = quantise(v, inp_bin, io.inp_sto_round, 4)
     v = v.clamp(-io.inp_bound, io.inp_bound)
     if io.inp_asymmetry != 0:
         v = torch.where(v < 0, v * (1.0 - io.inp_asymmetry), v)
-    q = v[rows, k.to(dev)]  # the only non-zero input of each read
+    q = v[rows, hot]  # the only non-zero input of each read (one value for all when n_in = 1)
     y = q[:, None] * snaps.to(f32)  # = v @ M.t() for a one-hot v
     if io.w_noise > 0 and io.w_noise_type != "none":
         if io.w_noise_type == "additive_constant":
