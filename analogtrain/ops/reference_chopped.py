@@ -122,9 +122,10 @@ def snapshot_reads(snaps: torch.Tensor, k: torch.Tensor, n_slices: int, io, *, s
     snaps (R, L) float32 slice values, k (R,) slice indices, n_slices = length of the one-hot input;
     returns (R, L) float32. The same float32 operations as ``periphery.analog_mvm`` run element-wise on
     the (R, ·) tensors (the input side on one row for all reads unless the DAC rounds stochastically:
-    every read's input is the same one-hot vector up to the position of its 1); the matrix product ``v @ M.t()`` of a one-hot ``v`` is ``v[k]·M[:, k]`` exactly
-    (every other product is an exact zero), and the IO noise comes from ``ops.random_grid_offsets`` with
-    b = 0 and offset ``offsets[r]`` — the numbers the per-read call draws on the same backend.
+    every read's input is the same one-hot vector up to the position of its 1); the matrix product
+    ``v @ M.t()`` of a one-hot ``v`` is ``v[k]·M[:, k]`` exactly (every other product is an exact
+    zero), and the IO noise comes from ``ops.random_grid_offsets`` with b = 0 and offset ``offsets[r]``
+    — the numbers the per-read call draws on the same backend.
     Requires ``snapshot_reads_supported(io)``."""
     from analogtrain.tiles.periphery import io_bins
 
