@@ -256,9 +256,9 @@ class ChoppedRule(TransferRule):
         one call per image patch, tens of thousands per batch)."""
         a = self.cfg
         if not (a.auto_scale and a.fast_lr > 0):
-            lr_a = self.fast_lr(lr)
-            self.lr_a.fill_(lr_a)
-            return chunks.starts, [lr_a] * len(chunks.starts), chunks.xfer
+            starts, lrs, xfer = super()._plan_calls(x, d, lr, chunks)  # one fast lr for every chunk
+            self.lr_a.fill_(lrs[0])
+            return starts, lrs, xfer
         tau = (1.0 - float(a.auto_momentum)) / x.shape[0]
         lrs, mx, md = ops.auto_scale_lrs(x.abs().amax(dim=1), d.abs().amax(dim=1), float(self.m_x),
                                          float(self.m_d), tau, self._auto_numerator(), float(a.fast_lr), lr,
@@ -289,7 +289,8 @@ class ChoppedRule(TransferRule):
         is_last = js == self.n_slices - 1
         sweeps_at = (int(self.sweeps) + np.cumsum(is_last, dtype=np.int64) - is_last).tolist()
         reads0 = int(self.reads)
-        flips = self._in_flip_decisions(slices, range(reads0 + 1, reads0 + R + 1), sweeps_at)
+        events = np.arange(reads0 + 1, reads0 + R + 1, dtype=np.int64)  # the reads count after each read
+        flips = self._in_flip_decisions(slices, events, sweeps_at)
         hits = [None] * R
         out_reads = np.flatnonzero(is_last).tolist() if float(self.cfg.out_chop_prob) > 0 else []
         for r in out_reads:
