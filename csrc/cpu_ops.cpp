@@ -1301,7 +1301,7 @@ at::Tensor pulsed_update_cpu(at::Tensor w, const std::optional<at::Tensor>& w_p,
   float* wp = check_tile_tensors("analogtrain::pulsed_update", w, w_p, params, dw, mode);
   check_f32_cpu(x, "x");
   check_f32_cpu(d, "d");
-  TORCH_CHECK(x.dim() == 2 && d.dim() == 2, "analogtrain::pulsed_update: w, x, d must be 2-D");
+  TORCH_CHECK(x.dim() == 2 && d.dim() == 2, "analogtrain::pulsed_update: x and d must be 2-D");
   const int O = static_cast<int>(w.size(0)), I = static_cast<int>(w.size(1)), B = static_cast<int>(x.size(0));
   TORCH_CHECK(x.size(1) == I && d.size(1) == O && d.size(0) == B, "analogtrain::pulsed_update: shape mismatch");
   const float* ci = nullptr;
@@ -1449,7 +1449,7 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   float* wp = check_tile_tensors("analogtrain::chopped_update_snapshots", w, w_p, params, dw, mode);
   check_f32_cpu(x, "x");
   check_f32_cpu(d, "d");
-  TORCH_CHECK(x.dim() == 2 && d.dim() == 2, "analogtrain::chopped_update_snapshots: w, x, d 2-D");
+  TORCH_CHECK(x.dim() == 2 && d.dim() == 2, "analogtrain::chopped_update_snapshots: x and d must be 2-D");
   const int O = static_cast<int>(w.size(0)), I = static_cast<int>(w.size(1));
   TORCH_CHECK(x.size(1) == I && d.size(1) == O && d.size(0) == x.size(0),
               "analogtrain::chopped_update_snapshots: shape mismatch");

@@ -227,8 +227,8 @@ def test_update_parity_edge_cases(kernel):
 
 def test_update_rejects_a_persistent_weight_of_another_shape(kernel):
     """w_p (the visible weight of a write-noise device) must have w's shape: the kernel indexes both with
-    the same element offsets, so a larger w_p would be read and written at the wrong elements. The
-    error names the op and leaves w and w_p untouched."""
+    the same element offsets, so a w_p of another shape, even of the same size (here transposed), would
+    be read and written at the wrong elements. The error names the op and leaves w and w_p untouched."""
     s = _dev("reram_sb", 10, 12)
     x, d = _inputs(4, 10, 12, seed=3)
     w = torch.zeros(10, 12)
