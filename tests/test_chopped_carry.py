@@ -159,6 +159,24 @@ def test_compiled_carry_matches_reference(key, columns, path):
     assert not torch.equal(ref[2][3], ref[0][:, k] if columns else ref[0][k])
 
 
+
+@pytest.mark.compiled
+@pytest.mark.skipif(not COMPILED, reason="compiled kernel unavailable")
+@pytest.mark.parametrize("path", ["multi_slot", "generic"])
+def test_compiled_carry_totals_of_samples_with_hundreds_of_trains(path):
+    """O = 300, I = 700: a sample has 500-odd active x trains and ~300 d trains, more than the 255 that the
+    kernel's byte-lane slot counters take before they flush, so the exact pulse total of each call must
+    survive the flushes in the middle of a sample (one- and two-word trains)."""
+    kw = PATHS[path]
+    s, x, d, w0, ci, co = _inputs("softbounds_mult", 300, 700)
+    spec = kw.get("spec", AGG)
+    snap = [0, 0, -1, 299, 5, -1, 150, 17]
+    ref = _op("reference", s, x, d, w0, ci, co, lrs=LRS, spec=spec, snap=snap)
+    got = _op("compiled", s, x, d, w0, ci, co, lrs=LRS, spec=spec, snap=snap)
+    assert got[3].tolist() == ref[3].tolist()
+    nx = int((x[STARTS[1]:STARTS[2]] != 0).sum(dim=1).min())
+    assert nx > 255 and float(ref[3].max()) > 1e5
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_snapshot_of_a_slice_not_pulsed_afterwards_is_its_final_value(backend):
     """Column 2 is finished at the read after call 3; later samples have x[:, 2] = 0, so the column keeps
