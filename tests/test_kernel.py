@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -454,7 +455,8 @@ def test_uniform_scalar_matches_rng():
 
 def test_uniform_counters_match_rng():
     """``ops.uniform_counters`` (numpy Philox over per-element offsets, a and b: a batch's chopper draws)
-    returns ``rng.uniform``'s float32 values element by element, indices beyond 32 bits wrapped."""
+    returns ``rng.uniform``'s float32 values element by element as a float64 array, indices beyond 32 bits
+    wrapped."""
     import random
 
     from analogtrain.ops import rng
@@ -466,4 +468,5 @@ def test_uniform_counters_match_rng():
         a = [r.getrandbits(34) for _ in range(17)]
         b = [r.getrandbits(33) for _ in range(17)]
         got = ops.uniform_counters(s, offs, st, a, b, k)
-        assert got == [float(rng.uniform(s, o, st, x & 0xFFFFFFFF, y & 0xFFFFFFFF, k)) for o, x, y in zip(offs, a, b)]
+        want = [float(rng.uniform(s, o, st, x & 0xFFFFFFFF, y & 0xFFFFFFFF, k)) for o, x, y in zip(offs, a, b)]
+        assert got.dtype == np.float64 and got.tolist() == want

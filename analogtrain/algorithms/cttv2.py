@@ -69,14 +69,15 @@ def buffer_granularity(buffer_gran: float, auto_gran: float, dw_a: float, n_slic
 
 class ReadPlan:
     """The planned transfer reads of one batch (``ChoppedRule._plan_choppers``), per read r:
-    ``flips[r]`` whether the slice's in-chopper flips after it, ``hits[r]`` the (L,) bool out-chopper
-    flips after it (a read of the last slice, with out_chop_prob > 0) or None, ``sweeps[r]`` the sweep
-    counter at it, ``signs`` (R, L) its chopper sign c_in[j]·c_out, ``lr_a[r]`` A's fast lr at it.
+    ``flips[r]`` whether the slice's in-chopper flips after it (bool array (R,)), ``hits[r]`` the (L,)
+    bool out-chopper flips after it (a read of the last slice, with out_chop_prob > 0) or None,
+    ``sweeps[r]`` the sweep counter at it (int64 array (R,)), ``signs`` (R, L) its chopper sign
+    c_in[j]·c_out, ``lr_a[r]`` A's fast lr at it (float64 array (R,), or R Nones when not planned).
     ``plan[r]`` is the tuple (flip, hit, sweeps, sign (L,), lr_a) of one read (the one-by-one path)."""
 
     __slots__ = ("flips", "hits", "sweeps", "signs", "lr_a")
 
-    def __init__(self, flips: list, hits: list, sweeps: list, signs: torch.Tensor, lr_a: list):
+    def __init__(self, flips: np.ndarray, hits: list, sweeps: np.ndarray, signs: torch.Tensor, lr_a):
         self.flips, self.hits, self.sweeps, self.signs, self.lr_a = flips, hits, sweeps, signs, lr_a
 
     def __getitem__(self, r: int) -> tuple:
@@ -199,14 +200,18 @@ class ChoppedRule(TransferRule):
     def planned_scales(self, lr: float, plan: ReadPlan) -> tuple[np.ndarray, np.ndarray]:
         """(lr_scales float64 (R,), writes bool (R,)) of the planned reads: ``accumulation_scale`` /
         ``write_allowed`` of each read's sweep (and fast lr, which only ``correct_gradient_magnitudes``
-        uses), computed once per run of equal values (a conv layer reads thousands of times per batch
-        over a handful of sweeps) and repeated over the run."""
+        uses), computed once per run of equal values (a conv layer reads thousands of times per batch,
+        a sweep per n_slices reads) and repeated over the run. The base hooks ignore the sweep (c-TTv2:
+        one run, or one per fast lr); a subclass that overrides either (AGAD) gets a run per sweep."""
         cgm = bool(self.cfg.correct_gradient_magnitudes)
         R = len(plan.sweeps)
         if R == 0:
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=bool)
         sw = np.asarray(plan.sweeps, dtype=np.int64)
-        change = sw[1:] != sw[:-1]
+        cls = type(self)
+        base_hooks = (cls.accumulation_scale is ChoppedRule.accumulation_scale
+                      and cls.write_allowed is ChoppedRule.write_allowed)
+        change = np.zeros(R - 1, dtype=bool) if base_hooks else sw[1:] != sw[:-1]
         if cgm:
             la = np.asarray(plan.lr_a, dtype=np.float64)
             change |= la[1:] != la[:-1]  # (a NaN starts a run at every read, as an unequal key would)
@@ -287,18 +292,17 @@ class ChoppedRule(TransferRule):
         # sweeps counts the reads of the last slice, after their flip decisions: the sweeps at read r are
         # the sweeps before the batch plus the last-slice reads before r
         is_last = js == self.n_slices - 1
-        sweeps_at = (int(self.sweeps) + np.cumsum(is_last, dtype=np.int64) - is_last).tolist()
+        sweeps_at = int(self.sweeps) + np.cumsum(is_last, dtype=np.int64) - is_last
         reads0 = int(self.reads)
         events = np.arange(reads0 + 1, reads0 + R + 1, dtype=np.int64)  # the reads count after each read
         flips = self._in_flip_decisions(slices, events, sweeps_at)
         hits = [None] * R
         out_reads = np.flatnonzero(is_last).tolist() if float(self.cfg.out_chop_prob) > 0 else []
         for r in out_reads:
-            hits[r] = self._flip_out_decision(sweeps_at[r])
+            hits[r] = self._flip_out_decision(int(sweeps_at[r]))
         # row c: the choppers during call c; row C: after the batch. A flip at the read after call c
         # negates its entries from row c + 1 on (×(−1): exact)
-        fl = np.asarray(flips, dtype=bool)
-        ci = self._flipped_rows(self.c_in, C + 1, call_of[fl] + 1, js[fl])
+        ci = self._flipped_rows(self.c_in, C + 1, call_of[flips] + 1, js[flips])
         co = self.c_out.expand(C + 1, -1).clone()
         for r in out_reads:
             if bool(hits[r].any()):
@@ -306,7 +310,7 @@ class ChoppedRule(TransferRule):
         self._planned_end = (ci[C].clone(), co[C].clone())
         cr = torch.from_numpy(call_of).to(ci.device)
         signs = ci[cr, torch.from_numpy(js).to(ci.device)][:, None] * co[cr]  # c_in[j]·c_out
-        lr_a = np.asarray(lrs, dtype=np.float64)[call_of].tolist() if lrs is not None else [None] * R
+        lr_a = np.asarray(lrs, dtype=np.float64)[call_of] if lrs is not None else [None] * R
         plan = ReadPlan(flips, hits, sweeps_at, signs, lr_a)
         rows_in, rows_out = (ci[:C], co[:C]) if self.columns else (co[:C], ci[:C])
         return rows_in, rows_out, plan
@@ -328,23 +332,23 @@ class ChoppedRule(TransferRule):
         run = np.searchsorted(r_sorted, np.arange(n_rows), side="right")  # flips at rows <= t
         return states[torch.from_numpy(run).to(c.device)]
 
-    def _in_flip_decisions(self, js, evs, sweeps: list) -> list:
-        """``_flip_in_decision`` of several reads (slices js: an int sequence or array, read events evs,
-        sweeps at the reads)."""
+    def _in_flip_decisions(self, js, evs, sweeps) -> np.ndarray:
+        """``_flip_in_decision`` of several reads as a bool array (R,) (slices js, read events evs, sweeps
+        at the reads: int sequences or arrays of length R)."""
         p = float(self.cfg.in_chop_prob)
         if p <= 0 or len(js) == 0:
-            return [False] * len(js)
+            return np.zeros(len(js), dtype=bool)
         if self.cfg.in_chop_random:
             ev = np.asarray(evs, dtype=np.int64)  # read events: counters far below 2^63
             u = ops.uniform_counters(int(self.seed_misc), ev >> 32, Stream.CHOPPER, js, ev & _MASK32, 0)
-            return [v < p for v in u]
+            return u < p
         n = chopper_period(p)
-        return [(sw % n) + 1 == n for sw in sweeps]
+        return (np.asarray(sweeps, dtype=np.int64) % n) + 1 == n
 
     def _transfer_read(self, lr, v, plan):
         self._transfer_slice(lr, self.next_slices(1), v, plan)
 
-    def batch_signals(self, k: torch.Tensor, v: torch.Tensor, flips: list) -> torch.Tensor | None:
+    def batch_signals(self, k: torch.Tensor, v: torch.Tensor, flips: np.ndarray) -> torch.Tensor | None:
         """(R, L) what the R reads v (R, L) of slices k accumulate (``reference_corrected`` of each, in
         order), or None when that needs the one-by-one path; it also does the reads' ``after_read`` and
         the ``on_flip`` of the reads whose in-chopper flips (``flips[r]``), in read order, where they
@@ -368,7 +372,7 @@ class ChoppedRule(TransferRule):
         # the planned flips, as the one-by-one path leaves them: choppers at their end-of-batch state
         # (_plan_choppers), the flip counter, the sweeps (on_flip: batch_signals marked them)
         ci_end, co_end = self._planned_end
-        n_in = sum(1 for f in plan.flips if f)
+        n_in = int(np.count_nonzero(plan.flips))
         n_out = sum(int(h.sum()) for h in plan.hits if h is not None)
         self.c_in.copy_(ci_end)
         self.c_out.copy_(co_end)

@@ -333,11 +333,11 @@ def agad_signals(v: torch.Tensor, mr: torch.Tensor, pr: torch.Tensor, sr: torch.
                                               torch.as_tensor(flips, dtype=torch.bool), float(beta))
 
 
-def uniform_counters(seed: int, offsets, stream: int, a, b, draw: int) -> list[float]:
+def uniform_counters(seed: int, offsets, stream: int, a, b, draw: int) -> "numpy.ndarray":
     """``uniform_scalar`` of many counters at once: element q is draw ``draw`` of the sequence
     ``(seed, offsets[q], stream, a[q], b[q])`` (offsets, a, b: equal-length int sequences), the same
-    float32 values as Python floats — numpy uint64 arithmetic, for the per-read draws a batch plans
-    ahead (chopper flips) without one Python-int Philox per draw."""
+    float32 values as a float64 array (one ``uniform_scalar`` each) — numpy uint64 arithmetic, for the
+    per-read draws a batch plans ahead (chopper flips) without one Python-int Philox per draw."""
     import numpy as np
 
     m = np.uint64(0xFFFFFFFF)
@@ -358,7 +358,7 @@ def uniform_counters(seed: int, offsets, stream: int, a, b, draw: int) -> list[f
     r = (c0, c1, c2, c3)[int(draw) & 3]
     # ((r >> 8) + 0.5)·2^-24 in float64, rounded to float32 (round-half-even), returned as float64 values
     u = (((r >> np.uint64(8)).astype(np.float64) + 0.5) * 2.0**-24).astype(np.float32)
-    return u.astype(np.float64).tolist()
+    return u.astype(np.float64)
 
 
 # --- the chopped-transfer family's per-batch A work (twin: reference_chopped.chopped_update_snapshots_ref) ---
