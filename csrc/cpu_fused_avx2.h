@@ -49,6 +49,22 @@ inline __m256i tail_mask8(int64_t remaining) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// The store of an 8-lane step with `remaining` entries left: a plain unaligned store when all 8 lanes
+// are in range, the masked store only for the tail (vpmaskmov stores are microcoded on AMD Zen, a dozen
+// cycles or more each; masked loads are cheap everywhere).
+inline void store8_ps(float* p, __m256 v, int64_t remaining) {
+  if (remaining >= 8)
+    _mm256_storeu_ps(p, v);
+  else
+    _mm256_maskstore_ps(p, tail_mask8(remaining), v);
+}
+inline void store8_epi32(void* p, __m256i v, int64_t remaining) {
+  if (remaining >= 8)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  else
+    _mm256_maskstore_epi32(reinterpret_cast<int*>(p), tail_mask8(remaining), v);
+}
+
 // 32×32 → 64-bit products of 8 lanes: hi and lo words (philox.h mulhilo32 on every lane).
 inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   // pe: even lanes' products (low dword at 2k, high at 2k+1); po: the odd lanes', at the same places
@@ -108,7 +124,7 @@ inline void trains8(const uint32_t* thr, int n, uint32_t a0, uint32_t stream, ui
         }
       }
     }
-    _mm256_maskstore_epi32(reinterpret_cast<int*>(out + q0), lm, bits);
+    store8_epi32(out + q0, bits, n - q0);
   }
 }
 
@@ -171,7 +187,7 @@ inline void entries8(const float* v, int n, double scale, float slr, const float
                                  _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
     sg = _mm256_mul_ps(sg, _mm256_set1_ps(slr));
     if (chop) sg = _mm256_mul_ps(sg, _mm256_maskload_ps(chop + q0, lm));
-    _mm256_maskstore_ps(sg_out + q0, lm, sg);
+    store8_ps(sg_out + q0, sg, n - q0);
     const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
     __m128 ph[2];
     __m128i th[2];
@@ -195,8 +211,8 @@ inline void entries8(const float* v, int n, double scale, float slr, const float
       t = _mm256_blendv_pd(t, zd, _mm256_cmp_pd(pfd, zd, _CMP_NGT_UQ));                   // !(p > 0)
       th[h] = _mm256_cvttpd_epi32(t);
     }
-    _mm256_maskstore_ps(p_out + q0, lm, _mm256_set_m128(ph[1], ph[0]));
-    _mm256_maskstore_epi32(reinterpret_cast<int*>(thr + q0), lm, _mm256_set_m128i(th[1], th[0]));
+    store8_ps(p_out + q0, _mm256_set_m128(ph[1], ph[0]), n - q0);
+    store8_epi32(thr + q0, _mm256_set_m128i(th[1], th[0]), n - q0);
   }
 }
 

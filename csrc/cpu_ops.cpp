@@ -256,32 +256,41 @@ void build_side(const UpdateArgs& u, int b, int bl, double scale, const float* v
     sg[k] = sign_f(v[k]) * slr;
     if (chop) sg[k] = sg[k] * chop[k];
   };
-#if AT_FUSED_AVX512
   if (u.mode == MODE_PULSED && nw == 1) {
-    // one-word trains: thresholds first, then 16 entries per Philox call (trains16); without res, the
-    // probabilities, signs and thresholds are computed 16 at a time too (entries16)
+    // one-word trains: thresholds first, then 8 or 16 entries per Philox call (trains8 / trains16,
+    // which skip the groups whose thresholds are all 0); without res, the probabilities, signs and
+    // thresholds are computed 8 or 16 at a time too (entries8 / entries16: the scalar entry's numbers)
     thread_local std::vector<uint32_t> thr;
     thr.resize(static_cast<size_t>(n));
-    if (!(u.res > 0)) {
+    // A mostly-zero side (the one-hot x, or the sparse −n, of a transfer's C write: 150 entries for
+    // one live one in a LeNet conv2 read): without res a zero entry has p = 0, sign ±0 and threshold
+    // 0 and never fires, so those are filled in and only the non-zero entries are computed (the
+    // scalar entry, whose numbers entries8 / entries16 reproduce)
+    int nnz = n;
+    if (!(u.res > 0) && n >= 32) {
+      nnz = 0;
+      for (int k = 0; k < n; ++k) nnz += v[k] != 0.0f ? 1 : 0;
+    }
+    if (4 * nnz <= n) {
+      std::fill_n(p, n, 0.0f);
+      std::fill_n(sg, n, 0.0f);
+      std::fill(thr.begin(), thr.end(), 0u);
+      for (int k = 0; k < n; ++k)
+        if (v[k] != 0.0f) entry(k), thr[k] = bernoulli_threshold(p[k]);
+    } else if (!(u.res > 0)) {
+#if AT_FUSED_AVX512
       entries16(v, n, scale, slr, chop, p, sg, thr.data());
+#elif AT_FUSED_AVX2
+      entries8(v, n, scale, slr, chop, p, sg, thr.data());
+#else
+      for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
+#endif
     } else {
       for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
     }
+#if AT_FUSED_AVX512
     trains16(thr.data(), n, 0u, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
-    for (int k = 0; k < n; ++k) on[k] = (bits[k] != 0u && sg[k] != 0.0f) ? 1 : 0;
-    return;
-  }
-#else
-  if (u.mode == MODE_PULSED && nw == 1) {  // one-word trains: the n entries' draws through philox_many
-    thread_local std::vector<uint32_t> thr;
-    thr.resize(static_cast<size_t>(n));
-#if AT_FUSED_AVX2
-    if (!(u.res > 0))  // (probabilities, signs and thresholds 8 at a time, as entries16)
-      entries8(v, n, scale, slr, chop, p, sg, thr.data());
-    else
-#endif
-      for (int k = 0; k < n; ++k) entry(k), thr[k] = bernoulli_threshold(p[k]);
-#if AT_FUSED_AVX2
+#elif AT_FUSED_AVX2
     trains8(thr.data(), n, 0u, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
 #else
     trains_many(thr.data(), n, stream, static_cast<uint32_t>(b), bl, u.seed, u.offset, bits);
@@ -289,7 +298,6 @@ void build_side(const UpdateArgs& u, int b, int bl, double scale, const float* v
     for (int k = 0; k < n; ++k) on[k] = (bits[k] != 0u && sg[k] != 0.0f) ? 1 : 0;
     return;
   }
-#endif
   for (int k = 0; k < n; ++k) {
     entry(k);
     const bool fires = element_fires(u, stream, k, b, bl, p[k], bits + static_cast<int64_t>(k) * nw);
@@ -1617,7 +1625,7 @@ static at::Tensor philox_grid_rows(int64_t seed, const int64_t* offsets, int64_t
                   static_cast<uint64_t>(offsets[q]), w[0], w[1], w[2], w[3]);
           const __m256 z = normal ? bm8_normal(bm8_prepare(second ? w[2] : w[0], second ? w[3] : w[1]), use_sin)
                                   : uniform8(w[k]);
-          _mm256_maskstore_ps(row + j0, tail_mask8(n_a - j0), z);
+          store8_ps(row + j0, z, n_a - j0);
         }
         continue;
       }
