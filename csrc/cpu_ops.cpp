@@ -262,10 +262,10 @@ void build_side(const UpdateArgs& u, int b, int bl, double scale, const float* v
     // thresholds are computed 8 or 16 at a time too (entries8 / entries16: the scalar entry's numbers)
     thread_local std::vector<uint32_t> thr;
     thr.resize(static_cast<size_t>(n));
-    // A mostly-zero side (the one-hot x, or the sparse −n, of a transfer's C write: 150 entries for
-    // one live one in a LeNet conv2 read): without res a zero entry has p = 0, sign ±0 and threshold
-    // 0 and never fires, so those are filled in and only the non-zero entries are computed (the
-    // scalar entry, whose numbers entries8 / entries16 reproduce)
+    // A mostly-zero side of 32+ entries (the one-hot x, or the sparse −n, of a transfer's C write: 150
+    // entries for one live one in a LeNet conv2 read): without res a zero entry has p = 0, sign ±0
+    // and threshold 0 and never fires, so those are filled in and only the non-zero entries are
+    // computed (the scalar entry, whose numbers entries8 / entries16 reproduce)
     int nnz = n;
     if (!(u.res > 0) && n >= 32) {
       nnz = 0;
