@@ -126,6 +126,32 @@ def test_batched_schedule_equals_per_sample_loop(case, size, backend, monkeypatc
     assert not torch.equal(new.A.w, torch.zeros_like(new.A.w))
 
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_schedule_follows_sweep_dependent_hooks(backend, monkeypatch):
+    """Hooks whose values change with the sweep (as AGAD's do) keep their per-sweep values in the
+    batched plan: c-TTv2 with write permission on even sweeps only and half the accumulation scale on
+    sweeps ≡ 2 (mod 3) equals its per-sample loop (ChoppedRule's own hooks ignore the sweep, and
+    planned_scales then takes one run: a patched rule must not)."""
+    from analogtrain.algorithms.cttv2 import ChoppedRule
+
+    base_scale = ChoppedRule.accumulation_scale
+
+    def write_allowed(self, sweeps=None):
+        return (int(self.sweeps) if sweeps is None else sweeps) % 2 == 0
+
+    def accumulation_scale(self, lr, sweeps=None, lr_a=None):
+        s = int(self.sweeps) if sweeps is None else sweeps
+        return base_scale(self, lr, sweeps, lr_a) * (0.5 if s % 3 == 2 else 1.0)
+
+    monkeypatch.setattr(ChoppedRule, "write_allowed", write_allowed)
+    monkeypatch.setattr(ChoppedRule, "accumulation_scale", accumulation_scale)
+    kw = {"in_chop_prob": 0.3, "fast_lr": 0.5}
+    ref = _run("cttv2", kw, False, backend, size=(4, 2), batch=8, batches=6)
+    new = _run("cttv2", kw, True, backend, size=(4, 2), batch=8, batches=6)
+    _assert_same(ref, new)
+    assert int(new.sweeps) >= 6 and float(new.pulses_c) > 0
+
 @pytest.mark.skipif("compiled" not in BACKENDS, reason="compiled CPU kernel not available")
 @pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("m0", [(0.0, 0.0), (0.7, 0.02)], ids=["cold", "warm"])

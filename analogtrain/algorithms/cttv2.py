@@ -209,8 +209,8 @@ class ChoppedRule(TransferRule):
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=bool)
         sw = np.asarray(plan.sweeps, dtype=np.int64)
         cls = type(self)
-        base_hooks = (cls.accumulation_scale is ChoppedRule.accumulation_scale
-                      and cls.write_allowed is ChoppedRule.write_allowed)
+        base_hooks = ((cls.accumulation_scale, cls.write_allowed) == _SWEEP_FREE_HOOKS
+                      and not {"accumulation_scale", "write_allowed"} & self.__dict__.keys())
         change = np.zeros(R - 1, dtype=bool) if base_hooks else sw[1:] != sw[:-1]
         if cgm:
             la = np.asarray(plan.lr_a, dtype=np.float64)
@@ -438,6 +438,11 @@ class ChoppedRule(TransferRule):
         })
         return out
 
+
+
+# the scale / write hooks as ChoppedRule defines them, which ignore the sweep (planned_scales: one run);
+# captured here, so that a subclass, an instance attribute or a patched ChoppedRule takes the per-sweep runs
+_SWEEP_FREE_HOOKS = (ChoppedRule.accumulation_scale, ChoppedRule.write_allowed)
 
 def check_chopped(a) -> None:
     """Range checks of the chopped family (c-TTv2 and AGAD)."""
