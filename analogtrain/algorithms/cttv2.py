@@ -439,10 +439,11 @@ class ChoppedRule(TransferRule):
         return out
 
 
-
 # the scale / write hooks as ChoppedRule defines them, which ignore the sweep (planned_scales: one run);
-# captured here, so that a subclass, an instance attribute or a patched ChoppedRule takes the per-sweep runs
+# captured here, so that a subclass, an instance attribute or a patched ChoppedRule takes the per-sweep
+# runs
 _SWEEP_FREE_HOOKS = (ChoppedRule.accumulation_scale, ChoppedRule.write_allowed)
+
 
 def check_chopped(a) -> None:
     """Range checks of the chopped family (c-TTv2 and AGAD)."""
