@@ -682,21 +682,218 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
   }
 }
 
+// One sample b of the group of columns [j0, j0 + G.nl) of row i (run_row_lanes): the coincidences of its
+// trains, and the lanes' moments (m, v: the caller's registers) carried through its pulses. Returns the
+// lanes left to the caller's scalar closed form (n > AGG_POLY_MAX without AT_LANES_MANY; their counts and
+// directions in n_o, up_o), else none.
+template <bool MULT, bool NOISE, bool ONE>
+AT_LANES_INLINE lanes::vi lanes_sample(lanes::Group& G, const Trains& T, const int32_t* xbits, int b, int i,
+                                       int j0, lanes::vf& m, lanes::vf& v, lanes::vi& touched, lanes::vi& cnt,
+                                       lanes::vi& n_o, lanes::vi& up_o) {
+  using namespace lanes;
+  const int64_t qd = static_cast<int64_t>(b) * T.O + i, qx = static_cast<int64_t>(b) * T.I + j0;
+  const vi dw = splat_i(static_cast<int32_t>(T.dbits[qd]));
+  const vi xw = load<vi>(xbits + qx, G.nl);  // lanes beyond the row: 0, never hit
+  const vi hit = (xw & dw) != splat_i(0);
+  if (!any(hit)) return splat_i(0);
+  const vf sgn = splat(T.sd[qd]) * load<vf>(T.sx.data() + qx, G.nl);
+  const vi mk = hit & (sgn != splat(0.0f));  // (!=: true for NaN, as _CMP_NEQ_UQ)
+  const vi up = mk & (sgn < splat(0.0f));    // sd·sx < 0: up pulses
+  touched |= mk;
+  if (ONE) {  // (a lane without pulses is left as it is: mk is all-zero there)
+    cnt -= mk;  // mk lanes are −1
+    G.one_pulse<MULT, NOISE>(mk, up, m, v);
+    return splat_i(0);
+  }
+  const vi n = popcount(xw & dw) & mk;
+  cnt += n;
+  n_o = n, up_o = up;
+  return G.pulses<MULT, NOISE>(mk, up, n, m, v);  // (AT_LANES_MANY: none left)
+}
+
+// The lanes of a group that took more than AGG_POLY_MAX pulses in one sample (builds without
+// AT_LANES_MANY): the scalar aggregate_sample on the spilled moments, the direction constants on demand.
+struct LanesScalarBig {
+  AggDir dirs[2][lanes::W];
+  bool have[2][lanes::W] = {};
+  template <bool MULT, bool NOISE>
+  void apply(float* ma, float* va, lanes::vi big, lanes::vi n, lanes::vi up, const float* params,
+             int64_t plane, int64_t e0, int nl, const DeviceGlobals& g) {
+    for (int l = 0; l < nl; ++l) {
+      if (!big[l]) continue;
+      const ElemParams p = load_params(params, plane, e0 + l);
+      const bool u_l = up[l] != 0;
+      AggDir& a = dirs[u_l][l];
+      if (!have[u_l][l]) a = agg_dir(u_l ? p.s_up : p.s_dn, u_l, g), have[u_l][l] = true;
+      aggregate_sample<MULT, NOISE>(ma[l], va[l], n[l], u_l, p, g, a);
+    }
+  }
+};
+
+// The end of the call for one group of run_row_lanes: the touched lanes drawn (z: their normals),
+// clipped (aggregate_draw) and stored (store_state: state; with a persistent weight the visible one too,
+// plus its write noise per element), and every lane's pulses added to prow. Returns the group's pulses.
+template <bool NOISE>
+AT_LANES_INLINE int64_t lanes_finish(const lanes::Group& G, lanes::vf m, lanes::vf v, lanes::vi touched,
+                                     lanes::vi cnt, float* state, float* w_row, float* prow, const float* z,
+                                     int64_t e0, const DeviceGlobals& g, const UpdateArgs& u, bool vis) {
+  using namespace lanes;
+  if (any(touched)) {
+    vf wd = m;
+    if (NOISE) wd = m + vsqrt(v) * load<vf>(z, G.nl);
+    const vf st = vmin(vmax(wd, G.bmn), G.bmx) - G.ref;
+    store_masked(state, st, touched, G.nl);
+    if (vis) {  // w_row: the visible weights (a persistent weight's), state the device state w_p
+      if (g.write_noise > 0.0f) {
+        for (int l = 0; l < G.nl; ++l)
+          if (touched[l]) store_state(w_row - e0, state - e0, e0 + l, st[l], g, u.seed, u.offset, 0u);
+      } else {
+        store_masked(w_row, st, touched, G.nl);
+      }
+    }
+  }
+  // every lane's pulses (a lane finished by an event keeps the pulses it took before it)
+  int64_t tot = 0;
+  if (any(cnt)) {
+    store_masked(prow, load<vf>(prow, G.nl) + __builtin_convertvector(cnt, vf), cnt != splat_i(0), G.nl);
+    for (int l = 0; l < G.nl; ++l) tot += cnt[l];
+  }
+  return tot;
+}
+
+// What run_lane_groups needs of the row (run_row_lanes).
+struct LaneRow {
+  const Trains& T;
+  int i;
+  int64_t row;  // i·I: the row's first element
+  float *w, *w_p, *state, *prow;  // state: the device state of the row (w_p or w), prow: its pulse counts
+  const float* params;
+  int64_t plane;
+  const lanes::RowPlanes& P;
+  const DeviceGlobals& g;
+  const UpdateArgs& u;
+  const std::vector<int>& act_b;  // the samples in which the row takes part
+  const std::vector<int>& rev;    // carry mode, rows: the row's events
+  const float* zrow;              // the row's final normals (NOISE)
+  const int32_t* xbits;
+};
+
+// K groups of lanes::W columns from j0 (the last one nl_last lanes wide) of one row through its samples:
+// the moments, touched lanes and pulse counts stay in registers; the rare scalar steps (carry events,
+// n > AGG_POLY_MAX) work on copies in arrays. A group's moments are one chain of dependent operations
+// per sample (step, add, clip, select: ~15 cycles of latency, few instructions), so K = 2 independent
+// chains in one loop body fill the pipeline that one leaves idle (the 512×512 sparse update: about 15 %
+// faster; K = 4 gained nothing more). Returns the groups' pulses.
+template <bool MULT, bool NOISE, bool ONE, int K>
+AT_LANES_INLINE int64_t run_lane_groups(const LaneRow& R, int j0, int nl_last) {
+  using namespace lanes;
+  const Trains& T = R.T;
+  const CarryPlan* cp = T.carry;
+  const int i = R.i;
+  const int64_t row = R.row;
+  Group G[K];
+  vf m[K], v[K];
+  vi t[K], c[K];
+  alignas(32) float ma[K][W], va[K][W];
+  alignas(32) int32_t ta[K][W];
+  const std::vector<int>* evs[K];
+  int nev[K], qe[K];
+#if !AT_LANES_MANY
+  LanesScalarBig sb[K];  // scalar constants of lanes that take n > AGG_POLY_MAX pulses (on demand)
+#endif
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k) {
+    m[k] = G[k].template load_group<MULT>(R.state, R.P, j0 + k * W, k == K - 1 ? nl_last : W, R.g);
+    v[k] = splat(0.0f), t[k] = splat_i(0), c[k] = splat_i(0);
+    evs[k] = cp ? (cp->columns ? &T.gev[static_cast<size_t>((j0 + k * W) / W)] : &R.rev) : nullptr;
+    nev[k] = evs[k] ? static_cast<int>(evs[k]->size()) : 0;
+    qe[k] = 0;
+  }
+  // event q (CarryPlan) on group k's spilled lanes: finish its touched lanes of slice q
+  // (clip(m + sqrt(v)·z), store; the moments restart from the stored value), then copy the slice's
+  // visible weight to the snapshot (agg_lanes_event)
+  const auto event = [&](int k, int q) {
+    const int jk = j0 + k * W;
+    const int64_t s = cp->slice[q];
+    const int lb = cp->columns ? static_cast<int>(s - jk) : 0, le = cp->columns ? lb + 1 : G[k].nl;
+    for (int l = lb; l < le; ++l) {
+      if (!ta[k][l]) continue;
+      const int j = jk + l;
+      const ElemParams p = load_params(R.params, R.plane, row + j);
+      const float z = NOISE ? cp->z[q * cp->L + (cp->columns ? i : j)] : 0.0f;
+      const float st = aggregate_draw(ma[k][l], va[k][l], p, R.g, z) - p.ref;
+      store_state(R.w, R.w_p, row + j, st, R.g, R.u.seed, cp->offset[q], 0u);
+      ma[k][l] = st + p.ref;
+      va[k][l] = 0.0f;
+      ta[k][l] = 0;
+    }
+    float* dst = cp->snaps + cp->call[q] * cp->L;
+    if (cp->columns)
+      dst[i] = R.w[row + s];
+    else
+      std::memcpy(dst + jk, R.w + row + jk, sizeof(float) * static_cast<size_t>(G[k].nl));
+  };
+  // (m, v, t are the lambdas' arguments, not captures: a closure holding their addresses keeps them in
+  // memory through the whole sample loop, a store-to-load round trip in every sample's chain)
+  const auto spill = [&](int k, vf m_, vf v_, vi t_) {
+    std::memcpy(ma[k], &m_, sizeof(ma[k])), std::memcpy(va[k], &v_, sizeof(va[k]));
+    std::memcpy(ta[k], &t_, sizeof(ta[k]));
+  };
+  const auto reload = [&](int k, vf& m_, vf& v_, vi& t_) {
+    m_ = load<vf>(ma[k], W), v_ = load<vf>(va[k], W), t_ = load<vi>(ta[k], W);
+  };
+  for (const int b : R.act_b) {
+#pragma GCC unroll 4
+    for (int k = 0; k < K; ++k) {
+      if (qe[k] < nev[k] && cp->pos[(*evs[k])[qe[k]]] <= b) {
+        spill(k, m[k], v[k], t[k]);
+        for (; qe[k] < nev[k] && cp->pos[(*evs[k])[qe[k]]] <= b; ++qe[k]) event(k, (*evs[k])[qe[k]]);
+        reload(k, m[k], v[k], t[k]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < K; ++k) {
+      vi n, up;
+      [[maybe_unused]] const vi big =
+          lanes_sample<MULT, NOISE, ONE>(G[k], T, R.xbits, b, i, j0 + k * W, m[k], v[k], t[k], c[k], n, up);
+#if !AT_LANES_MANY
+      if (!any(big)) continue;
+      spill(k, m[k], v[k], t[k]);
+      sb[k].template apply<MULT, NOISE>(ma[k], va[k], big, n, up, R.params, R.plane, row + j0 + k * W, G[k].nl, R.g);
+      reload(k, m[k], v[k], t[k]);
+#endif
+    }
+  }
+  int64_t tot = 0;
+#pragma GCC unroll 4
+  for (int k = 0; k < K; ++k) {
+    if (qe[k] < nev[k]) {
+      spill(k, m[k], v[k], t[k]);
+      for (; qe[k] < nev[k]; ++qe[k]) event(k, (*evs[k])[qe[k]]);
+      reload(k, m[k], v[k], t[k]);
+    }
+    const int jk = j0 + k * W;
+    const float* z = NOISE ? R.zrow + jk : nullptr;
+    tot += lanes_finish<NOISE>(G[k], m[k], v[k], t[k], c[k], R.state + jk, R.w + row + jk, R.prow + jk, z,
+                               row + jk, R.g, R.u, R.w_p != nullptr);
+  }
+  return tot;
+}
+
 // Phase 2 for one row in the aggregated mode without the AVX-512 path (cpu_agg_lanes.h): 8 columns at a
 // time carry their moments in vector registers through the row's samples (samples of up to AGG_POLY_MAX
 // pulses in the registers, a lane with more through the scalar aggregate_sample), then each touched element
 // is finished with its normal (the row's normals drawn 4 per Philox counter) — the contract of run_row's
 // aggregated branch, the same numbers. ONE: every train of the call has one slot (a coincidence is one
 // pulse: no popcount). Carry mode: the events of the group's columns between its samples, as
-// agg_lanes_event (T.gev groups of lanes::W columns).
+// agg_lanes_event (T.gev groups of lanes::W columns). Two groups at a time (run_lane_groups), one for
+// the last one or two groups of a row whose width is not a multiple of 16.
 template <bool MULT, bool NOISE, bool ONE>
 void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
                    const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
   using namespace lanes;
   const int I = T.I, O = T.O;
   const int64_t row = static_cast<int64_t>(i) * I;
-  float* state = (w_p ? w_p : w) + row;
-  float* prow = pulses + row;
   const RowPlanes P{params + P_REF * plane + row,      params + P_BMIN * plane + row,
                     params + P_BMAX * plane + row,     params + P_SLOPE_UP * plane + row,
                     params + P_SLOPE_DOWN * plane + row, params + P_SCALE_UP * plane + row,
@@ -717,119 +914,12 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
     zrow.resize(static_cast<size_t>(I) + AGG_RANGE_PAD);
     aggregate_normals_range(u.seed, u.offset, static_cast<uint32_t>(row), I, zrow.data());
   }
-  const int32_t* xbits = reinterpret_cast<const int32_t*>(T.xbits.data());
+  const LaneRow R{T, i, row, w, w_p, (w_p ? w_p : w) + row, pulses + row, params, plane, P, g, u, act_b, rev,
+                  zrow.data(), reinterpret_cast<const int32_t*>(T.xbits.data())};
   int64_t tot = 0;
-  for (int j0 = 0; j0 < I; j0 += W) {
-    Group G;
-    // the moments, touched lanes and pulse counts stay in registers through the sample loop; the rare
-    // scalar steps (events, n > AGG_POLY_MAX) work on copies in these arrays
-    vf m = G.load_group<MULT>(state, P, j0, std::min(W, I - j0), g), v = splat(0.0f);
-    vi touched = splat_i(0), cnt = splat_i(0);
-    alignas(32) float ma[W], va[W];
-    alignas(32) int32_t ta[W];
-#if !AT_LANES_MANY
-    AggDir dirs[2][W];  // scalar constants of lanes that take n > AGG_POLY_MAX pulses (on demand)
-    bool have[2][W] = {};
-#endif
-    // event q (CarryPlan) on the spilled lanes: finish the group's touched lanes of slice q
-    // (clip(m + sqrt(v)·z), store; the moments restart from the stored value), then copy the slice's
-    // visible weight to the snapshot (agg_lanes_event)
-    const auto event = [&](int q) {
-      const int64_t k = cp->slice[q];
-      const int lb = cp->columns ? static_cast<int>(k - j0) : 0, le = cp->columns ? lb + 1 : G.nl;
-      for (int l = lb; l < le; ++l) {
-        if (!ta[l]) continue;
-        const int j = j0 + l;
-        const ElemParams p = load_params(params, plane, row + j);
-        const float z = NOISE ? cp->z[q * cp->L + (cp->columns ? i : j)] : 0.0f;
-        const float st = aggregate_draw(ma[l], va[l], p, g, z) - p.ref;
-        store_state(w, w_p, row + j, st, g, u.seed, cp->offset[q], 0u);
-        ma[l] = st + p.ref;
-        va[l] = 0.0f;
-        ta[l] = 0;
-      }
-      float* dst = cp->snaps + cp->call[q] * cp->L;
-      if (cp->columns)
-        dst[i] = w[row + k];
-      else
-        std::memcpy(dst + j0, w + row + j0, sizeof(float) * static_cast<size_t>(G.nl));
-    };
-    // (m, v, touched are the lambdas' arguments, not captures: a closure holding their addresses keeps
-    // them in memory through the whole sample loop, a store-to-load round trip in every sample's chain of
-    // the moments)
-    const auto spill = [&](vf m_, vf v_, vi t_) {
-      std::memcpy(ma, &m_, sizeof(ma)), std::memcpy(va, &v_, sizeof(va)), std::memcpy(ta, &t_, sizeof(ta));
-    };
-    const auto reload = [&](vf& m_, vf& v_, vi& t_) {
-      m_ = load<vf>(ma, W), v_ = load<vf>(va, W), t_ = load<vi>(ta, W);
-    };
-    const std::vector<int>* evs = cp ? (cp->columns ? &T.gev[static_cast<size_t>(j0 / W)] : &rev) : nullptr;
-    const int nev = evs ? static_cast<int>(evs->size()) : 0;
-    int qe = 0;
-    for (const int b : act_b) {
-      if (qe < nev && cp->pos[(*evs)[qe]] <= b) {
-        spill(m, v, touched);
-        for (; qe < nev && cp->pos[(*evs)[qe]] <= b; ++qe) event((*evs)[qe]);
-        reload(m, v, touched);
-      }
-      const int64_t qd = static_cast<int64_t>(b) * O + i, qx = static_cast<int64_t>(b) * I + j0;
-      const vi dw = splat_i(static_cast<int32_t>(T.dbits[qd]));
-      const vi xw = load<vi>(xbits + qx, G.nl);  // lanes beyond the row: 0, never hit
-      const vi hit = (xw & dw) != splat_i(0);
-      if (!any(hit)) continue;
-      const vf sgn = splat(T.sd[qd]) * load<vf>(T.sx.data() + qx, G.nl);
-      const vi mk = hit & (sgn != splat(0.0f));  // (!=: true for NaN, as _CMP_NEQ_UQ)
-      const vi up = mk & (sgn < splat(0.0f));    // sd·sx < 0: up pulses
-      touched |= mk;
-      if (ONE) {  // (a lane without pulses is left as it is: mk is all-zero there)
-        cnt -= mk;  // mk lanes are −1
-        G.one_pulse<MULT, NOISE>(mk, up, m, v);
-        continue;
-      }
-      const vi n = popcount(xw & dw) & mk;
-      cnt += n;
-      [[maybe_unused]] const vi big = G.pulses<MULT, NOISE>(mk, up, n, m, v);  // (AT_LANES_MANY: none left)
-#if !AT_LANES_MANY
-      if (!any(big)) continue;
-      spill(m, v, touched);
-      for (int l = 0; l < G.nl; ++l) {  // n > AGG_POLY_MAX: the scalar closed form (log1p/expm1)
-        if (!big[l]) continue;
-        const ElemParams p = load_params(params, plane, row + j0 + l);
-        const bool u_l = up[l] != 0;
-        AggDir& a = dirs[u_l][l];
-        if (!have[u_l][l]) a = agg_dir(u_l ? p.s_up : p.s_dn, u_l, g), have[u_l][l] = true;
-        aggregate_sample<MULT, NOISE>(ma[l], va[l], n[l], u_l, p, g, a);
-      }
-      reload(m, v, touched);
-#endif
-    }
-    if (qe < nev) {
-      spill(m, v, touched);
-      for (; qe < nev; ++qe) event((*evs)[qe]);
-      reload(m, v, touched);
-    }
-    // the end of the call: the touched lanes drawn, clipped (aggregate_draw) and stored (store_state:
-    // state; with a persistent weight the visible one too, plus its write noise per element)
-    if (any(touched)) {
-      vf wd = m;
-      if (NOISE) wd = m + vsqrt(v) * load<vf>(zrow.data() + j0, G.nl);
-      const vf st = vmin(vmax(wd, G.bmn), G.bmx) - G.ref;
-      store_masked(state + j0, st, touched, G.nl);
-      if (w_p) {
-        if (g.write_noise > 0.0f) {
-          for (int l = 0; l < G.nl; ++l)
-            if (touched[l]) store_state(w, w_p, row + j0 + l, st[l], g, u.seed, u.offset, 0u);
-        } else {
-          store_masked(w + row + j0, st, touched, G.nl);
-        }
-      }
-    }
-    // every lane's pulses (a lane finished by an event keeps the pulses it took before it)
-    if (any(cnt)) {
-      store_masked(prow + j0, load<vf>(prow + j0, G.nl) + __builtin_convertvector(cnt, vf), cnt != splat_i(0), G.nl);
-      for (int l = 0; l < G.nl; ++l) tot += cnt[l];
-    }
-  }
+  int j0 = 0;
+  for (; j0 + 2 * W <= I; j0 += 2 * W) tot += run_lane_groups<MULT, NOISE, ONE, 2>(R, j0, W);
+  for (; j0 < I; j0 += W) tot += run_lane_groups<MULT, NOISE, ONE, 1>(R, j0, std::min(W, I - j0));
   if (rtot) rtot[i] += tot;
 }
 
