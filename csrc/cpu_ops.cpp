@@ -1190,6 +1190,20 @@ float abs_max(const float* v, int n) {
   return m;
 }
 
+// f(i) for i in [0, n) on nt OpenMP threads (dynamic schedule, chunks of `chunk`), or in a plain loop on
+// the calling thread when nt is 1: libgomp sets up a team even for one thread (a few µs, futex system
+// calls included), which a conv layer's batched A updates (~25 000 one-sample calls per batch, two
+// regions each) paid on every call: ~20 % of LeNet conv1's chopped_update_snapshots on one thread.
+template <class F>
+void for_each_index(int n, int nt, int chunk, const F& f) {
+  if (nt <= 1) {
+    for (int i = 0; i < n; ++i) f(i);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, chunk) num_threads(nt)
+  for (int i = 0; i < n; ++i) f(i);
+}
+
 // Phase 2 over the rows of T (u: the call's arguments; in carry mode the last call's, whose offset the
 // final draws use).
 void run_rows(const Trains& T, float* w, float* w_p, const float* params, const DeviceGlobals& g, const UpdateArgs& u,
@@ -1220,12 +1234,10 @@ void run_rows(const Trains& T, float* w, float* w_p, const float* params, const 
   }
   const RowFn row_fn = pick_row_fn(g, u, T);
   const int nt2 = work < (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
-#pragma omp parallel num_threads(nt2)
-  {
-    thread_local JobScratch scratch;
-#pragma omp for schedule(dynamic, 4)
-    for (int i = 0; i < O; ++i) row_fn(T, i, w, w_p, params, plane, g, u, pulses, &scratch, row_tot);
-  }
+  for_each_index(O, nt2, 4, [&](int i) {
+    thread_local JobScratch scratch;  // each thread's own
+    row_fn(T, i, w, w_p, params, plane, g, u, pulses, &scratch, row_tot);
+  });
 }
 
 // The whole update on raw CPU buffers. x (B, I), d (B, O) row-major; pulses (O, I) accumulated.
@@ -1255,8 +1267,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
   size_trains(T, u, pick_path(g, u, B, u.mode == MODE_PULSED ? (maxbl + 31) / 32 : 0, O, I, w_p));
 
   const int nt1 = std::max(1, std::min(nthreads, B));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt1)
-  for (int b = 0; b < B; ++b) build_sample(T, b, static_cast<uint32_t>(b), x, d, u, cin, cout);
+  for_each_index(B, nt1, 1, [&](int b) { build_sample(T, b, static_cast<uint32_t>(b), x, d, u, cin, cout); });
   run_rows(T, w, w_p, params, g, u, pulses, nthreads, row_tot);
 }
 
@@ -1360,12 +1371,11 @@ void chopped_carry_raw(float* w, float* w_p, const float* params, const DeviceGl
   const UpdateArgs& ul = uc[static_cast<size_t>(C - 1)];
   size_trains(T, ul, pick_path(g, ul, S, (maxbl + 31) / 32, O, I, w_p, /*carry=*/true));
   const int nt1 = std::max(1, std::min(nthreads, S));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt1)
-  for (int s = 0; s < S; ++s) {
+  for_each_index(S, nt1, 1, [&](int s) {
     const int c = scall[s];
     build_sample(T, s, static_cast<uint32_t>(s0 + s - stp[c]), x + s0 * I, d + s0 * O, uc[static_cast<size_t>(c)],
                  ci ? ci + static_cast<int64_t>(c) * I : nullptr, co ? co + static_cast<int64_t>(c) * O : nullptr);
-  }
+  });
   // pulse totals: Σ_ij popcount(x_j & d_i) over the active entries = Σ_slots (#x firing)·(#d firing)
   std::vector<int64_t> ctot(static_cast<size_t>(C), 0);
   SlotCounts cx, cd;
