@@ -1639,6 +1639,9 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   at::Tensor ws = at::zeros({O, I}, w.options());
   std::vector<int64_t> rtot(static_cast<size_t>(O));
   float* wv = w.data_ptr<float>();
+  // (taken once: data_ptr's checks cost ~1.5 % of a conv layer's ~25 000 one-sample calls)
+  const float *pp = params.data_ptr<float>(), *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
+  float* wsp = ws.data_ptr<float>();
   const int nthreads = at::get_num_threads();
   if ((mode & AGGREGATE_BIT) && C > 0) {  // moments carried across the calls (chopped_carry_raw)
     for (int64_t c = 0; c < C; ++c)
@@ -1647,8 +1650,7 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
     for (int64_t c = 0; c < C; ++c)
       uc.push_back(make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
                              ofp[c]));
-    chopped_carry_raw(wv, wp, params.data_ptr<float>(), g, x.data_ptr<float>(), d.data_ptr<float>(), O, I, C, stp,
-                      uc, ci, co, snp, columns, sp, cp, ws.data_ptr<float>(), nthreads);
+    chopped_carry_raw(wv, wp, pp, g, xp, dp, O, I, C, stp, uc, ci, co, snp, columns, sp, cp, wsp, nthreads);
     return std::make_tuple(snaps, call_pulses);
   }
   for (int64_t c = 0; c < C; ++c) {
@@ -1659,9 +1661,8 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
     if (n > 0) {
       std::fill(rtot.begin(), rtot.end(), 0);
       if (expected) ws.zero_();
-      pulsed_update_raw(wv, wp, params.data_ptr<float>(), g, x.data_ptr<float>() + s0 * I,
-                        d.data_ptr<float>() + s0 * O, n, O, I, u, ci ? ci + c * I : nullptr,
-                        co ? co + c * O : nullptr, ws.data_ptr<float>(), nthreads, expected ? nullptr : rtot.data());
+      pulsed_update_raw(wv, wp, pp, g, xp + s0 * I, dp + s0 * O, n, O, I, u, ci ? ci + c * I : nullptr,
+                        co ? co + c * O : nullptr, wsp, nthreads, expected ? nullptr : rtot.data());
       if (expected) {
         cp[c] = static_cast<double>(ws.sum().item<float>());
       } else {
