@@ -320,18 +320,22 @@ def test_update_sequence_of_calls_stays_identical(kernel):
     assert not torch.equal(w_k, wp_k)  # write noise really acted on the visible weight
 
 
-def test_update_uses_threads_identically(kernel):
-    """OpenMP over rows (2 threads) gives the same result as 1 thread (no shared RNG state)."""
-    s = _dev("softbounds", 40, 30)
-    x, d = _inputs(8, 40, 30, seed=5)
+@pytest.mark.parametrize("O,I,aggregate", [(40, 30, False), (200, 180, False), (200, 180, True)])
+def test_update_uses_threads_identically(kernel, O, I, aggregate):
+    """2 threads give the same result as 1 thread (no shared RNG state). 40×30×8 splits only the samples'
+    trains over the threads (a call this small runs its rows on one thread); 200×180×8 runs the rows on
+    both threads too, in the exact and in the aggregated mode."""
+    s = _dev("softbounds", O, I)
+    x, d = _inputs(8, O, I, seed=5)
     out = []
     for nt in (1, 2):
         torch.set_num_threads(nt)
-        w = torch.zeros(40, 30)
-        n = ops.pulsed_update(w, None, s.params, s.gparams, x, d, 0.05, s.dw, UpdateSpec(), 1, 2,
-                              backend="compiled")
+        w = torch.zeros(O, I)
+        n = ops.pulsed_update(w, None, s.params, s.gparams, x, d, 0.05, s.dw, UpdateSpec(aggregate=aggregate),
+                              1, 2, backend="compiled")
         out.append((n, w))
     torch.set_num_threads(1)
+    assert out[0][0].sum() > 1000  # (pulses, so the rows had work)
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
 
 
