@@ -1206,12 +1206,15 @@ void for_each_index(int n, int nt, int chunk, const F& f) {
 
 // Phase 2 over the rows of T (u: the call's arguments; in carry mode the last call's, whose offset the
 // final draws use).
+// rows [r0, r1) only (r1 < 0: all rows; a partial range never takes the one-list path over all rows).
 void run_rows(const Trains& T, float* w, float* w_p, const float* params, const DeviceGlobals& g, const UpdateArgs& u,
-              float* pulses, int nthreads, int64_t* row_tot) {
+              float* pulses, int nthreads, int64_t* row_tot, int r0 = 0, int r1 = -1) {
   const int B = T.B, O = T.O;
   const int64_t plane = static_cast<int64_t>(O) * T.I;
+  if (r1 < 0) r1 = O;
+  const bool all_rows = r0 == 0 && r1 == O;
 #if AT_FUSED
-  if (T.path == Trains::FUSED && B == 1 && T.nact[0] <= FLAT_MAX_ACTIVE) {  // e.g. one-hot C writes
+  if (all_rows && T.path == Trains::FUSED && B == 1 && T.nact[0] <= FLAT_MAX_ACTIVE) {  // e.g. one-hot C writes
 #if AT_FUSED_AGG
     const int64_t tot = u.aggregate ? run_flat_fused_rt<true>(T, w, w_p, params, plane, g, u, pulses)
                                     : run_flat_fused_rt<false>(T, w, w_p, params, plane, g, u, pulses);
@@ -1229,21 +1232,21 @@ void run_rows(const Trains& T, float* w, float* w_p, const float* params, const 
     if (T.nact[b] == 0) continue;
     int64_t rows = 0;
     const uint8_t* da = T.dact.data() + static_cast<int64_t>(b) * O;
-    for (int i = 0; i < O; ++i) rows += da[i];
+    for (int i = r0; i < r1; ++i) rows += da[i];
     work += rows * T.nact[b];
   }
   const RowFn row_fn = pick_row_fn(g, u, T);
-  const int nt2 = work < (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
-  for_each_index(O, nt2, 4, [&](int i) {
+  const int nt2 = work < (1 << 15) ? 1 : std::max(1, std::min(nthreads, r1 - r0));
+  for_each_index(r1 - r0, nt2, 4, [&](int q) {
     thread_local JobScratch scratch;  // each thread's own
-    row_fn(T, i, w, w_p, params, plane, g, u, pulses, &scratch, row_tot);
+    row_fn(T, r0 + q, w, w_p, params, plane, g, u, pulses, &scratch, row_tot);
   });
 }
 
 // The whole update on raw CPU buffers. x (B, I), d (B, O) row-major; pulses (O, I) accumulated.
 void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGlobals& g, const float* x,
                        const float* d, int B, int O, int I, const UpdateArgs& u, const float* cin, const float* cout,
-                       float* pulses, int nthreads, int64_t* row_tot = nullptr) {
+                       float* pulses, int nthreads, int64_t* row_tot = nullptr, int r0 = 0, int r1 = -1) {
   if (const char* msg = args_error(u, g)) TORCH_CHECK(false, msg);
   if (u.lr_abs == 0.0 || B == 0 || O == 0 || I == 0) return;
   // per calling thread and reused: its buffers (about 1 MB for 512×512×64) keep their pages between
@@ -1268,7 +1271,7 @@ void pulsed_update_raw(float* w, float* w_p, const float* params, const DeviceGl
 
   const int nt1 = std::max(1, std::min(nthreads, B));
   for_each_index(B, nt1, 1, [&](int b) { build_sample(T, b, static_cast<uint32_t>(b), x, d, u, cin, cout); });
-  run_rows(T, w, w_p, params, g, u, pulses, nthreads, row_tot);
+  run_rows(T, w, w_p, params, g, u, pulses, nthreads, row_tot, r0, r1);
 }
 
 // Per-slot set-bit counts of bit-packed trains, branch-free (the pulse totals of chopped_carry_raw: one
@@ -1651,6 +1654,55 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
       uc.push_back(make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
                              ofp[c]));
     chopped_carry_raw(wv, wp, pp, g, xp, dp, O, I, C, stp, uc, ci, co, snp, columns, sp, cp, wsp, nthreads);
+    return std::make_tuple(snaps, call_pulses);
+  }
+  // Several threads: each takes a block of rows through all the calls (an element's pulses depend only on
+  // its own state and the calls' trains, so the rows are independent; each thread builds every call's
+  // trains itself, and writes its rows' share of the snapshots and pulse totals). One-sample calls (a conv
+  // layer's ~25 000 per batch) are too small to split per call. Not in the expected mode (a per-call
+  // float sum of the whole pulse map).
+  const int nsplit = expected || C < 2 ? 1 : std::max(1, std::min(nthreads, O));
+  if (nsplit > 1) {
+    for (int64_t c = 0; c < C; ++c) {  // (no exception may leave the parallel region: checked here)
+      TORCH_CHECK(snp[c] < S, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
+      const UpdateArgs u = make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round,
+                                     mode, seed, ofp[c]);
+      if (const char* msg = args_error(u, g)) TORCH_CHECK(false, msg);
+    }
+    std::vector<int64_t> part(static_cast<size_t>(nsplit * C), 0);  // (block, call) pulse totals
+#pragma omp parallel for schedule(static, 1) num_threads(nsplit)
+    for (int t = 0; t < nsplit; ++t) {
+      const int r0 = static_cast<int>(static_cast<int64_t>(O) * t / nsplit);
+      const int r1 = static_cast<int>(static_cast<int64_t>(O) * (t + 1) / nsplit);
+      std::vector<int64_t> rt(static_cast<size_t>(O), 0);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t s0 = stp[c];
+        const int n = static_cast<int>(stp[c + 1] - s0);
+        if (n > 0) {
+          const UpdateArgs u = make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round,
+                                         mode, seed, ofp[c]);
+          std::fill(rt.begin() + r0, rt.begin() + r1, 0);
+          pulsed_update_raw(wv, wp, pp, g, xp + s0 * I, dp + s0 * O, n, O, I, u, ci ? ci + c * I : nullptr,
+                            co ? co + c * O : nullptr, wsp, 1, rt.data(), r0, r1);
+          int64_t tot = 0;
+          for (int i = r0; i < r1; ++i) tot += rt[static_cast<size_t>(i)];
+          part[static_cast<size_t>(t * C + c)] = tot;
+        }
+        const int64_t k = snp[c];
+        if (k < 0) continue;
+        float* dst = sp + c * L;
+        if (columns) {
+          for (int64_t r = r0; r < r1; ++r) dst[r] = wv[r * I + k];
+        } else if (k >= r0 && k < r1) {
+          std::memcpy(dst, wv + k * I, sizeof(float) * static_cast<size_t>(L));
+        }
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      int64_t tot = 0;
+      for (int t = 0; t < nsplit; ++t) tot += part[static_cast<size_t>(t * C + c)];
+      if (stp[c + 1] > stp[c]) cp[c] = static_cast<double>(static_cast<float>(tot));
+    }
     return std::make_tuple(snaps, call_pulses);
   }
   for (int64_t c = 0; c < C; ++c) {

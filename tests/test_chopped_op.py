@@ -233,11 +233,15 @@ def _op_inputs(seed=0, O=6, I=5, B=7):
     return s, x, d, w
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,threads,O", [*((b, 1, 6) for b in BACKENDS), ("compiled", 2, 6), ("compiled", 2, 7)])
 @pytest.mark.parametrize("columns", [True, False])
-def test_op_equals_separate_pulsed_update_calls(backend, columns):
-    """The op itself: C calls with their own offsets, lrs and choppers, snapshots after the marked calls."""
-    s, x, d, w0 = _op_inputs()
+def test_op_equals_separate_pulsed_update_calls(backend, threads, O, columns):
+    """The op itself: C calls with their own offsets, lrs and choppers, snapshots after the marked calls.
+    With 2 threads the compiled op splits the rows into two blocks that each go through all the calls
+    (O = 7: blocks of 3 and 4 rows): the same weights, snapshots and call totals."""
+    if backend == "compiled" and not ops.compiled_available("cpu"):
+        pytest.skip("no compiled CPU kernel on this machine")
+    s, x, d, w0 = _op_inputs(O=O)
     O, I = w0.shape
     spec = UpdateSpec()
     starts, offsets, lrs = [0, 1, 3, 4, 7], [10, 11, 12, 13], [0.3, -0.2, 0.5, 0.1]
@@ -255,8 +259,12 @@ def test_op_equals_separate_pulsed_update_calls(backend, columns):
         sums_exp.append(float(p.sum()))
         snaps_exp.append(None if snap[c] < 0 else (w_a[:, snap[c]] if columns else w_a[snap[c]]).clone())
     w_b, wp_b = w0.clone(), w0.clone()
-    snaps, sums = ops.chopped_update_snapshots(w_b, wp_b, s.params, s.gparams, x, d, starts, offsets, lrs, ci, co,
-                                               snap, columns, s.dw, spec, seed, backend=backend)
+    torch.set_num_threads(threads)
+    try:
+        snaps, sums = ops.chopped_update_snapshots(w_b, wp_b, s.params, s.gparams, x, d, starts, offsets, lrs, ci,
+                                                   co, snap, columns, s.dw, spec, seed, backend=backend)
+    finally:
+        torch.set_num_threads(1)
     assert torch.equal(w_a, w_b) and torch.equal(wp_a, wp_b)
     assert sums.tolist() == sums_exp and sum(sums_exp) > 0
     for c in range(4):
