@@ -1656,12 +1656,15 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
     chopped_carry_raw(wv, wp, pp, g, xp, dp, O, I, C, stp, uc, ci, co, snp, columns, sp, cp, wsp, nthreads);
     return std::make_tuple(snaps, call_pulses);
   }
-  // Several threads: each takes a block of rows through all the calls (an element's pulses depend only on
-  // its own state and the calls' trains, so the rows are independent; each thread builds every call's
-  // trains itself, and writes its rows' share of the snapshots and pulse totals). One-sample calls (a conv
-  // layer's ~25 000 per batch) are too small to split per call. Not in the expected mode (a per-call
-  // float sum of the whole pulse map).
-  const int nsplit = expected || C < 2 ? 1 : std::max(1, std::min(nthreads, O));
+  // Several threads and small calls: each thread takes a block of rows through all the calls (an
+  // element's pulses depend only on its own state and the calls' trains, so the rows are independent;
+  // each thread builds every call's trains itself, and writes its rows' share of the snapshots and pulse
+  // totals). Calls below run_rows' threshold (a conv layer's ~25 000 one-sample calls per batch) would
+  // each run on one thread; larger ones keep their per-call row split, which builds the trains once (on a
+  // 512×512 tile the blocks' duplicated trains made the c-TTv2 update slower). Not in the expected mode
+  // (a per-call float sum of the whole pulse map).
+  const int64_t per_call = static_cast<int64_t>(O) * I * ((stp[C] - stp[0]) / std::max<int64_t>(C, 1) + 1);
+  const int nsplit = expected || C < 2 || per_call >= (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
   if (nsplit > 1) {
     for (int64_t c = 0; c < C; ++c) {  // (no exception may leave the parallel region: checked here)
       TORCH_CHECK(snp[c] < S, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
