@@ -730,25 +730,26 @@ struct LanesScalarBig {
   }
 };
 
-// The end of the call for one group of run_row_lanes: the touched lanes drawn (z: their normals),
-// clipped (aggregate_draw) and stored (store_state: state; with a persistent weight the visible one too,
-// plus its write noise per element), and every lane's pulses added to prow. Returns the group's pulses.
+// The end of the call for the group of elements [e0, e0 + G.nl) of run_row_lanes: the touched lanes
+// drawn (z: their normals), clipped (aggregate_draw) and stored (store_state: the state, w_p or w; with a
+// persistent weight w_p the visible w too, plus its write noise per element), and every lane's pulses
+// added to prow (the group's counts). Returns the group's pulses.
 template <bool NOISE>
 AT_LANES_INLINE int64_t lanes_finish(const lanes::Group& G, lanes::vf m, lanes::vf v, lanes::vi touched,
-                                     lanes::vi cnt, float* state, float* w_row, float* prow, const float* z,
-                                     int64_t e0, const DeviceGlobals& g, const UpdateArgs& u, bool vis) {
+                                     lanes::vi cnt, float* w, float* w_p, float* prow, const float* z, int64_t e0,
+                                     const DeviceGlobals& g, const UpdateArgs& u) {
   using namespace lanes;
   if (any(touched)) {
     vf wd = m;
     if (NOISE) wd = m + vsqrt(v) * load<vf>(z, G.nl);
     const vf st = vmin(vmax(wd, G.bmn), G.bmx) - G.ref;
-    store_masked(state, st, touched, G.nl);
-    if (vis) {  // w_row: the visible weights (a persistent weight's), state the device state w_p
+    store_masked((w_p ? w_p : w) + e0, st, touched, G.nl);
+    if (w_p) {
       if (g.write_noise > 0.0f) {
         for (int l = 0; l < G.nl; ++l)
-          if (touched[l]) store_state(w_row - e0, state - e0, e0 + l, st[l], g, u.seed, u.offset, 0u);
+          if (touched[l]) store_state(w, w_p, e0 + l, st[l], g, u.seed, u.offset, 0u);
       } else {
-        store_masked(w_row, st, touched, G.nl);
+        store_masked(w + e0, st, touched, G.nl);
       }
     }
   }
@@ -874,8 +875,7 @@ AT_LANES_INLINE int64_t run_lane_groups(const LaneRow& R, int j0, int nl_last) {
     }
     const int jk = j0 + k * W;
     const float* z = NOISE ? R.zrow + jk : nullptr;
-    tot += lanes_finish<NOISE>(G[k], m[k], v[k], t[k], c[k], R.state + jk, R.w + row + jk, R.prow + jk, z,
-                               row + jk, R.g, R.u, R.w_p != nullptr);
+    tot += lanes_finish<NOISE>(G[k], m[k], v[k], t[k], c[k], R.w, R.w_p, R.prow + jk, z, row + jk, R.g, R.u);
   }
   return tot;
 }
@@ -1640,19 +1640,23 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   const bool expected = (mode & ~AGGREGATE_BIT) == MODE_EXPECTED;
   // pulse maps: the integer modes count per row (exact); the expected mode sums a per-call map like torch
   at::Tensor ws = at::zeros({O, I}, w.options());
-  std::vector<int64_t> rtot(static_cast<size_t>(O));
   float* wv = w.data_ptr<float>();
   // (taken once: data_ptr's checks cost ~1.5 % of a conv layer's ~25 000 one-sample calls)
   const float *pp = params.data_ptr<float>(), *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
   float* wsp = ws.data_ptr<float>();
   const int nthreads = at::get_num_threads();
+  // checked before any call runs (and before the parallel region below, which no exception may leave);
+  // args_error looks only at the mode and the device kind, which all the calls share
+  for (int64_t c = 0; c < C; ++c)
+    TORCH_CHECK(snp[c] < S, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
+  const auto args_of = [&](int64_t c) {
+    return make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed, ofp[c]);
+  };
+  if (C > 0)
+    if (const char* msg = args_error(args_of(0), g)) TORCH_CHECK(false, msg);
   if ((mode & AGGREGATE_BIT) && C > 0) {  // moments carried across the calls (chopped_carry_raw)
-    for (int64_t c = 0; c < C; ++c)
-      TORCH_CHECK(snp[c] < S, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
     std::vector<UpdateArgs> uc;
-    for (int64_t c = 0; c < C; ++c)
-      uc.push_back(make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode, seed,
-                             ofp[c]));
+    for (int64_t c = 0; c < C; ++c) uc.push_back(args_of(c));
     chopped_carry_raw(wv, wp, pp, g, xp, dp, O, I, C, stp, uc, ci, co, snp, columns, sp, cp, wsp, nthreads);
     return std::make_tuple(snaps, call_pulses);
   }
@@ -1665,76 +1669,51 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   // (a per-call float sum of the whole pulse map).
   const int64_t per_call = static_cast<int64_t>(O) * I * ((stp[C] - stp[0]) / std::max<int64_t>(C, 1) + 1);
   const int nsplit = expected || C < 2 || per_call >= (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
-  if (nsplit > 1) {
-    for (int64_t c = 0; c < C; ++c) {  // (no exception may leave the parallel region: checked here)
-      TORCH_CHECK(snp[c] < S, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
-      const UpdateArgs u = make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round,
-                                     mode, seed, ofp[c]);
-      if (const char* msg = args_error(u, g)) TORCH_CHECK(false, msg);
-    }
-    std::vector<int64_t> part(static_cast<size_t>(nsplit * C), 0);  // (block, call) pulse totals
-#pragma omp parallel for schedule(static, 1) num_threads(nsplit)
-    for (int t = 0; t < nsplit; ++t) {
-      const int r0 = static_cast<int>(static_cast<int64_t>(O) * t / nsplit);
-      const int r1 = static_cast<int>(static_cast<int64_t>(O) * (t + 1) / nsplit);
-      std::vector<int64_t> rt(static_cast<size_t>(O), 0);
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t s0 = stp[c];
-        const int n = static_cast<int>(stp[c + 1] - s0);
-        if (n > 0) {
-          const UpdateArgs u = make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round,
-                                         mode, seed, ofp[c]);
-          std::fill(rt.begin() + r0, rt.begin() + r1, 0);
-          pulsed_update_raw(wv, wp, pp, g, xp + s0 * I, dp + s0 * O, n, O, I, u, ci ? ci + c * I : nullptr,
-                            co ? co + c * O : nullptr, wsp, 1, rt.data(), r0, r1);
+  std::vector<int64_t> part(static_cast<size_t>(nsplit * C), 0);  // (block, call) pulse totals
+  // the calls in order on rows [r0, r1) (block t; `inner` threads within a call): the updates, the
+  // block's share of each call's pulse total and of its snapshot
+  const auto run_calls = [&](int t, int r0, int r1, int inner) {
+    std::vector<int64_t> rt(static_cast<size_t>(O), 0);
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t s0 = stp[c];
+      const int n = static_cast<int>(stp[c + 1] - s0);
+      if (n > 0) {
+        std::fill(rt.begin() + r0, rt.begin() + r1, 0);
+        if (expected) ws.zero_();  // (one block only)
+        pulsed_update_raw(wv, wp, pp, g, xp + s0 * I, dp + s0 * O, n, O, I, args_of(c), ci ? ci + c * I : nullptr,
+                          co ? co + c * O : nullptr, wsp, inner, expected ? nullptr : rt.data(), r0, r1);
+        if (expected) {
+          cp[c] = static_cast<double>(ws.sum().item<float>());
+        } else {
           int64_t tot = 0;
           for (int i = r0; i < r1; ++i) tot += rt[static_cast<size_t>(i)];
           part[static_cast<size_t>(t * C + c)] = tot;
         }
-        const int64_t k = snp[c];
-        if (k < 0) continue;
-        float* dst = sp + c * L;
-        if (columns) {
-          for (int64_t r = r0; r < r1; ++r) dst[r] = wv[r * I + k];
-        } else if (k >= r0 && k < r1) {
-          std::memcpy(dst, wv + k * I, sizeof(float) * static_cast<size_t>(L));
-        }
       }
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      int64_t tot = 0;
-      for (int t = 0; t < nsplit; ++t) tot += part[static_cast<size_t>(t * C + c)];
-      if (stp[c + 1] > stp[c]) cp[c] = static_cast<double>(static_cast<float>(tot));
-    }
-    return std::make_tuple(snaps, call_pulses);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const int64_t s0 = stp[c];
-    const int n = static_cast<int>(stp[c + 1] - s0);
-    const UpdateArgs u = make_args(lrp[c], dw, desired_bl, fixed_bl, ublm, um, um_grad_scale, res, sto_round, mode,
-                                   seed, ofp[c]);
-    if (n > 0) {
-      std::fill(rtot.begin(), rtot.end(), 0);
-      if (expected) ws.zero_();
-      pulsed_update_raw(wv, wp, pp, g, xp + s0 * I, dp + s0 * O, n, O, I, u, ci ? ci + c * I : nullptr,
-                        co ? co + c * O : nullptr, wsp, nthreads, expected ? nullptr : rtot.data());
-      if (expected) {
-        cp[c] = static_cast<double>(ws.sum().item<float>());
-      } else {
-        int64_t tot = 0;
-        for (int i = 0; i < O; ++i) tot += rtot[static_cast<size_t>(i)];
-        cp[c] = static_cast<double>(static_cast<float>(tot));  // as the float32 torch sum of integer counts
-      }
-    }
-    const int64_t k = snp[c];
-    if (k >= 0) {
-      TORCH_CHECK(k < S, "analogtrain::chopped_update_snapshots: snapshot slice out of range");
+      const int64_t k = snp[c];
+      if (k < 0) continue;
       float* dst = sp + c * L;
       if (columns) {
-        for (int64_t r = 0; r < L; ++r) dst[r] = wv[r * I + k];
-      } else {
+        for (int64_t r = r0; r < r1; ++r) dst[r] = wv[r * I + k];
+      } else if (k >= r0 && k < r1) {
         std::memcpy(dst, wv + k * I, sizeof(float) * static_cast<size_t>(L));
       }
+    }
+  };
+  if (nsplit == 1) {
+    run_calls(0, 0, O, nthreads);
+  } else {
+#pragma omp parallel for schedule(static, 1) num_threads(nsplit)
+    for (int t = 0; t < nsplit; ++t)
+      run_calls(t, static_cast<int>(static_cast<int64_t>(O) * t / nsplit),
+                static_cast<int>(static_cast<int64_t>(O) * (t + 1) / nsplit), 1);
+  }
+  if (!expected) {
+    for (int64_t c = 0; c < C; ++c) {
+      if (stp[c + 1] == stp[c]) continue;
+      int64_t tot = 0;
+      for (int t = 0; t < nsplit; ++t) tot += part[static_cast<size_t>(t * C + c)];
+      cp[c] = static_cast<double>(static_cast<float>(tot));  // as the float32 torch sum of integer counts
     }
   }
   return std::make_tuple(snaps, call_pulses);

@@ -126,7 +126,6 @@ def test_batched_schedule_equals_per_sample_loop(case, size, backend, monkeypatc
     assert not torch.equal(new.A.w, torch.zeros_like(new.A.w))
 
 
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_schedule_follows_sweep_dependent_hooks(backend, monkeypatch):
     """Hooks whose values change with the sweep (as AGAD's do) keep their per-sweep values in the
@@ -151,6 +150,7 @@ def test_batched_schedule_follows_sweep_dependent_hooks(backend, monkeypatch):
     new = _run("cttv2", kw, True, backend, size=(4, 2), batch=8, batches=6)
     _assert_same(ref, new)
     assert int(new.sweeps) >= 6 and float(new.pulses_c) > 0
+
 
 @pytest.mark.skipif("compiled" not in BACKENDS, reason="compiled CPU kernel not available")
 @pytest.mark.parametrize("scaled", [False, True])
@@ -233,14 +233,16 @@ def _op_inputs(seed=0, O=6, I=5, B=7):
     return s, x, d, w
 
 
-@pytest.mark.parametrize("backend,threads,O", [*((b, 1, 6) for b in BACKENDS), ("compiled", 2, 6), ("compiled", 2, 7)])
+# (backend, threads, O): with 2 threads the compiled op splits the rows into two blocks (O = 7: 3 and 4)
+OP_CASES = [(b, 1, 6) for b in BACKENDS] + [("compiled", 2, o) for o in (6, 7) if "compiled" in BACKENDS]
+
+
+@pytest.mark.parametrize("backend,threads,O", OP_CASES)
 @pytest.mark.parametrize("columns", [True, False])
 def test_op_equals_separate_pulsed_update_calls(backend, threads, O, columns):
     """The op itself: C calls with their own offsets, lrs and choppers, snapshots after the marked calls.
-    With 2 threads the compiled op splits the rows into two blocks that each go through all the calls
-    (O = 7: blocks of 3 and 4 rows): the same weights, snapshots and call totals."""
-    if backend == "compiled" and not ops.compiled_available("cpu"):
-        pytest.skip("no compiled CPU kernel on this machine")
+    With 2 threads the compiled op splits the rows into two blocks that each go through all the calls:
+    the same weights, snapshots and call totals."""
     s, x, d, w0 = _op_inputs(O=O)
     O, I = w0.shape
     spec = UpdateSpec()
@@ -261,8 +263,8 @@ def test_op_equals_separate_pulsed_update_calls(backend, threads, O, columns):
     w_b, wp_b = w0.clone(), w0.clone()
     torch.set_num_threads(threads)
     try:
-        snaps, sums = ops.chopped_update_snapshots(w_b, wp_b, s.params, s.gparams, x, d, starts, offsets, lrs, ci,
-                                                   co, snap, columns, s.dw, spec, seed, backend=backend)
+        snaps, sums = ops.chopped_update_snapshots(w_b, wp_b, s.params, s.gparams, x, d, starts, offsets, lrs,
+                                                   ci, co, snap, columns, s.dw, spec, seed, backend=backend)
     finally:
         torch.set_num_threads(1)
     assert torch.equal(w_a, w_b) and torch.equal(wp_a, wp_b)
@@ -272,6 +274,24 @@ def test_op_equals_separate_pulsed_update_calls(backend, threads, O, columns):
             assert torch.equal(snaps[c], snaps_exp[c])
         else:
             assert torch.equal(snaps[c], torch.zeros_like(snaps[c]))
+
+
+@pytest.mark.skipif("compiled" not in BACKENDS, reason="compiled CPU kernel not available")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_op_refuses_a_snapshot_slice_out_of_range_before_any_update(threads):
+    """A snapshot slice beyond the tile (column 5 of a 6×5 tile, marked on the last call) is refused with
+    a message naming it, before any call has changed the weights (one thread or the row blocks)."""
+    s, x, d, w0 = _op_inputs()
+    w = w0.clone()
+    torch.set_num_threads(threads)
+    try:
+        with pytest.raises(RuntimeError, match="snapshot slice out of range"):
+            ops.chopped_update_snapshots(w, None, s.params, s.gparams, x, d, [0, 1, 3, 4, 7], [10, 11, 12, 13],
+                                         [0.3, -0.2, 0.5, 0.1], None, None, [2, -1, 0, 5], True, s.dw,
+                                         UpdateSpec(), 1, backend="compiled")
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(w, w0)
 
 
 def test_grid_offsets_rows_equal_single_offset_grids():
