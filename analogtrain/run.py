@@ -2,8 +2,8 @@
 
     validate (ConfigError before any work) -> seeds -> data -> checkpoint/resume check
     -> init.checkpoint resolved (transfer learning) -> tracker -> model (init seed) -> load init.checkpoint
-    -> algo.prepare (analog conversion) -> programming noise -> Trainer.fit -> [stage=pretrain: save
-    pretrained/model.pt] -> artifacts -> summary
+    -> algo.prepare (analog conversion) -> tile kernel built or loaded (before any timed step)
+    -> programming noise -> Trainer.fit -> [stage=pretrain: save pretrained/model.pt] -> artifacts -> summary
 
 Importable and usable without the CLI (tests, notebooks): compose a config with Hydra's compose API and
 call ``train(cfg, run_dir=...)``. Under ``@hydra.main`` the run directory is Hydra's output dir;
@@ -276,9 +276,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
                 log.info("init.checkpoint: %s", init_report.summary())
             algo = build_algorithm(cfg, seeds)
             model = algo.prepare(model).to(device)
+            kernel = prepare_kernel(algo, device)
             if init_report is not None:
                 _finish_init(cfg, init_report, algo, model, seeds, tracker, run_dir)
             tracker.set_tags({"analogtrain.is_analog": str(bool(getattr(algo, "is_analog", False))).lower(),
+                              "analogtrain.kernel": kernel,
                               "analogtrain.n_params": n_params,
                               "analogtrain.torch_threads": torch.get_num_threads(),
                               "analogtrain.accelerator": str(device),
@@ -288,8 +290,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
                 "fingerprint": fp, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri})
             if ckpt is not None:
                 trainer.load_state(ckpt)
-            log.info("run %s: %s on %s, model %s (%d params), %d train / %d val / %d test samples from %s, "
-                     "dir %s", name, cfg.algo.name, device, cfg.model.name, n_params,
+            log.info("run %s: %s on %s (%s), model %s (%d params), %d train / %d val / %d test samples from %s, "
+                     "dir %s", name, cfg.algo.name, device, _KERNEL_WORDS[kernel], cfg.model.name, n_params,
                      len(data.train), len(data.val), len(data.test), data.source, run_dir)
             try:
                 final = trainer.fit()
@@ -319,6 +321,22 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
 
     print_summary(summary, title=name)
     return summary
+
+
+_KERNEL_WORDS = {"compiled": "compiled tile kernel", "reference": "pure-torch reference ops",
+                 "none": "digital"}
+
+
+def prepare_kernel(algo, device: torch.device) -> str:
+    """The tile ops' implementation for this run (the MLflow tag ``analogtrain.kernel``): ``compiled`` or
+    ``reference`` for an analog algorithm — the compiled kernel is built or loaded here, before the first
+    training step, so a first build is logged and is not counted in the first epoch's steps/s —, ``none``
+    for a digital run (no tile ops)."""
+    if not getattr(algo, "is_analog", False):
+        return "none"
+    from analogtrain import ops
+
+    return ops.prepare_kernel(device.type)
 
 
 def _finish_init(cfg, report, algo, model, seeds, tracker, run_dir: Path) -> None:

@@ -434,6 +434,68 @@ def test_default_backend_is_auto_and_uses_kernel(kernel, monkeypatch):
     assert ops._READY == {"cpu"} and not ops._FAILED  # auto routed the call to the compiled kernel
 
 
+def test_prepare_kernel_builds_up_front_per_backend(kernel, monkeypatch):
+    """ops.prepare_kernel (a run calls it before its first step): the backend's implementation, the
+    compiled kernel built here, not in the first op; a failed build under 'auto' warns and reports the
+    reference, under 'compiled' raises; 'reference' builds nothing."""
+    from analogtrain.ops import build
+
+    monkeypatch.setattr(ops, "_READY", set())
+    monkeypatch.setattr(ops, "_FAILED", {})
+    monkeypatch.setattr(ops, "_BACKEND", "auto")
+    assert ops.prepare_kernel("cpu") == "compiled" and ops._READY == {"cpu"}
+
+    def boom(*a, **k):
+        raise build.BuildError("no compiler (test)")
+
+    monkeypatch.setattr(build, "build_cpu", boom)
+    monkeypatch.setattr(ops, "_READY", set())
+    monkeypatch.setattr(ops, "_BACKEND", "reference")
+    assert ops.prepare_kernel("cpu") == "reference" and not ops._FAILED  # (boom was not called)
+    monkeypatch.setattr(ops, "_BACKEND", "compiled")
+    with pytest.raises(build.BuildError, match="no compiler"):
+        ops.prepare_kernel("cpu")
+    monkeypatch.setattr(ops, "_BACKEND", "auto")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        assert ops.prepare_kernel("cpu") == "reference"
+    assert [str(r.message) for r in rec if "falling back" in str(r.message)]
+
+
+def test_build_logs_a_compile_and_not_a_cached_load(kernel, monkeypatch, tmp_path, caplog):
+    """A library missing from the extension cache is announced before the compile and timed after it; a
+    cached one loads without a word (cpp_extension.load replaced by a fake that writes the library)."""
+    import logging
+
+    from torch.utils import cpp_extension
+
+    from analogtrain.ops import build
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(build, "_loaded", {})
+    calls = []
+
+    def fake_load(name, **kw):
+        calls.append(name)
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / f"{name}.so").write_bytes(b"")
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    name = build.build_name("cpu", build.CPU_SOURCES, ["-O3"])
+    assert build.cached_library(name) is None
+    with caplog.at_level(logging.INFO, logger="analogtrain.ops.build"):
+        got = build.build_cpu()
+    assert calls == [got] and build.cached_library(got) == tmp_path / got / f"{got}.so"
+    msgs = [r.getMessage() for r in caplog.records if r.name == "analogtrain.ops.build"]
+    assert len(msgs) == 2 and msgs[0].startswith(f"building the compiled cpu kernel {got}"), msgs
+    assert msgs[1].startswith(f"built {got} in ") and str(tmp_path) in msgs[1]
+    caplog.clear()
+    monkeypatch.setattr(build, "_loaded", {})  # another process: the library is in the cache now
+    with caplog.at_level(logging.INFO, logger="analogtrain.ops.build"):
+        assert build.build_cpu() == got
+    assert calls == [got, got] and not [r for r in caplog.records if r.name == "analogtrain.ops.build"]
+
+
 def test_random_grid_matches_rng(kernel):
     b_idx = torch.tensor([0, 5, 2**32 + 7, 64])
     for seed, offset, stream, draw in [(3, 0, 16, 0), (2**50 + 1, 9, 17, 5), (7, 2**34, 18, 10), (1, 1, 19, 3)]:

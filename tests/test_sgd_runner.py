@@ -43,6 +43,33 @@ def test_sgd_mlp_through_runner_logs_tile_metrics(tmp_path):
         assert summary[f"tile/{layer}/pulses_per_update"] > 0
 
 
+def test_run_prepares_the_kernel_before_its_first_step(tmp_path, monkeypatch):
+    """The runner builds/loads the tile kernel (ops.prepare_kernel) before the first epoch starts, so a
+    first build is not counted in that epoch's steps/s; a digital run asks for no kernel."""
+    from analogtrain import ops
+    from analogtrain.engine.trainer import Trainer
+    from analogtrain.run import train
+
+    events = []
+    real_prepare, real_epoch = ops.prepare_kernel, Trainer._run_epoch
+
+    def prepare(device_type):
+        events.append(("prepare", device_type))
+        return real_prepare(device_type)
+
+    def run_epoch(self, epoch, *a, **k):
+        events.append(("epoch", epoch))
+        return real_epoch(self, epoch, *a, **k)
+
+    monkeypatch.setattr(ops, "prepare_kernel", prepare)
+    monkeypatch.setattr(Trainer, "_run_epoch", run_epoch)
+    assert train(compose(BASE + ["logger=none"]), run_dir=tmp_path / "a")["status"] == "FINISHED"
+    assert events == [("prepare", "cpu"), ("epoch", 0)]  # (max_steps 12 ends the run in epoch 0)
+    events.clear()
+    assert train(compose(BASE + ["logger=none", "algo=digital"]), run_dir=tmp_path / "d")["status"] == "FINISHED"
+    assert events == [("epoch", 0)]
+
+
 @pytest.mark.slow
 def test_sgd_run_logs_tile_metrics_to_mlflow(tmp_path):
     from mlflow.tracking import MlflowClient
@@ -56,3 +83,6 @@ def test_sgd_run_logs_tile_metrics_to_mlflow(tmp_path):
     keys = [k for k in run.data.metrics if k.startswith("tile/")]
     assert any(k.endswith("/pulses_per_update") for k in keys), keys
     assert any(k.endswith("/frac_at_bounds") for k in keys)
+    from analogtrain import ops
+
+    assert run.data.tags["analogtrain.kernel"] == ("compiled" if ops.compiled_available("cpu") else "reference")

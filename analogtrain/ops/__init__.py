@@ -166,6 +166,16 @@ def _compiled(device_type: str, backend: str) -> bool:
         return False
 
 
+def prepare_kernel(device_type: str = "cpu") -> str:
+    """Build (or load from the cache) now the compiled kernel that will serve ``device_type`` under the
+    selected backend (``set_backend``), instead of inside the first op call: a run calls this before
+    its first training step, so that a first build (30 s or more) is neither a silent pause in the
+    progress bar nor part of the first epoch's steps/s. Returns the implementation that will serve the
+    ops: ``"compiled"``, or ``"reference"`` (backend ``reference``; or ``auto`` after a failed build,
+    which has warned once). Raises ``BuildError`` under backend ``compiled`` when the build fails."""
+    return "compiled" if _compiled(device_type, _BACKEND) else "reference"
+
+
 def compiled_available(device_type: str = "cpu") -> bool:
     """Whether the compiled kernel builds/loads for ``device_type`` (never raises, never warns twice)."""
     try:

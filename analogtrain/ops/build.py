@@ -1,7 +1,9 @@
 """JIT build of the compiled tile kernels in ``csrc/`` (``torch.utils.cpp_extension.load``, cached).
 
-Never runs inside ``pip install``: the first op call that wants the compiled backend builds the
-extension once per machine (about 30–60 s for the CPU kernel on 2 cores, 60–120 s for CUDA) into
+Never runs inside ``pip install``: a training run builds it before its first step
+(``analogtrain.ops.prepare_kernel``, logged at INFO with the time it took, so the build never counts as
+training time), elsewhere the first op call that wants the compiled backend does. Once per machine
+(about 30–60 s for the CPU kernel on 2 cores, 60–120 s for CUDA) into
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) under a name that hashes the sources,
 the flags, the torch version and the CPU, so a changed source or another machine never reuses a stale
 binary; later processes just load the cached library (~0.1 s).
@@ -20,13 +22,16 @@ there) or, in a source checkout, in the repository's ``csrc/``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import threading
+import time
 from pathlib import Path
 
-__all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_name", "BuildError", "CPU_SOURCES", "CUDA_SOURCES"]
+__all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_name", "cached_library", "BuildError", "CPU_SOURCES",
+           "CUDA_SOURCES"]
 
 CPU_SOURCES = ("cpu_ops.cpp",)
 CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
@@ -41,6 +46,7 @@ NVCC_FLAGS = ["-O3", "--fmad=false"]
 
 _lock = threading.Lock()
 _loaded: dict[str, str] = {}
+_log = logging.getLogger(__name__)
 
 
 class BuildError(RuntimeError):
@@ -146,6 +152,11 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
         if other_kind == kind:
             return other
     os.environ.setdefault("MAX_JOBS", "2")  # 2 shared cores
+    lib = cached_library(name)
+    if lib is None:  # a compile of tens of seconds: say so, or the run looks hung before its first step
+        _log.info("building the compiled %s kernel %s (once for these sources, flags and CPU; %s) ...", kind,
+                  name, "about 30–60 s on 2 cores" if kind == "cpu" else "one to two minutes")
+    t0 = time.perf_counter()
     try:
         cpp_extension.load(
             name=name,
@@ -159,8 +170,25 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
         )
     except Exception as e:  # noqa: BLE001 - compiler missing, compile error, load error
         raise BuildError(f"building the {kind} kernel '{name}' failed: {type(e).__name__}: {e}") from e
+    if lib is None:
+        _log.info("built %s in %.0f s (cached in %s)", name, time.perf_counter() - t0,
+                  cached_library(name) or "the torch extensions directory")
     _loaded[name] = kind
     return name
+
+
+def cached_library(name: str) -> Path | None:
+    """The built library ``name`` in torch's extension cache (``$TORCH_EXTENSIONS_DIR/<name>/<name>.so``,
+    by default under ``~/.cache/torch_extensions/<python>_<cuda|cpu>/``), or None when it is not there
+    yet (the next load compiles). The name hashes the sources and flags, so a library found under it
+    is current."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # (private: where load() builds)
+
+        lib = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+    except Exception:  # noqa: BLE001 - another torch layout: treated as not cached (only a log line differs)
+        return None
+    return lib if lib.is_file() else None
 
 
 def build_cpu(verbose: bool = False) -> str:
