@@ -14,9 +14,13 @@ cell runs in both update modes (``--modes``): ``pulsed`` (aihwkit: one device st
 pulse) and ``aggregated`` (same pulse counts; each element's exact mean and variance carried through its
 pulses of the call, one normal per element: ``tile.update_mode=aggregated``, linear-step devices).
 
-Inputs: x ~ U(0, 1) (sigmoid-like activations), g = N(0, 1)/B (the gradient of a mean-reduced loss), so
-with the default update (BL 31, UM + UBLM) lr 0.01 gives k ≈ 0.5 expected coincidences at the largest
-element (sparse) and lr 0.5 gives k ≈ 25 (dense).
+Inputs: x ~ U(0, 1) (sigmoid-like activations), and for every step a fresh g = N(0, 1)/B (the gradient
+of a mean-reduced loss; a seeded sequence, the same for every cell), so with the default update (BL 31,
+UM + UBLM) lr 0.01 gives k ≈ 0.5 expected coincidences at the largest element (sparse) and lr 0.5 gives
+k ≈ 25 (dense). (Not one fixed g: it would move every weight the same way on every step, so that after
+~20 steps the outputs pass the ADC bound and iterative bound management repeats the forward reads — a
+512×512 SGD forward 1.3 → 3.9 ms over 60 steps —, a cost that training, whose gradients change from
+step to step, does not pay.)
 
 Goals (issue 5, this 2-core CPU, 1 thread): analog SGD step ≤ 3× digital, c-TTv2 step ≤ 5× digital,
 dense-pulse update ≤ 20 ms for 512×512×64.
@@ -88,6 +92,13 @@ def make_step(algo: str, size: tuple[int, int], lr: float, backend: str, seed: i
     return layer, opt
 
 
+def gradients(batch: int, n_out: int, seed: int = 1):
+    """The output gradients of successive steps: an endless seeded sequence of N(0, 1)/B, (B, n_out)."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randn(batch, n_out, generator=gen) / batch
+
+
 def _one_step(layer, opt, x, g) -> tuple[float, float, float]:
     """(forward, backward, update) seconds of one training step. x requires grad, as the input of a
     hidden layer: backward also forms dL/dx (the analog backward read)."""
@@ -103,8 +114,10 @@ def _one_step(layer, opt, x, g) -> tuple[float, float, float]:
     return t1 - t0, t2 - t1, t3 - t2
 
 
-def time_step(layer, opt, x, g, reps: int, warmup: int = 1, digital=None, warm_each: bool = False) -> dict[str, float]:
-    """Median ms of forward / backward / update / step over ``reps`` steps (after ``warmup``).
+def time_step(layer, opt, x, grads, reps: int, warmup: int = 1, digital=None,
+              warm_each: bool = False) -> dict[str, float]:
+    """Median ms of forward / backward / update / step over ``reps`` steps (after ``warmup``); step r's
+    output gradient is the next of ``grads`` (``gradients``), shared with its digital pair partner.
 
     With ``digital`` = (layer, optimizer) of the digital baseline, every timed step is paired with a
     digital step timed just before it, and ``paired`` is the median of the per-pair ratios step / digital
@@ -116,12 +129,13 @@ def time_step(layer, opt, x, g, reps: int, warmup: int = 1, digital=None, warm_e
     x = x.detach().clone().requires_grad_(True)
     out = {"forward": [], "backward": [], "update": [], "step": [], "ratio": []}
     for r in range(warmup + reps):
+        g = next(grads)
         dig = None
         if digital is not None:
             for _ in range(2):
                 dig = sum(_one_step(*digital, x, g))
         if warm_each and digital is not None:
-            _one_step(layer, opt, x, g)
+            _one_step(layer, opt, x, next(grads))
         f, b, u = _one_step(layer, opt, x, g)
         if r >= warmup:
             out["forward"].append(f)
@@ -144,8 +158,8 @@ def digital_model(size, lr):
     return layer, torch.optim.SGD(layer.parameters(), lr=lr)
 
 
-def digital_step(size, x, g, lr, reps) -> dict[str, float]:
-    return time_step(*digital_model(size, lr), x, g, reps, warmup=3)
+def digital_step(size, x, grads, lr, reps) -> dict[str, float]:
+    return time_step(*digital_model(size, lr), x, grads, reps, warmup=3)
 
 
 def main(argv=None) -> int:
@@ -183,10 +197,9 @@ def main(argv=None) -> int:
             size = (n, n)
             gen = torch.Generator().manual_seed(0)
             x = torch.rand(a.batch, n, generator=gen)
-            g = torch.randn(a.batch, n, generator=gen) / a.batch
             for regime in a.regimes:
                 lr = LR[regime]
-                dig = digital_step(size, x, g, lr, reps=max(a.reps, 10))
+                dig = digital_step(size, x, gradients(a.batch, n), lr, reps=max(a.reps, 10))
                 dig_model = digital_model(size, lr)  # the pair partner of every analog step below
                 rows.append(dict(size=n, algo="digital", mode="-", regime=regime, backend="torch", threads=threads,
                                  **dig, ratio=1.0, paired=1.0))
@@ -202,9 +215,11 @@ def main(argv=None) -> int:
                             continue
                         layer, opt = made
                         if backend == "compiled":
-                            t = time_step(layer, opt, x, g, a.reps, warmup=1, digital=dig_model, warm_each=True)
+                            t = time_step(layer, opt, x, gradients(a.batch, n), a.reps, warmup=1, digital=dig_model,
+                                          warm_each=True)
                         else:  # pure torch: nothing to warm up, and one step can take seconds
-                            t = time_step(layer, opt, x, g, a.ref_reps, warmup=0, digital=dig_model)
+                            t = time_step(layer, opt, x, gradients(a.batch, n), a.ref_reps, warmup=0,
+                                          digital=dig_model)
                         rows.append(dict(size=n, algo=algo, mode=mode, regime=regime, backend=backend,
                                          threads=threads, **t, ratio=t["step"] / dig["step"]))
                         r = rows[-1]
