@@ -29,6 +29,7 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_agg_lanes.h"  // (first: its vector libm is device_step.h's on this CPU)
@@ -682,21 +683,32 @@ void run_row(const Trains& T, int i, float* w, float* w_p, const float* params, 
   }
 }
 
+// The trains of one row's samples as run_lane_groups reads them: pointers and strides in a local of
+// run_lane_groups, so they stay in registers through the sample loop (read through T, every sample reloaded
+// the vectors' data pointers and T.O, T.I: ~3 % of the sparse aggregated update).
+struct LaneSides {
+  const uint32_t* dbits;  // the row's d word of sample 0 (stride O)
+  const float* sd;        // the row's d sign of sample 0 (stride O)
+  const int32_t* xbits;   // x words (B, I)
+  const float* sx;        // x signs (B, I)
+  int64_t O, I;
+};
+
 // One sample b of the group of columns [j0, j0 + G.nl) of row i (run_row_lanes): the coincidences of its
 // trains, and the lanes' moments (m, v: the caller's registers) carried through its pulses. Returns the
 // lanes left to the caller's scalar closed form (n > AGG_POLY_MAX without AT_LANES_MANY; their counts and
 // directions in n_o, up_o), else none.
 template <bool MULT, bool NOISE, bool ONE>
-AT_LANES_INLINE lanes::vi lanes_sample(lanes::Group& G, const Trains& T, const int32_t* xbits, int b, int i,
-                                       int j0, lanes::vf& m, lanes::vf& v, lanes::vi& touched, lanes::vi& cnt,
-                                       lanes::vi& n_o, lanes::vi& up_o) {
+AT_LANES_INLINE lanes::vi lanes_sample(lanes::Group& G, const LaneSides& S, int b, int j0, lanes::vf& m,
+                                       lanes::vf& v, lanes::vi& touched, lanes::vi& cnt, lanes::vi& n_o,
+                                       lanes::vi& up_o) {
   using namespace lanes;
-  const int64_t qd = static_cast<int64_t>(b) * T.O + i, qx = static_cast<int64_t>(b) * T.I + j0;
-  const vi dw = splat_i(static_cast<int32_t>(T.dbits[qd]));
-  const vi xw = load<vi>(xbits + qx, G.nl);  // lanes beyond the row: 0, never hit
+  const int64_t qd = static_cast<int64_t>(b) * S.O, qx = static_cast<int64_t>(b) * S.I + j0;
+  const vi dw = splat_i(static_cast<int32_t>(S.dbits[qd]));
+  const vi xw = load<vi>(S.xbits + qx, G.nl);  // lanes beyond the row: 0, never hit
   const vi hit = (xw & dw) != splat_i(0);
   if (!any(hit)) return splat_i(0);
-  const vf sgn = splat(T.sd[qd]) * load<vf>(T.sx.data() + qx, G.nl);
+  const vf sgn = splat(S.sd[qd]) * load<vf>(S.sx + qx, G.nl);
   const vi mk = hit & (sgn != splat(0.0f));  // (!=: true for NaN, as _CMP_NEQ_UQ)
   const vi up = mk & (sgn < splat(0.0f));    // sd·sx < 0: up pulses
   touched |= mk;
@@ -784,8 +796,10 @@ struct LaneRow {
 // n > AGG_POLY_MAX) work on copies in arrays. A group's moments are one chain of dependent operations
 // per sample (step, add, clip, select: ~15 cycles of latency, few instructions), so K = 2 independent
 // chains in one loop body fill the pipeline that one leaves idle (the 512×512 sparse update: about 15 %
-// faster; K = 4 gained nothing more). Returns the groups' pulses.
-template <bool MULT, bool NOISE, bool ONE, int K>
+// faster; K = 4 gained nothing more). CARRY: the call has carry events (T.carry); without them the
+// sample loop has no event test at all (a few loads and compares per sample and group: ~4 % of the sparse
+// aggregated update). Returns the groups' pulses.
+template <bool MULT, bool NOISE, bool ONE, int K, bool CARRY>
 AT_LANES_INLINE int64_t run_lane_groups(const LaneRow& R, int j0, int nl_last) {
   using namespace lanes;
   const Trains& T = R.T;
@@ -843,10 +857,11 @@ AT_LANES_INLINE int64_t run_lane_groups(const LaneRow& R, int j0, int nl_last) {
   const auto reload = [&](int k, vf& m_, vf& v_, vi& t_) {
     m_ = load<vf>(ma[k], W), v_ = load<vf>(va[k], W), t_ = load<vi>(ta[k], W);
   };
+  const LaneSides S{T.dbits.data() + i, T.sd.data() + i, R.xbits, T.sx.data(), T.O, T.I};
   for (const int b : R.act_b) {
 #pragma GCC unroll 4
     for (int k = 0; k < K; ++k) {
-      if (qe[k] < nev[k] && cp->pos[(*evs[k])[qe[k]]] <= b) {
+      if (CARRY && qe[k] < nev[k] && cp->pos[(*evs[k])[qe[k]]] <= b) {
         spill(k, m[k], v[k], t[k]);
         for (; qe[k] < nev[k] && cp->pos[(*evs[k])[qe[k]]] <= b; ++qe[k]) event(k, (*evs[k])[qe[k]]);
         reload(k, m[k], v[k], t[k]);
@@ -856,7 +871,7 @@ AT_LANES_INLINE int64_t run_lane_groups(const LaneRow& R, int j0, int nl_last) {
     for (int k = 0; k < K; ++k) {
       vi n, up;
       [[maybe_unused]] const vi big =
-          lanes_sample<MULT, NOISE, ONE>(G[k], T, R.xbits, b, i, j0 + k * W, m[k], v[k], t[k], c[k], n, up);
+          lanes_sample<MULT, NOISE, ONE>(G[k], S, b, j0 + k * W, m[k], v[k], t[k], c[k], n, up);
 #if !AT_LANES_MANY
       if (!any(big)) continue;
       spill(k, m[k], v[k], t[k]);
@@ -916,10 +931,15 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
   }
   const LaneRow R{T, i, row, w, w_p, (w_p ? w_p : w) + row, pulses + row, params, plane, P, g, u, act_b, rev,
                   zrow.data(), reinterpret_cast<const int32_t*>(T.xbits.data())};
-  int64_t tot = 0;
-  int j0 = 0;
-  for (; j0 + 2 * W <= I; j0 += 2 * W) tot += run_lane_groups<MULT, NOISE, ONE, 2>(R, j0, W);
-  for (; j0 < I; j0 += W) tot += run_lane_groups<MULT, NOISE, ONE, 1>(R, j0, std::min(W, I - j0));
+  const auto all_groups = [&](auto carry) {  // (carry: std::true_type in carry mode)
+    constexpr bool CARRY = decltype(carry)::value;
+    int64_t t = 0;
+    int j0 = 0;
+    for (; j0 + 2 * W <= I; j0 += 2 * W) t += run_lane_groups<MULT, NOISE, ONE, 2, CARRY>(R, j0, W);
+    for (; j0 < I; j0 += W) t += run_lane_groups<MULT, NOISE, ONE, 1, CARRY>(R, j0, std::min(W, I - j0));
+    return t;
+  };
+  const int64_t tot = cp ? all_groups(std::true_type{}) : all_groups(std::false_type{});
   if (rtot) rtot[i] += tot;
 }
 
