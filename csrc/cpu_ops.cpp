@@ -788,7 +788,6 @@ struct LaneRow {
   const std::vector<int>& act_b;  // the samples in which the row takes part
   const std::vector<int>& rev;    // carry mode, rows: the row's events
   const float* zrow;              // the row's final normals (NOISE)
-  const int32_t* xbits;
 };
 
 // K groups of lanes::W columns from j0 (the last one nl_last lanes wide) of one row through its samples:
@@ -857,7 +856,8 @@ AT_LANES_INLINE int64_t run_lane_groups(const LaneRow& R, int j0, int nl_last) {
   const auto reload = [&](int k, vf& m_, vf& v_, vi& t_) {
     m_ = load<vf>(ma[k], W), v_ = load<vf>(va[k], W), t_ = load<vi>(ta[k], W);
   };
-  const LaneSides S{T.dbits.data() + i, T.sd.data() + i, R.xbits, T.sx.data(), T.O, T.I};
+  const LaneSides S{T.dbits.data() + i, T.sd.data() + i, reinterpret_cast<const int32_t*>(T.xbits.data()),
+                    T.sx.data(), T.O, T.I};
   for (const int b : R.act_b) {
 #pragma GCC unroll 4
     for (int k = 0; k < K; ++k) {
@@ -930,7 +930,7 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
     aggregate_normals_range(u.seed, u.offset, static_cast<uint32_t>(row), I, zrow.data());
   }
   const LaneRow R{T, i, row, w, w_p, (w_p ? w_p : w) + row, pulses + row, params, plane, P, g, u, act_b, rev,
-                  zrow.data(), reinterpret_cast<const int32_t*>(T.xbits.data())};
+                  zrow.data()};
   const auto all_groups = [&](auto carry) {  // (carry: std::true_type in carry mode)
     constexpr bool CARRY = decltype(carry)::value;
     int64_t t = 0;
@@ -1224,6 +1224,11 @@ void for_each_index(int n, int nt, int chunk, const F& f) {
   for (int i = 0; i < n; ++i) f(i);
 }
 
+// Work (row, active column) pairs below which a call's phase 2 runs on one thread (run_rows): an OpenMP
+// team costs more than it saves there, and on a shared, loaded machine a barrier can stall for a time
+// slice. chopped_update_snapshots gives its row blocks the calls whose bound on this work stays below it.
+constexpr int64_t ONE_THREAD_WORK = int64_t{1} << 15;
+
 // Phase 2 over the rows of T (u: the call's arguments; in carry mode the last call's, whose offset the
 // final draws use).
 // rows [r0, r1) only (r1 < 0: all rows; a partial range never takes the one-list path over all rows).
@@ -1245,8 +1250,7 @@ void run_rows(const Trains& T, float* w, float* w_p, const float* params, const 
     return;
   }
 #endif
-  // Small calls (e.g. one-sample updates with few active entries) run on one thread: an OpenMP team
-  // costs more than it saves there, and on a shared, loaded machine a barrier can stall for a time slice.
+  // small calls (e.g. one-sample updates with few active entries) run on one thread (ONE_THREAD_WORK)
   int64_t work = 0;
   for (int b = 0; b < B; ++b) {
     if (T.nact[b] == 0) continue;
@@ -1256,7 +1260,7 @@ void run_rows(const Trains& T, float* w, float* w_p, const float* params, const 
     work += rows * T.nact[b];
   }
   const RowFn row_fn = pick_row_fn(g, u, T);
-  const int nt2 = work < (1 << 15) ? 1 : std::max(1, std::min(nthreads, r1 - r0));
+  const int nt2 = work < ONE_THREAD_WORK ? 1 : std::max(1, std::min(nthreads, r1 - r0));
   for_each_index(r1 - r0, nt2, 4, [&](int q) {
     thread_local JobScratch scratch;  // each thread's own
     row_fn(T, r0 + q, w, w_p, params, plane, g, u, pulses, &scratch, row_tot);
@@ -1683,12 +1687,12 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   // Several threads and small calls: each thread takes a block of rows through all the calls (an
   // element's pulses depend only on its own state and the calls' trains, so the rows are independent;
   // each thread builds every call's trains itself, and writes its rows' share of the snapshots and pulse
-  // totals). Calls below run_rows' threshold (a conv layer's ~25 000 one-sample calls per batch) would
+  // totals). Calls below run_rows' ONE_THREAD_WORK (a conv layer's ~25 000 one-sample calls per batch) would
   // each run on one thread; larger ones keep their per-call row split, which builds the trains once (on a
   // 512×512 tile the blocks' duplicated trains made the c-TTv2 update slower). Not in the expected mode
   // (a per-call float sum of the whole pulse map).
   const int64_t per_call = static_cast<int64_t>(O) * I * ((stp[C] - stp[0]) / std::max<int64_t>(C, 1) + 1);
-  const int nsplit = expected || C < 2 || per_call >= (1 << 15) ? 1 : std::max(1, std::min(nthreads, O));
+  const int nsplit = expected || C < 2 || per_call >= ONE_THREAD_WORK ? 1 : std::max(1, std::min(nthreads, O));
   std::vector<int64_t> part(static_cast<size_t>(nsplit * C), 0);  // (block, call) pulse totals
   // the calls in order on rows [r0, r1) (block t; `inner` threads within a call): the updates, the
   // block's share of each call's pulse total and of its snapshot
