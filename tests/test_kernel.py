@@ -263,9 +263,9 @@ def test_update_exact_bits_linear_kinds(kernel):
 
 def test_update_exact_bits_with_dense_mixed_trains(kernel):
     """Dense trains (BL 31 saturated: one to ~30 pulses per element and sample, dozens of elements per row)
-    make the fast paths reorder a row's jobs by pulse count (AVX2: order_dense_jobs) — the numbers must
-    not move: pulse counts equal and weights bit-identical to the reference, multiplicative and additive
-    noise, one sample and several."""
+    make the fast paths (AVX2 and AVX-512) reorder a row's jobs by pulse count (order_dense_jobs) — the
+    numbers must not move: pulse counts equal and weights bit-identical to the reference, multiplicative and
+    additive noise, one sample and several."""
     for key in ("softbounds", "linear_step_add"):
         for B in (1, 4):
             s = _dev(key, 10, 72)
