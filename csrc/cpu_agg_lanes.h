@@ -16,17 +16,15 @@
 #include <immintrin.h>
 #endif
 
-// glibc >= 2.35 has libmvec's float log1pf/expm1f variants (the AVX-512 path's and, here, the AVX2 ones)
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
-#define AT_LIBMVEC_FLOAT 1
-#else
-#define AT_LIBMVEC_FLOAT 0
-#endif
+#include "cpu_expm1.h"
+#include "cpu_simd.h"
+
 // n > AGG_POLY_MAX on the lanes (dense updates): libmvec's 8-lane log1pf/expm1f; else the scalar
 // aggregate_sample per lane. With them, the scalar code of this build (device_step.h f_log1p/f_expm1:
 // the generic job path's one-sample calls) takes lane 0 of the same functions, so every CPU path of the
 // kernel gives the same n > AGG_POLY_MAX numbers (libms differ by an ulp; the contract allows it across
-// machines, not between two paths of one kernel).
+// machines, not between two paths of one kernel). Where the AVX-512 path is built, the scalar expm1 is
+// instead the twin of its inline 16-lane expm1 (cpu_expm1.h; these lanes do not run there).
 #if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX2__) && AT_LIBMVEC_FLOAT
 #define AT_LANES_MANY 1
 extern "C" __m256 _ZGVdN8v_log1pf(__m256);
@@ -34,9 +32,13 @@ extern "C" __m256 _ZGVdN8v_expm1f(__m256);
 inline float at_log1pf_lanes(float x) { return _mm256_cvtss_f32(_ZGVdN8v_log1pf(_mm256_set1_ps(x))); }
 inline float at_expm1f_lanes(float x) { return _mm256_cvtss_f32(_ZGVdN8v_expm1f(_mm256_set1_ps(x))); }
 #define AT_HOST_LOG1PF at_log1pf_lanes
-#define AT_HOST_EXPM1F at_expm1f_lanes
 #else
 #define AT_LANES_MANY 0
+#endif
+#if AT_FUSED_AVX512
+#define AT_HOST_EXPM1F analogtrain::at_expm1f
+#elif AT_LANES_MANY
+#define AT_HOST_EXPM1F at_expm1f_lanes
 #endif
 
 #include "device_step.h"

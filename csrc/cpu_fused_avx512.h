@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_expm1.h"
+#include "cpu_simd.h"
 #include "device_step.h"
 
 namespace analogtrain {
@@ -70,14 +72,10 @@ struct FusedJobs {
 
 }  // namespace analogtrain
 
-// (glibc >= 2.35: libmvec's float log1pf/expm1f/expf variants, which this path calls)
-#if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && \
-    defined(__AVX512DQ__) && !defined(ANALOGTRAIN_GENERIC_ONLY) && !defined(ANALOGTRAIN_NO_AVX512) && defined(__GLIBC__) && \
-    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
-#define AT_FUSED_AVX512 1
+// (cpu_simd.h: glibc >= 2.35, whose libmvec float log1pf/expf variants this path calls)
+#if AT_FUSED_AVX512
 
 extern "C" __m512 _ZGVeN16v_log1pf(__m512);
-extern "C" __m512 _ZGVeN16v_expm1f(__m512);
 extern "C" __m512 _ZGVeN16v_expf(__m512);
 
 namespace analogtrain {
@@ -497,7 +495,7 @@ struct AggPoly {
 
 // agg_lanes_apply for a sample in which some lane takes n >= 2 pulses (lanes `multi`): the binomial
 // polynomials on lanes with n <= AGG_POLY_MAX, and — BIG: some lane (`big`) takes more — the closed
-// form with expm1 (libmvec) there. Sparse updates (a few pulses per sample) never take the BIG
+// form with expm1 (cpu_expm1.h, inline) there. Sparse updates (a few pulses per sample) never take the BIG
 // variant, so their samples make no vector-libm call (which would clobber every zmm register).
 template <bool MULT, bool NOISE, bool BIG>
 AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmask16 up, __mmask16 multi, __mmask16 big,
@@ -522,7 +520,7 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
     }
     const __m512 l = _mm512_mask_blend_ps(up, L.dd.l, L.du.l);
     const __m512 ia = _mm512_mask_blend_ps(up, L.dd.ia, L.du.ia);
-    const __m512 e_x = _ZGVeN16v_expm1f(_mm512_mul_ps(nf, l));
+    const __m512 e_x = expm1_16(_mm512_mul_ps(nf, l));
     e = _mm512_mask_mov_ps(e, big, e_x);
     r = _mm512_mask_mov_ps(r, big, _mm512_mask_mov_ps(_mm512_mul_ps(e_x, ia), a0, nf));
   }
@@ -546,7 +544,7 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
         if (full) {
           const __m512 lq = _mm512_mask_blend_ps(up, L.dd.lq, L.du.lq);
           const __m512 ie = _mm512_mask_blend_ps(up, L.dd.ie, L.du.ie);
-          sqm = _mm512_mask_mov_ps(sqm, full, _mm512_mul_ps(_ZGVeN16v_expm1f(_mm512_mul_ps(nf, lq)), ie));
+          sqm = _mm512_mask_mov_ps(sqm, full, _mm512_mul_ps(expm1_16(_mm512_mul_ps(nf, lq)), ie));
         }
         sq = _mm512_mask_mov_ps(sq, big, sqm);
       }
@@ -809,6 +807,4 @@ int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, ui
 
 }  // namespace analogtrain
 
-#else
-#define AT_FUSED_AVX512 0
 #endif

@@ -1950,6 +1950,37 @@ at::Tensor device_step_cpu(const at::Tensor& w_dev, const at::Tensor& up, const 
   return out;
 }
 
+// Test hook: (the scalar f_expm1 of this build, its vector twin) at x (float32, contiguous): the twin is
+// the AVX-512 lanes' inline expm1_16 (cpu_expm1.h), or the AVX2 lanes' libmvec expm1f, or (neither
+// built) f_expm1 again. The n > AGG_POLY_MAX closed form calls both, so they must agree bit for bit.
+std::vector<at::Tensor> host_expm1_cpu(const at::Tensor& x) {
+  at::Tensor xc = x.contiguous();
+  check_f32_cpu(xc, "x");
+  at::Tensor s = at::empty_like(xc), v = at::empty_like(xc);
+  const int64_t n = xc.numel();
+  const float* xp = xc.data_ptr<float>();
+  float* sp = s.data_ptr<float>();
+  float* vp = v.data_ptr<float>();
+  for (int64_t e = 0; e < n; ++e) sp[e] = f_expm1(xp[e]);
+#if AT_FUSED_AVX512
+  for (int64_t e = 0; e < n; e += 16) {
+    const __mmask16 m = tail_mask16(n - e);
+    _mm512_mask_storeu_ps(vp + e, m, expm1_16(_mm512_maskz_loadu_ps(m, xp + e)));
+  }
+#elif AT_LANES_MANY
+  for (int64_t e = 0; e < n; e += 8) {
+    alignas(32) float buf[8] = {};
+    const int64_t k = std::min<int64_t>(8, n - e);
+    std::memcpy(buf, xp + e, k * sizeof(float));
+    _mm256_store_ps(buf, _ZGVdN8v_expm1f(_mm256_load_ps(buf)));
+    std::memcpy(vp + e, buf, k * sizeof(float));
+  }
+#else
+  std::memcpy(vp, sp, n * sizeof(float));
+#endif
+  return {s, v};
+}
+
 // The auto-scaled fast lrs of a chopped-transfer batch (twin: ops.auto_scale_lrs_ref, the loop of
 // ChoppedRule._plan_calls): per sample b the EMAs move first, m ← new when m <= 0, else (1 − τ)·m + τ·new
 // when new > 0 (keep = 1 − τ given), then lr_b = num/(m_x·m_d) (base when either EMA is 0), ×lr when
@@ -2065,6 +2096,7 @@ TORCH_LIBRARY(analogtrain, m) {
   m.def("philox_normal_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("philox_uniform_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("device_step(Tensor w_dev, Tensor up, Tensor params, Tensor gparams, Tensor xi) -> Tensor");
+  m.def("host_expm1(Tensor x) -> Tensor[]");
   m.def("cpu_fast_paths() -> int", &analogtrain::cpu_fast_paths);
   m.def("agad_signals(Tensor v, Tensor(a!) mr, Tensor(b!) pr, Tensor(c!) sr, Tensor flips, float beta) -> Tensor",
         &analogtrain::agad_signals);
@@ -2078,6 +2110,7 @@ TORCH_LIBRARY_IMPL(analogtrain, CPU, m) {
   m.impl("philox_uniform", &analogtrain::philox_uniform_cpu);
   m.impl("philox_normal", &analogtrain::philox_normal_cpu);
   m.impl("device_step", &analogtrain::device_step_cpu);
+  m.impl("host_expm1", &analogtrain::host_expm1_cpu);
   m.impl("chopped_update_snapshots", &analogtrain::chopped_update_snapshots_cpu);
   m.impl("buffered_transfer_seq", &analogtrain::buffered_transfer_seq_cpu);
   m.impl("philox_normal_grid_offsets", &analogtrain::philox_normal_grid_offsets_cpu);

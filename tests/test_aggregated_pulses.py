@@ -638,6 +638,35 @@ def test_compiled_cpu_aggregated_matches_reference_odd_width(key, case):
     _parity("cpu", key, shape=(9, 45), **kw)
 
 
+@pytest.mark.compiled
+def test_compiled_cpu_expm1_twins_agree_bit_for_bit_within_two_ulp():
+    """The expm1 of the n > AGG_POLY_MAX closed form in the CPU kernel: the build's scalar f_expm1 (generic
+    path, one-sample calls) and its vector twin (the AVX-512 lanes' inline expm1, the AVX2 lanes' libmvec
+    expm1f) agree bit for bit, so every path of one build gives the same dense-update numbers; within 2 ulp
+    of expm1 (float64, rounded), inf where expm1 overflows the float range, NaN through."""
+    if not ops.compiled_available("cpu"):
+        pytest.skip("compiled CPU kernel unavailable")
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.linspace(-40.0, 95.0, 400_001),
+                   torch.randn(200_000, generator=g) * 0.3,
+                   -17.0 * torch.rand(200_000, generator=g),  # the dense updates' n·log1p(α), α < 0
+                   torch.tensor([0.0, -0.0, 0.3465736, -0.3465736, 88.72, 88.7228, 88.723, 89.0, 1e3, -1e3,
+                                 1e-30, -1e-30, math.inf, -math.inf, math.nan])])
+    s, v = torch.ops.analogtrain.host_expm1(x)
+    nan = x.isnan()
+    assert s[nan].isnan().all() and v[nan].isnan().all()
+    assert torch.equal(s[~nan].view(torch.int32), v[~nan].view(torch.int32))
+    exact = torch.expm1(x[~nan].double())
+    ref = exact.float()
+    got = s[~nan]
+    over = ref.isinf()
+    assert int(over.sum()) > 100 and torch.equal(got[over], ref[over])
+    ulp = (torch.nextafter(ref.abs(), torch.tensor(math.inf)) - ref.abs()).double()
+    err = ((got.double() - exact).abs() / ulp)[~over]
+    assert float(err.max()) <= 2.0, float(err.max())
+    assert float(s[x == -1e3]) == -1.0
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("key", sorted(PARITY))

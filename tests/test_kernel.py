@@ -519,6 +519,8 @@ def test_build_sources_found_and_cache_name_hashes_sources(tmp_path, monkeypatch
     d = build.csrc_dir()
     for name in build.CPU_SOURCES + build.CUDA_SOURCES + build.HEADERS:
         assert (d / name).is_file(), name
+    # every header is in the cache name's hash: an edit to one not listed would load a stale library
+    assert {p.name for p in d.glob("*.h")} <= set(build.HEADERS)
     flags = ["-O3"]
     n1 = build.build_name("cpu", build.CPU_SOURCES, flags)
     for name in build.CPU_SOURCES + build.HEADERS:

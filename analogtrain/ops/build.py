@@ -36,7 +36,7 @@ __all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_name", "cached_library"
 CPU_SOURCES = ("cpu_ops.cpp",)
 CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
 HEADERS = ("philox.h", "device_step.h", "pulsed_update.h", "cpu_fused_avx512.h", "cpu_fused_avx2.h",
-           "cpu_agg_lanes.h")
+           "cpu_agg_lanes.h", "cpu_expm1.h", "cpu_simd.h")
 
 # -ffp-contract=off / --fmad=false: no fused multiply-add, so every float operation rounds exactly as
 # the torch reference does (bit-identical deterministic paths, see devices/step.py).
