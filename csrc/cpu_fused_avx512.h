@@ -479,14 +479,16 @@ AT_HOT_INLINE void agg_lanes_one_pulse(AggLanes& L, __mmask16 mk, __mmask16 up, 
 }
 
 // Σ_{k<n}(1+x)^k on 16 lanes for n <= AGG_POLY_MAX (device_step.h agg_poly_sum, same operations):
-// nf + x(c2 + x(c3 + x·c4)) with the lanes' binomial coefficients c = (c2, c3, c4).
+// nf + x(c2 + x(c3 + x·c4)) with the lanes' binomial coefficients c = (c2, c3, c4) = (C(n,2), C(n,3),
+// C(n,4)) looked up by n (vpermps reads the index's low 4 bits; lanes of n > AGG_POLY_MAX do not use
+// them): the values agg_poly_sum computes, exact small integers, without its division by 3 on every
+// multi-pulse sample. (n = 2 gives c4 = +0 where the formula gives -0: c3 + x·c4 = +0 either way.)
 struct AggPoly {
   __m512 nf, c2, c3, c4;
-  explicit AggPoly(__m512 n_f) : nf(n_f) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    c2 = _mm512_mul_ps(_mm512_mul_ps(nf, _mm512_sub_ps(nf, one)), _mm512_set1_ps(0.5f));
-    c3 = _mm512_div_ps(_mm512_mul_ps(c2, _mm512_sub_ps(nf, _mm512_set1_ps(2.0f))), _mm512_set1_ps(3.0f));
-    c4 = _mm512_mul_ps(_mm512_mul_ps(c3, _mm512_sub_ps(nf, _mm512_set1_ps(3.0f))), _mm512_set1_ps(0.25f));
+  AggPoly(__m512i n, __m512 n_f) : nf(n_f) {
+    c2 = _mm512_permutexvar_ps(n, _mm512_setr_ps(0, 0, 1, 3, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+    c3 = _mm512_permutexvar_ps(n, _mm512_setr_ps(0, 0, 0, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+    c4 = _mm512_permutexvar_ps(n, _mm512_setr_ps(0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
   }
   __m512 sum(__m512 x) const {
     return _mm512_add_ps(nf, _mm512_mul_ps(x, _mm512_add_ps(c2, _mm512_mul_ps(x, _mm512_add_ps(c3, _mm512_mul_ps(x, c4))))));
@@ -495,8 +497,8 @@ struct AggPoly {
 
 // agg_lanes_apply for a sample in which some lane takes n >= 2 pulses (lanes `multi`): the binomial
 // polynomials on lanes with n <= AGG_POLY_MAX, and — BIG: some lane (`big`) takes more — the closed
-// form with expm1 (cpu_expm1.h, inline) there. Sparse updates (a few pulses per sample) never take the BIG
-// variant, so their samples make no vector-libm call (which would clobber every zmm register).
+// form with expm1 (cpu_expm1.h, inline) there. Sparse updates (a few pulses per sample) never take the
+// BIG variant.
 template <bool MULT, bool NOISE, bool BIG>
 AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmask16 up, __mmask16 multi, __mmask16 big,
                              __m512 d, const DeviceGlobals& g) {
@@ -506,7 +508,7 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
   const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
   const __m512 alpha = _mm512_mask_blend_ps(up, L.dd.alpha, L.du.alpha);
   const __m512 nf = _mm512_cvtepi32_ps(n);
-  const AggPoly P(nf);
+  const AggPoly P(n, nf);
   const __m512 r_p = P.sum(alpha);
   __m512 e = _mm512_mask_mov_ps(alpha, small, _mm512_mul_ps(alpha, r_p));  // A^n − 1 (n = 1: α)
   __m512 r = _mm512_mask_mov_ps(one, small, r_p);                          // Σ_{k<n} A^k
