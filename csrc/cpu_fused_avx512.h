@@ -72,11 +72,10 @@ struct FusedJobs {
 
 }  // namespace analogtrain
 
-// (cpu_simd.h: glibc >= 2.35, whose libmvec float log1pf/expf variants this path calls)
+// (cpu_simd.h: glibc >= 2.35, whose libmvec float log1pf this path calls)
 #if AT_FUSED_AVX512
 
 extern "C" __m512 _ZGVeN16v_log1pf(__m512);
-extern "C" __m512 _ZGVeN16v_expf(__m512);
 
 namespace analogtrain {
 
