@@ -58,7 +58,7 @@ struct FusedRow {
   const float* s_up;
   const float* s_dn;
   const float* ref;
-  float* prow;              // pulse counts of this row (I floats, accumulated)
+  float* prow;              // pulse counts of this row (I floats, accumulated; null: fused_apply counts none)
   const float* params;      // all planes (NP, O, I): one gather picks slope/scale up or down per lane
   int32_t plane;            // O·I (NP·O·I < 2^31 on these paths: pick_path)
 };
@@ -345,6 +345,22 @@ inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, i
   }
   J.nmax = _mm512_reduce_max_epi32(vmax);
   return cnt;
+}
+
+// The pulse counts of one row over its samples, added to prow (I floats): Σ_b popcount(x_b,j & d_b) per
+// column j, 16 columns at a time from the call's dense x words (B, I). xrows[t]: the x words of the t-th
+// sample the row takes part in, dwords[t] its d word. The counts fused_apply would add job by job (a
+// gather and a scatter per 16 jobs), in one contiguous pass; integers, so the floats are the same.
+inline void row_pulse_counts(const uint32_t* const* xrows, const uint32_t* dwords, int ns, int I, float* prow) {
+  for (int j0 = 0; j0 < I; j0 += 16) {
+    const __mmask16 lm = tail_mask16(I - j0);
+    __m512i c = _mm512_setzero_si512();
+    for (int t = 0; t < ns; ++t) {
+      const __m512i xw = _mm512_maskz_loadu_epi32(lm, xrows[t] + j0);
+      c = _mm512_add_epi32(c, _mm512_popcnt_epi32(_mm512_and_si512(xw, _mm512_set1_epi32(static_cast<int>(dwords[t])))));
+    }
+    _mm512_mask_storeu_ps(prow + j0, lm, _mm512_add_ps(_mm512_maskz_loadu_ps(lm, prow + j0), _mm512_cvtepi32_ps(c)));
+  }
 }
 
 // Aggregated mode (device_step.h agg_dir / aggregate_sample / aggregate_finish) on 16 consecutive
@@ -798,8 +814,10 @@ int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, ui
     const __m512 st = _mm512_sub_ps(wd, ref);
     _mm512_mask_i32scatter_ps(R.state, m, e, st, 4);
     if (R.vis) _mm512_mask_i32scatter_ps(R.vis, m, e, st, 4);
-    const __m512 pc = _mm512_mask_i32gather_ps(zero, m, j, R.prow, 4);
-    _mm512_mask_i32scatter_ps(R.prow, m, j, _mm512_add_ps(pc, _mm512_cvtepi32_ps(n)), 4);
+    if (R.prow) {  // (null: the caller counts the row's pulses itself, row_pulse_counts)
+      const __m512 pc = _mm512_mask_i32gather_ps(zero, m, j, R.prow, 4);
+      _mm512_mask_i32scatter_ps(R.prow, m, j, _mm512_add_ps(pc, _mm512_cvtepi32_ps(n)), 4);
+    }
     tot += _mm512_mask_reduce_add_epi32(m, n);
   }
   return tot;

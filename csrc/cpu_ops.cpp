@@ -1012,7 +1012,14 @@ void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* pa
   thread_local FusedJobs J;
   const int I = T.I, O = T.O;
   // eligible only without write noise: the visible weight is the state
-  const FusedRow R = fused_row(i, I, w, w_p, params, plane, pulses, true);
+  FusedRow R = fused_row(i, I, w, w_p, params, plane, pulses, true);
+#if AT_FUSED_AVX512
+  float* const prow = R.prow;
+  R.prow = nullptr;  // fused_apply leaves the counts to row_pulse_counts below
+  thread_local std::vector<const uint32_t*> xrows;
+  thread_local std::vector<uint32_t> dwords;
+  xrows.clear(), dwords.clear();
+#endif
   int64_t tot = 0;
   for (int b = 0; b < T.B; ++b) {
     if (T.sc[b].bl == 0) continue;
@@ -1022,8 +1029,17 @@ void run_row_fused(const Trains& T, int i, float* w, float* w_p, const float* pa
     const int nj = fused_jobs(T.act.data() + q0, T.xact_bits.data() + q0, T.xact_sgn.data() + q0, T.nact[b],
                               T.dbits[qd], J);
     if (!AGG) order_dense_jobs(J, nj);
-    if (nj) tot += fused_apply<MULT, NOISE, AGG>(R, J, nj, T.sd[qd], static_cast<uint32_t>(b), g, u);
+    if (nj) {
+      tot += fused_apply<MULT, NOISE, AGG>(R, J, nj, T.sd[qd], static_cast<uint32_t>(b), g, u);
+#if AT_FUSED_AVX512
+      xrows.push_back(T.xbits.data() + q0);
+      dwords.push_back(T.dbits[qd]);
+#endif
+    }
   }
+#if AT_FUSED_AVX512
+  row_pulse_counts(xrows.data(), dwords.data(), static_cast<int>(xrows.size()), I, prow);
+#endif
   if (rtot) rtot[i] += tot;
 }
 
