@@ -352,6 +352,7 @@ inline int fused_jobs(const int32_t* act, const uint32_t* xb, const float* xs, i
 // sample the row takes part in, dwords[t] its d word. The counts fused_apply would add job by job (a
 // gather and a scatter per 16 jobs), in one contiguous pass; integers, so the floats are the same.
 inline void row_pulse_counts(const uint32_t* const* xrows, const uint32_t* dwords, int ns, int I, float* prow) {
+  if (ns == 0) return;  // (a row without pulses: its counts stay as they are, untouched)
   for (int j0 = 0; j0 < I; j0 += 16) {
     const __mmask16 lm = tail_mask16(I - j0);
     __m512i c = _mm512_setzero_si512();
