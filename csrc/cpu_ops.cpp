@@ -26,7 +26,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -1756,66 +1759,77 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cpu(
   return std::make_tuple(snaps, call_pulses);
 }
 
+// Scratch of grid_row's portable path (the SIMD paths draw in registers and need none).
+struct GridScratch {
+  std::vector<uint32_t> a, blk, r0, r1, r2, r3;
+  std::vector<float> zc, zs;
+};
+
+// row[j] = draw `draw` of the sequence (seed, offset, stream, a = j, b) for j < n_a: one row of a noise
+// grid (normal: the Box–Muller normal of rng.normal, else the uniform of rng.uniform). Every grid and
+// fused IO pass below draws its rows here, so they all give the same numbers.
+void grid_row(float* row, int64_t n_a, uint64_t seed, uint64_t offset, uint32_t stream, uint32_t b, uint32_t draw,
+              bool normal, GridScratch& s) {
+  const uint32_t k = draw & 3u, blk0 = draw >> 2;
+  [[maybe_unused]] const bool second = k >= 2, use_sin = (k & 1u) != 0;
+#if AT_FUSED_AVX512
+  if (n_a < (int64_t{1} << 31)) {  // 16 counters per Philox call, only the needed Box–Muller branch
+    for (int64_t j0 = 0; j0 < n_a; j0 += 16) {
+      const __mmask16 lm = tail_mask16(n_a - j0);
+      __m512i w[4];
+      philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0)), lane_index16()), stream, blk0, b, seed,
+               offset, w[0], w[1], w[2], w[3]);
+      const __m512 z = normal ? bm16_normal(bm16_prepare(second ? w[2] : w[0], second ? w[3] : w[1]), use_sin)
+                              : uniform16(w[k]);
+      _mm512_mask_storeu_ps(row + j0, lm, z);
+    }
+    return;
+  }
+#elif AT_FUSED_AVX2
+  if (n_a < (int64_t{1} << 31)) {  // the same on 8 lanes (cpu_fused_avx2.h)
+    for (int64_t j0 = 0; j0 < n_a; j0 += 8) {
+      __m256i w[4];
+      philox8(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(j0)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+              stream, blk0, b, seed, offset, w[0], w[1], w[2], w[3]);
+      const __m256 z = normal ? bm8_normal(bm8_prepare(second ? w[2] : w[0], second ? w[3] : w[1]), use_sin)
+                              : uniform8(w[k]);
+      store8_ps(row + j0, z, n_a - j0);
+    }
+    return;
+  }
+#endif
+  const size_t n = static_cast<size_t>(n_a);
+  if (s.a.size() < n) {
+    for (auto* v : {&s.a, &s.blk, &s.r0, &s.r1, &s.r2, &s.r3}) v->resize(n);
+    s.zc.resize(n);
+    s.zs.resize(n);
+    for (size_t j = 0; j < n; ++j) s.a[j] = static_cast<uint32_t>(j);
+  }
+  std::fill(s.blk.begin(), s.blk.begin() + static_cast<std::ptrdiff_t>(n), blk0);
+  philox_many(static_cast<int>(n_a), s.a.data(), s.blk.data(), stream, b, seed, offset, s.r0.data(), s.r1.data(),
+              s.r2.data(), s.r3.data());
+  if (!normal) {
+    const uint32_t* rw = k == 0 ? s.r0.data() : k == 1 ? s.r1.data() : k == 2 ? s.r2.data() : s.r3.data();
+    for (int64_t j = 0; j < n_a; ++j) row[j] = word_to_uniform(rw[j]);
+    return;
+  }
+  box_muller_many(static_cast<int>(n_a), second ? s.r2.data() : s.r0.data(), second ? s.r3.data() : s.r1.data(),
+                  use_sin, s.zc.data(), s.zs.data());
+  std::memcpy(row, use_sin ? s.zs.data() : s.zc.data(), sizeof(float) * n);
+}
+
 // Shared body of the two grids below: out[q, a] = draw `draw` of the sequence
 // (seed, offsets[q], stream, a, b = bp[q]) for q < B, a < n_a; rows in parallel.
 static at::Tensor philox_grid_rows(int64_t seed, const int64_t* offsets, int64_t stream, int64_t n_a, const int64_t* bp,
                                    int64_t B, int64_t draw, bool normal) {
   at::Tensor out = at::empty({B, n_a}, at::kFloat);
   float* op = out.data_ptr<float>();
-  const uint32_t k = static_cast<uint32_t>(draw) & 3u;
-  const uint32_t blk0 = static_cast<uint32_t>(draw) >> 2;
   at::parallel_for(0, B, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<uint32_t> a(static_cast<size_t>(n_a)), blk(static_cast<size_t>(n_a), blk0);
-    std::vector<uint32_t> r0(n_a), r1(n_a), r2(n_a), r3(n_a);
-    std::vector<float> zc(n_a), zs(n_a);
-    for (int64_t j = 0; j < n_a; ++j) a[j] = static_cast<uint32_t>(j);
-    for (int64_t q = q0; q < q1; ++q) {
-#if AT_FUSED_AVX512
-      if (n_a < (int64_t{1} << 31)) {  // 16 counters per Philox call, only the needed Box–Muller branch
-        float* row = op + q * n_a;
-        const bool second = k >= 2, use_sin = (k & 1u) != 0;
-        for (int64_t j0 = 0; j0 < n_a; j0 += 16) {
-          const __mmask16 lm = tail_mask16(n_a - j0);
-          __m512i w[4];
-          philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j0)), lane_index16()),
-                   static_cast<uint32_t>(stream), blk0, static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed),
-                   static_cast<uint64_t>(offsets[q]), w[0], w[1], w[2], w[3]);
-          const __m512 z = normal ? bm16_normal(bm16_prepare(second ? w[2] : w[0], second ? w[3] : w[1]), use_sin)
-                                  : uniform16(w[k]);
-          _mm512_mask_storeu_ps(row + j0, lm, z);
-        }
-        continue;
-      }
-#elif AT_FUSED_AVX2
-      if (n_a < (int64_t{1} << 31)) {  // the same on 8 lanes (cpu_fused_avx2.h)
-        float* row = op + q * n_a;
-        const bool second = k >= 2, use_sin = (k & 1u) != 0;
-        for (int64_t j0 = 0; j0 < n_a; j0 += 8) {
-          __m256i w[4];
-          philox8(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(j0)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-                  static_cast<uint32_t>(stream), blk0, static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed),
-                  static_cast<uint64_t>(offsets[q]), w[0], w[1], w[2], w[3]);
-          const __m256 z = normal ? bm8_normal(bm8_prepare(second ? w[2] : w[0], second ? w[3] : w[1]), use_sin)
-                                  : uniform8(w[k]);
-          store8_ps(row + j0, z, n_a - j0);
-        }
-        continue;
-      }
-#endif
-      philox_many(static_cast<int>(n_a), a.data(), blk.data(), static_cast<uint32_t>(stream),
-                  static_cast<uint32_t>(bp[q]), static_cast<uint64_t>(seed), static_cast<uint64_t>(offsets[q]),
-                  r0.data(), r1.data(), r2.data(), r3.data());
-      float* row = op + q * n_a;
-      if (!normal) {
-        const uint32_t* rw = k == 0 ? r0.data() : k == 1 ? r1.data() : k == 2 ? r2.data() : r3.data();
-        for (int64_t j = 0; j < n_a; ++j) row[j] = word_to_uniform(rw[j]);
-        continue;
-      }
-      const bool second = k >= 2, use_sin = (k & 1u) != 0;
-      box_muller_many(static_cast<int>(n_a), second ? r2.data() : r0.data(), second ? r3.data() : r1.data(), use_sin,
-                      zc.data(), zs.data());
-      std::memcpy(row, use_sin ? zs.data() : zc.data(), sizeof(float) * static_cast<size_t>(n_a));
-    }
+    GridScratch scratch;
+    for (int64_t q = q0; q < q1; ++q)
+      grid_row(op + q * n_a, n_a, static_cast<uint64_t>(seed), static_cast<uint64_t>(offsets[q]),
+               static_cast<uint32_t>(stream), static_cast<uint32_t>(bp[q]), static_cast<uint32_t>(draw), normal,
+               scratch);
   });
   return out;
 }
@@ -1919,6 +1933,221 @@ at::Tensor philox_normal_grid_cpu(int64_t seed, int64_t offset, int64_t stream, 
 at::Tensor philox_uniform_grid_cpu(int64_t seed, int64_t offset, int64_t stream, int64_t n_a,
                                    const at::Tensor& b_idx, int64_t draw) {
   return philox_grid_cpu(seed, offset, stream, n_a, b_idx, draw, false);
+}
+
+// ---- fused IO periphery passes (the compiled path of tiles/periphery.py analog_mvm) ----------------
+// The element-wise steps of one analog read before and after its matrix product, each row once through
+// L1 with its noise drawn by grid_row, instead of one torch op (and one tensor pass) per step. Every step
+// is the float32 operation of the torch evaluation, in the same order (true division, round half to
+// even, NaN-propagating clip, no fused multiply-add: -ffp-contract=off), so the bits are the same
+// (tests/test_io_speed_invariance.py compares both backends with the plain evaluation).
+
+// v < lo ? lo : (v > hi ? hi : v), NaN through: torch.clamp with float32 bounds
+inline float clip_f32(float v, float lo, float hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
+
+// In place on row[0..n): v ← rint(v / bin)·bin, or floor(v / bin + u)·bin with u = row's uniforms
+inline void quantise_row(float* row, int64_t n, float bin, const float* u) {
+  if (u != nullptr) {
+    for (int64_t j = 0; j < n; ++j) row[j] = std::floor(row[j] / bin + u[j]) * bin;
+  } else {
+    for (int64_t j = 0; j < n; ++j) row[j] = std::nearbyint(row[j] / bin) * bin;
+  }
+}
+
+struct IoRows {  // the noise sequences of one read: (seed, offset, stream, a = column, b = b_idx[q])
+  uint64_t seed, offset;
+  uint32_t stream;
+  const int64_t* b;
+  void row(float* out, int64_t n, int64_t q, int64_t draw, bool normal, GridScratch& s) const {
+    grid_row(out, n, seed, offset, stream, static_cast<uint32_t>(b[q]), static_cast<uint32_t>(draw), normal, s);
+  }
+};
+
+IoRows io_rows(int64_t seed, int64_t offset, int64_t stream, const at::Tensor& bc, int64_t n, const char* op) {
+  TORCH_CHECK(bc.numel() == n, op, ": b_idx must have one sample index per row");
+  return IoRows{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<uint32_t>(stream),
+                bc.data_ptr<int64_t>()};
+}
+
+// (n, 1) per-row factor of a read (input scale, NM scale, BM reduction) as a float32 pointer, or null
+const float* io_row_factor(const std::optional<at::Tensor>& t, at::Tensor& keep, int64_t n, const char* what) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  keep = t->to(at::kFloat).contiguous();
+  TORCH_CHECK(keep.numel() == n, "analogtrain::io: ", what, " must have one entry per row");
+  return keep.data_ptr<float>();
+}
+
+// The input side of one read: v (n, I) from the rows x (n, I) of samples b_idx (n,):
+//   v = x·s with s = 1/α per row: α = max_j |x_qj| capped at nm_thres when > 0 (nm 1, abs_max) or
+//   max_j x_qj (nm 2, max), NaN through; with nm 0, s (n, 1) as given (none: v = x);
+//   DAC v = rint(v/bin)·bin (sto: floor(v/bin + u)·bin, u = draw round_draw; bin <= 0: none),
+//   v = clip(v, ±bound), v += noise·ξ (draw noise_draw, when noise > 0), v < 0 → v·(1 − asym) (asym ≠ 0).
+// Returns (v, α (n, 1) (nm ≠ 0; else empty), the number of rows whose α is not > 0): a row with α <= 0
+// or NaN needs the general path (tiles/periphery.py), and the caller then discards v.
+std::tuple<at::Tensor, at::Tensor, int64_t> io_input_cpu(const at::Tensor& x, const std::optional<at::Tensor>& s,
+                                                         int64_t nm, double nm_thres, double bin, bool sto,
+                                                         double bound, double noise, double asym, int64_t seed,
+                                                         int64_t offset, int64_t stream, const at::Tensor& b_idx,
+                                                         int64_t round_draw, int64_t noise_draw) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2,
+              "analogtrain::io_input: x must be a float32 CPU (n, I)");
+  TORCH_CHECK(nm >= 0 && nm <= 2, "analogtrain::io_input: nm must be 0 (given s), 1 (abs_max) or 2 (max)");
+  const int64_t n = x.size(0), I = x.size(1);
+  TORCH_CHECK(nm == 0 || I > 0, "analogtrain::io_input: noise management needs I > 0");
+  at::Tensor xc = x.contiguous(), bc = b_idx.to(at::kLong).contiguous(), sk;
+  const IoRows R = io_rows(seed, offset, stream, bc, n, "analogtrain::io_input");
+  const float* sp = nm == 0 ? io_row_factor(s, sk, n, "s") : nullptr;
+  at::Tensor v = at::empty({n, I}, at::kFloat);
+  at::Tensor alpha = nm != 0 ? at::empty({n, 1}, at::kFloat) : at::empty({0}, at::kFloat);
+  float* ap = alpha.data_ptr<float>();
+  const float* xp = xc.data_ptr<float>();
+  float* vp = v.data_ptr<float>();
+  const float binf = static_cast<float>(bin), lo = static_cast<float>(-bound), hi = static_cast<float>(bound);
+  const float nf = static_cast<float>(noise), af = static_cast<float>(1.0 - asym);
+  const float thres = static_cast<float>(nm_thres);
+  std::atomic<int64_t> n_bad{0};
+  at::parallel_for(0, n, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<float> z(static_cast<size_t>(I));
+    GridScratch gs;
+    int64_t bad = 0;
+    for (int64_t q = q0; q < q1; ++q) {
+      const float* xr = xp + q * I;
+      float* vr = vp + q * I;
+      float sq = 1.0f;
+      bool scaled = sp != nullptr;
+      if (nm != 0) {  // torch's amax: the largest value, NaN when any is NaN
+        float m = nm == 1 ? std::fabs(xr[0]) : xr[0];
+        bool nan = m != m;
+        for (int64_t j = 1; j < I; ++j) {
+          const float e = nm == 1 ? std::fabs(xr[j]) : xr[j];
+          nan |= e != e;
+          m = e > m ? e : m;
+        }
+        if (nan) m = std::numeric_limits<float>::quiet_NaN();
+        if (nm == 1 && nm_thres > 0) m = m > thres ? thres : m;  // clamp(max=nm_thres), NaN through
+        ap[q] = m;
+        if (!(m > 0)) {
+          ++bad;
+          continue;
+        }
+        sq = 1.0f / m;  // torch.reciprocal
+        scaled = true;
+      } else if (sp != nullptr) {
+        sq = sp[q];
+      }
+      if (scaled) {
+        for (int64_t j = 0; j < I; ++j) vr[j] = xr[j] * sq;
+      } else {
+        std::memcpy(vr, xr, sizeof(float) * static_cast<size_t>(I));
+      }
+      if (bin > 0) {
+        if (sto) R.row(z.data(), I, q, round_draw, false, gs);
+        quantise_row(vr, I, binf, sto ? z.data() : nullptr);
+      }
+      for (int64_t j = 0; j < I; ++j) vr[j] = clip_f32(vr[j], lo, hi);
+      if (noise > 0) {
+        R.row(z.data(), I, q, noise_draw, true, gs);
+        for (int64_t j = 0; j < I; ++j) vr[j] = vr[j] + z[j] * nf;
+      }
+      if (asym != 0) {
+        for (int64_t j = 0; j < I; ++j) vr[j] = vr[j] < 0 ? vr[j] * af : vr[j];
+      }
+    }
+    n_bad += bad;
+  });
+  return std::make_tuple(v, alpha, n_bad.load());
+}
+
+// The output side of one read, in place on y (n, O) = v @ Mᵀ of the rows of samples b_idx (n,):
+//   y += amp·ξ_w (amp (n, 1) or (n, O), draw w_draw; none: no weight noise), y < 0 → y·(1 − asym) (asym ≠ 0),
+//   y += noise·ξ (draw noise_draw, noise > 0), ADC quantiser as io_input's (draw round_draw),
+//   then with bound > 0: exceeded[q] = any(y > bound) (test 1) or any(|y| > bound) (test 2; test 0: none),
+//   y = clip(y, ±bound); and y ·= scale (when ≠ 1), ·= alpha[q], ·= red[q] (alpha/red (n, 1) or none).
+// Returns (exceeded (n,) bool, the number of rows that exceeded).
+std::tuple<at::Tensor, int64_t> io_output_cpu(at::Tensor y, const std::optional<at::Tensor>& amp, double asym,
+                                              double noise, double bin, bool sto, double bound, int64_t test,
+                                              double scale, const std::optional<at::Tensor>& alpha,
+                                              const std::optional<at::Tensor>& red, int64_t seed, int64_t offset,
+                                              int64_t stream, const at::Tensor& b_idx, int64_t w_draw,
+                                              int64_t noise_draw, int64_t round_draw) {
+  check_f32_cpu(y, "y");
+  TORCH_CHECK(y.dim() == 2 && y.is_contiguous(), "analogtrain::io_output_: y must be a contiguous (n, O)");
+  TORCH_CHECK(test >= 0 && test <= 2, "analogtrain::io_output_: test must be 0, 1 or 2");
+  const int64_t n = y.size(0), O = y.size(1);
+  at::Tensor bc = b_idx.to(at::kLong).contiguous(), ak, alk, rk;
+  const IoRows R = io_rows(seed, offset, stream, bc, n, "analogtrain::io_output_");
+  // amp: one amplitude per row (n, 1) (additive_constant) or per output (n, O) (pcm_read)
+  const float* ampp = nullptr;
+  bool amp_rows = true;
+  if (amp.has_value() && amp->defined()) {
+    ak = amp->to(at::kFloat).contiguous();
+    amp_rows = ak.numel() == n;
+    TORCH_CHECK(amp_rows || ak.numel() == n * O, "analogtrain::io_output_: amp must be (n, 1) or (n, O)");
+    ampp = ak.data_ptr<float>();
+  }
+  const float* alp = io_row_factor(alpha, alk, n, "alpha");
+  const float* rp = io_row_factor(red, rk, n, "red");
+  at::Tensor exceeded = at::zeros({n}, at::kBool);
+  bool* ex = exceeded.data_ptr<bool>();
+  float* yp = y.data_ptr<float>();
+  const float binf = static_cast<float>(bin), nf = static_cast<float>(noise), af = static_cast<float>(1.0 - asym);
+  const float hi = static_cast<float>(bound), lo = static_cast<float>(-bound), sf = static_cast<float>(scale);
+  std::atomic<int64_t> n_exceeded{0};
+  at::parallel_for(0, n, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<float> z(static_cast<size_t>(O));
+    GridScratch gs;
+    int64_t count = 0;
+    for (int64_t q = q0; q < q1; ++q) {
+      float* yr = yp + q * O;
+      if (ampp != nullptr) {
+        R.row(z.data(), O, q, w_draw, true, gs);
+        if (amp_rows) {
+          const float aq = ampp[q];
+          for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] + z[j] * aq;
+        } else {
+          const float* ar = ampp + q * O;
+          for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] + z[j] * ar[j];
+        }
+      }
+      if (asym != 0) {
+        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] < 0 ? yr[j] * af : yr[j];
+      }
+      if (noise > 0) {
+        R.row(z.data(), O, q, noise_draw, true, gs);
+        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] + z[j] * nf;
+      }
+      if (bin > 0) {
+        if (sto) R.row(z.data(), O, q, round_draw, false, gs);
+        quantise_row(yr, O, binf, sto ? z.data() : nullptr);
+      }
+      if (bound > 0) {
+        if (test != 0) {
+          bool e = false;  // (NaN compares false, as in torch)
+          if (test == 2) {
+            for (int64_t j = 0; j < O; ++j) e |= (yr[j] > hi) | (yr[j] < lo);
+          } else {
+            for (int64_t j = 0; j < O; ++j) e |= yr[j] > hi;
+          }
+          ex[q] = e;
+          count += e ? 1 : 0;
+        }
+        for (int64_t j = 0; j < O; ++j) yr[j] = clip_f32(yr[j], lo, hi);
+      }
+      if (scale != 1.0) {
+        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] * sf;
+      }
+      for (const float* f : {alp, rp}) {
+        if (f == nullptr) continue;
+        const float fq = f[q];
+        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] * fq;
+      }
+    }
+    n_exceeded += count;
+  });
+  return std::make_tuple(exceeded, n_exceeded.load());
 }
 
 // Test hooks: the RNG and the device step exactly as the kernels use them.
@@ -2111,6 +2340,12 @@ TORCH_LIBRARY(analogtrain, m) {
       "bool um, float um_grad_scale, float res, bool sto_round, int mode, int seed, Tensor offsets) -> (Tensor, Tensor)");
   m.def("philox_normal_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("philox_uniform_grid_offsets(int seed, Tensor offsets, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
+  m.def("io_input(Tensor x, Tensor? s, int nm, float nm_thres, float bin, bool sto, float bound, float noise, "
+        "float asym, int seed, int offset, int stream, Tensor b_idx, int round_draw, int noise_draw) "
+        "-> (Tensor, Tensor, int)");
+  m.def("io_output_(Tensor(a!) y, Tensor? amp, float asym, float noise, float bin, bool sto, float bound, int test, "
+        "float scale, Tensor? alpha, Tensor? red, int seed, int offset, int stream, Tensor b_idx, int w_draw, "
+        "int noise_draw, int round_draw) -> (Tensor, int)");
   m.def("device_step(Tensor w_dev, Tensor up, Tensor params, Tensor gparams, Tensor xi) -> Tensor");
   m.def("host_expm1(Tensor x) -> Tensor[]");
   m.def("cpu_fast_paths() -> int", &analogtrain::cpu_fast_paths);
@@ -2133,4 +2368,6 @@ TORCH_LIBRARY_IMPL(analogtrain, CPU, m) {
   m.impl("philox_uniform_grid_offsets", &analogtrain::philox_uniform_grid_offsets_cpu);
   m.impl("philox_normal_grid", &analogtrain::philox_normal_grid_cpu);
   m.impl("philox_uniform_grid", &analogtrain::philox_uniform_grid_cpu);
+  m.impl("io_input", &analogtrain::io_input_cpu);
+  m.impl("io_output_", &analogtrain::io_output_cpu);
 }

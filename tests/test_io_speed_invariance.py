@@ -217,6 +217,36 @@ def test_bm_case_really_repeats_and_special_inputs(backend):
                           plain_mvm(Wv, xv, IOConfig(out_bound=0.5), seed=2, offset=1))
 
 
+def test_compiled_backend_reads_through_the_fused_ops(backend, monkeypatch):
+    """With the compiled CPU kernel a read takes the fused ops (``ops.io_input`` once with the NM scales,
+    ``ops.io_output_`` once per pass; a sample with α = 0 sends the input side back to the general path,
+    and a bound-management repetition is one more pass); the reference backend never calls them."""
+    calls = {"io_input": [], "io_output_": []}
+    for name in calls:
+        real = getattr(ops, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            calls[_name].append(kw.get("nm"))
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(ops, name, spy)
+    W, x = operands(16, 32, 24, seed=5, special=False)
+    forward_io(W, x, IO_CASES["default"], seed=1, offset=0)
+    fused = backend == "compiled"
+    assert calls == ({"io_input": ["abs_max"], "io_output_": [None]} if fused else {"io_input": [], "io_output_": []})
+    for v in calls.values():
+        v.clear()
+    W, x = operands(16, 32, 24, seed=5, special=True)  # x[1] = 0: α = 0
+    io = IO_CASES["bm_factor_limit"]
+    y = forward_io(W, x, io, seed=1, offset=0)
+    assert_bits_equal(y, plain_mvm(W, x, io, seed=1, offset=0))
+    if fused:  # the NM attempt, then the general first pass and at least one repetition
+        assert calls["io_input"][0] == "abs_max" and calls["io_input"][1:] == [None] * len(calls["io_output_"])
+        assert len(calls["io_output_"]) >= 2
+    else:
+        assert calls == {"io_input": [], "io_output_": []}
+
+
 DEV = device_from_config(dict(name="softbounds", dw_min=0.01, dw_min_dtod=0.0, dw_min_std=0.0, up_down_dtod=0.0,
                               w_max_dtod=0.0, w_min_dtod=0.0))
 

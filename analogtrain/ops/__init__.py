@@ -64,6 +64,9 @@ Contract of the fused TT-family transfer of one slice (twin: ``reference_transfe
 Random grids for torch-side code: ``random_grid(seed, offset, stream, n_a, b_idx, draw, normal=True)``
 returns ``rng.normal``/``rng.uniform`` on the grid a < n_a × b in b_idx, from the compiled kernel when
 available (same numbers, ~50× faster than the int64 torch emulation of Philox): meant for IO noise.
+The compiled CPU kernel also runs the element-wise steps of a read around its matrix product in two
+fused ops, ``io_input`` and ``io_output_`` (when ``io_fused(device)``), whose twin is the torch code of
+``analogtrain.tiles.periphery``.
 
 Backends: ``set_backend("auto"|"compiled"|"reference")`` (``tile.backend``; default ``auto``) or the
 ``backend=`` argument of each op. ``auto`` uses the compiled kernel (``csrc/``, JIT-built on first use by
@@ -273,6 +276,63 @@ def random_grid(seed: int, offset: int, stream: int, n_a: int, b_idx, draw: int,
     b = b_idx.to(dev)[:, None]
     f = _rng.normal if normal else _rng.uniform
     return f(int(seed), int(offset), int(stream), a, b, int(draw), device=dev)
+
+
+def io_fused(device) -> bool:
+    """Whether ``io_input`` / ``io_output_`` serve reads on ``device``: the compiled CPU kernel under the
+    selected backend (CUDA tensors and the ``reference`` backend take the torch steps of
+    ``tiles.periphery``, which are these ops' twin)."""
+    return torch.device(device).type == "cpu" and _compiled("cpu", _BACKEND)
+
+
+def io_input(x, s, *, nm: str | None = None, nm_thres: float = 0.0, bin: float, sto: bool, bound: float,
+             noise: float, asym: float, seed: int, offset: int, stream: int, b_idx, round_draw: int,
+             noise_draw: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The input side of one analog read (compiled CPU kernel; twin: ``tiles.periphery``'s torch steps).
+
+    x (n, I) float32 rows of the samples ``b_idx`` (n,) int64 -> (v (n, I) float32, α)::
+
+        α = max_j |x_j| (nm "abs_max", capped at nm_thres when > 0) or max_j x_j (nm "max"), per row;
+                                     nm None: α is None and s (n, 1) is the per-row input scale (or None)
+        v = x·(1/α)  or  x·s  or  x
+        v = rint(v/bin)·bin          DAC, half to even (sto: floor(v/bin + u)·bin, u = uniform draw
+                                     ``round_draw``); bin <= 0: no quantiser
+        v = clip(v, ±bound)
+        v = v + noise·ξ              when noise > 0 (normal draw ``noise_draw``)
+        v = v·(1 − asym) where v < 0 when asym ≠ 0
+
+    α is (n, 1) float32 — or, with nm given, None when some row's α is not > 0 (zero or NaN: the
+    general path of ``tiles.periphery`` handles such rows; v is then meaningless). Draws are those of
+    ``random_grid(seed, offset, stream, I, b_idx, draw)``: column j, sample b_idx[q]. Every step is the
+    float32 operation of the torch steps, in their order: the same bits."""
+    v, alpha, n_bad = torch.ops.analogtrain.io_input(
+        x, s, _IO_NM[nm], float(nm_thres), float(bin), bool(sto), float(bound), float(noise), float(asym),
+        _i64(seed), _i64(offset), int(stream), b_idx, int(round_draw), int(noise_draw))
+    return v, (None if nm is None or n_bad else alpha)
+
+
+_IO_NM = {None: 0, "abs_max": 1, "max": 2}  # io_input's noise managements (the op's nm codes)
+
+
+def io_output_(y, *, amp, asym: float, noise: float, bin: float, sto: bool, bound: float, test: int, scale: float,
+               alpha, red, seed: int, offset: int, stream: int, b_idx, w_draw: int, noise_draw: int,
+               round_draw: int) -> tuple[torch.Tensor, int]:
+    """The output side of one analog read, in place on y (n, O) float32 contiguous (= v @ Mᵀ of the
+    samples ``b_idx``; compiled CPU kernel, twin: ``tiles.periphery``'s torch steps)::
+
+        y = y + amp·ξ_w              amp: weight-noise amplitude (n, 1) per row or (n, O) per output, or
+                                     None (normal ``w_draw``)
+        y = y·(1 − asym) where y < 0 when asym ≠ 0
+        y = y + noise·ξ              when noise > 0 (normal ``noise_draw``)
+        y = rint(y/bin)·bin          ADC, as ``io_input``'s DAC (uniform ``round_draw`` when sto)
+        bound > 0: exceeded[q] = any(y > bound) (test 1) or any(|y| > bound) (test 2; test 0: all False),
+                   y = clip(y, ±bound)
+        y = y·scale (when ≠ 1), ·alpha[q], ·red[q]   alpha, red (n, 1) or None
+
+    Returns ``(exceeded (n,) bool, number of rows exceeded)``; draws as ``io_input``'s (column i)."""
+    return torch.ops.analogtrain.io_output_(
+        y, amp, float(asym), float(noise), float(bin), bool(sto), float(bound), int(test), float(scale), alpha, red,
+        _i64(seed), _i64(offset), int(stream), b_idx, int(w_draw), int(noise_draw), int(round_draw))
 
 
 def uniform_scalar(seed: int, offset: int, stream: int, a: int, b: int, draw: int) -> float:

@@ -155,6 +155,12 @@ def _noise_management(x: torch.Tensor, io: IOConfig, nm: str) -> tuple[torch.Ten
     return torch.where(alpha > 0, alpha, torch.ones_like(alpha)), zero
 
 
+def _input_args(io: IOConfig, inp_bin: float) -> dict:
+    """The DAC / input-noise arguments of ``ops.io_input`` for ``io``."""
+    return {"bin": inp_bin, "sto": io.inp_sto_round, "bound": io.inp_bound, "noise": io.inp_noise,
+            "asym": io.inp_asymmetry}
+
+
 def analog_mvm(
     W: torch.Tensor,
     x: torch.Tensor,
@@ -183,6 +189,11 @@ def analog_mvm(
     some sample clipped. Every remaining float32 operation is the one of the formula in the module
     docstring, in the same order, so the result is bit-for-bit that of the plain evaluation
     (``tests/test_io_speed_invariance.py`` checks this against a straightforward implementation).
+    With the compiled CPU kernel (``ops.io_fused``) the steps before and after the matrix product run
+    as two fused ops, one pass over each row instead of one torch op and one tensor pass per step:
+    ``ops.io_input`` (NM scales — abs_max / max, when every α > 0 —, DAC, clip, input noise and
+    asymmetry) and ``ops.io_output_`` (weight noise, asymmetry, output noise, ADC, bound test, clip,
+    denormalisation), with the same float32 operations in the same order (the same test, both backends).
     """
     in_dtype = x.dtype
     M = W.t() if transposed else W  # (n_out, n_in)
@@ -201,17 +212,38 @@ def analog_mvm(
     iterative = (io.bound_management if bound_management is None else bound_management) == "iterative"
     B, n_out = x.shape[0], M.shape[0]
     dev = x.device
-    alpha, zero = _noise_management(x, io, nm)  # (B, 1) or None (≡ 1); (B,) bool or None
+    fused = ops.io_fused(dev)
+    inp_bin, out_bin = io_bins(io)
+    v0 = None  # the first pass's DAC inputs, when io_input computed them with the NM scales
+    if fused and nm in ("abs_max", "max") and B and x.shape[1]:
+        v0, alpha = ops.io_input(x, None, nm=nm, nm_thres=io.nm_thres, **_input_args(io, inp_bin), seed=seed,
+                                 offset=offset, stream=stream, b_idx=_rows(B, dev), round_draw=_DRAW_INP_ROUND,
+                                 noise_draw=_DRAW_INP_NOISE)
+        zero = None
+        if alpha is None:  # some α <= 0 or NaN: the general path
+            v0 = None
+            alpha, zero = _noise_management(x, io, nm)
+    else:
+        alpha, zero = _noise_management(x, io, nm)  # (B, 1) or None (≡ 1); (B,) bool or None
     if B == 0:
         return torch.zeros(0, n_out, dtype=in_dtype, device=dev)
 
-    inp_bin, out_bin = io_bins(io)
     ob = float(io.out_bound)
     ob32 = _f32(ob) if ob > 0 else 0.0  # the bound as the float32 comparisons and the clip see it
     first = _Draws(seed, offset, stream, dev)
     rep_draws = _Draws(seed, offset, bm_stream, dev)
     w_noise_type = io.w_noise_type if io.w_noise > 0 else "none"
     abs_Mt = Mt.abs() if w_noise_type == "pcm_read" else None
+    # bound test of a pass whose outputs may trigger a repetition: 2 = |y| > ob, 1 = y > ob, 0 = none
+    test = (2 if io.bm_test_negative_bound else 1) if (iterative and ob > 0) else 0
+
+    def w_noise_amp(v: torch.Tensor) -> torch.Tensor | None:
+        """(n, 1) amplitude of the weight (read) noise of the pass with DAC inputs v, or None."""
+        if w_noise_type == "none":
+            return None
+        if w_noise_type == "additive_constant":
+            return io.w_noise * v.norm(dim=1, keepdim=True)
+        return io.w_noise * torch.sqrt((v * v) @ abs_Mt)  # pcm_read: device noise ∝ sqrt(|w|), in quadrature
 
     def one_pass(xs: torch.Tensor, s: torch.Tensor | None, idx: torch.Tensor, rep: int) -> torch.Tensor:
         """One read of the rows ``xs`` (sample indices ``idx``) with input scale ``s`` = (1/α)/red per row
@@ -226,11 +258,8 @@ def analog_mvm(
         if io.inp_asymmetry != 0:
             v = torch.where(v < 0, v * (1.0 - io.inp_asymmetry), v)
         y = v @ Mt
-        if w_noise_type != "none":
-            if w_noise_type == "additive_constant":
-                amp = io.w_noise * v.norm(dim=1, keepdim=True)
-            else:  # pcm_read: read noise of each device ∝ sqrt(|w|), summed in quadrature
-                amp = io.w_noise * torch.sqrt((v * v) @ abs_Mt)
+        amp = w_noise_amp(v)
+        if amp is not None:
             y.add_(draws.normal(n_out, idx, base + _DRAW_W_NOISE).mul_(amp))  # y + amp·ξ (ξ·amp = amp·ξ)
         if io.out_asymmetry != 0:
             y = torch.where(y < 0, y * (1.0 - io.out_asymmetry), y)
@@ -239,9 +268,9 @@ def analog_mvm(
         return _quantise_(y, out_bin, io.out_sto_round, draws, idx, base + _DRAW_OUT_ROUND)
 
     def exceeded_rows(y: torch.Tensor) -> torch.Tensor:
-        """(n,) bool: any(y > ob) or (bm_test_negative_bound and any(y < −ob)) per row, before the clip
+        """(n,) bool: any(y > ob) or (test 2 and any(y < −ob)) per row, before the clip
         (|y| > ob ⟺ y > ob or y < −ob; NaN compares False either way)."""
-        return ((y.abs() if io.bm_test_negative_bound else y) > ob).any(dim=1)
+        return ((y.abs() if test == 2 else y) > ob).any(dim=1)
 
     def denormalise_(y: torch.Tensor, a: torch.Tensor | None, r: torch.Tensor | None) -> torch.Tensor:
         """In place: y ← y·out_scale·α·red (left to right; the ×1 steps are exact and skipped)."""
@@ -253,6 +282,46 @@ def analog_mvm(
             y.mul_(r)
         return y
 
+    def read_torch(xs, s, idx, rep, a, r):
+        """``read`` with torch ops: ``one_pass``, then the bound test, the clip and the denormalisation.
+        One reduction decides the common case: nothing beyond ±ob → no clip (an identity), no test."""
+        y = one_pass(xs, s, idx, rep)
+        exceeded = None
+        if ob > 0 and not test:
+            y.clamp_(-ob, ob)
+        elif ob > 0:
+            lo, hi = (float(t) for t in torch.aminmax(y))
+            if lo != lo or hi != hi:  # NaN somewhere: the element-wise test and clip, as written
+                exceeded = exceeded_rows(y)
+                y.clamp_(-ob, ob)
+            elif hi > ob32 or lo < -ob32:
+                if hi > ob32 or (test == 2 and lo < -ob32):
+                    exceeded = exceeded_rows(y)
+                y.clamp_(-ob, ob)
+        return denormalise_(y, a, r), exceeded
+
+    def read_fused(xs, s, idx, rep, a, r, v=None):
+        """``read`` with the compiled CPU kernel: the steps before and after ``v @ Mt`` as two fused ops
+        (``ops.io_input`` / ``ops.io_output_``, the same float32 operations in the same order); ``v``:
+        the pass's DAC inputs when ``io_input`` already made them (with the NM scales)."""
+        strm = stream if rep == 0 else bm_stream
+        base = 0 if rep == 0 else _DRAWS_PER_PASS * (rep - 1)
+        if v is None:
+            v, _ = ops.io_input(xs, s, **_input_args(io, inp_bin), seed=seed, offset=offset, stream=strm,
+                                b_idx=idx, round_draw=base + _DRAW_INP_ROUND, noise_draw=base + _DRAW_INP_NOISE)
+        y = v @ Mt
+        exceeded, n_exceeded = ops.io_output_(
+            y, amp=w_noise_amp(v), asym=io.out_asymmetry, noise=io.out_noise, bin=out_bin, sto=io.out_sto_round,
+            bound=ob if ob > 0 else 0.0, test=test, scale=io.out_scale, alpha=a, red=r, seed=seed, offset=offset,
+            stream=strm, b_idx=idx, w_draw=base + _DRAW_W_NOISE, noise_draw=base + _DRAW_OUT_NOISE,
+            round_draw=base + _DRAW_OUT_ROUND)
+        return y, (exceeded if n_exceeded else None)
+
+    # read(xs, s, idx, rep, a, r) -> (y, exceeded): one pass over the rows xs (samples idx, repetition rep,
+    # input scale s), clipped to ±ob and denormalised by out_scale·a·r; exceeded (n,) bool: the rows whose
+    # output passed the bound before the clip (bound test on), or None when there is none
+    read = read_fused if fused else read_torch
+
     # --- first pass: every sample that reads (all of them unless some are exactly zero) -------------
     if zero is not None and bool(zero.any()):
         idx = torch.nonzero(~zero).flatten()
@@ -260,29 +329,14 @@ def analog_mvm(
         if idx.numel() == 0:
             return y if in_dtype == _F32 else y.to(in_dtype)
         a = alpha[idx]
-        y_idx = one_pass(x[idx], torch.reciprocal(a), idx, 0)  # 1/α (= (1/α)/red with red = 1)
-        exceeded = exceeded_rows(y_idx) if (iterative and ob > 0) else None
-        if ob > 0:
-            y_idx.clamp_(-ob, ob)
-        y[idx] = denormalise_(y_idx, a, None)
+        y[idx], exceeded = read(x[idx], torch.reciprocal(a), idx, 0, a, None)  # 1/α (= (1/α)/red, red = 1)
+    elif v0 is not None:  # the fused first pass whose DAC inputs io_input made with the NM scales
+        idx = _rows(B, dev)
+        y, exceeded = read_fused(x, None, idx, 0, alpha, None, v=v0)
     else:
         idx = _rows(B, dev)
         a = alpha
-        y = one_pass(x, None if a is None else torch.reciprocal(a), idx, 0)
-        exceeded = None
-        if ob > 0 and not iterative:
-            y.clamp_(-ob, ob)
-        elif ob > 0:
-            # one reduction decides the common case: nothing beyond ±ob -> no clip, no BM repetition
-            lo, hi = (float(t) for t in torch.aminmax(y))
-            if lo != lo or hi != hi:  # NaN somewhere: the element-wise test and clip, as written
-                exceeded = exceeded_rows(y)
-                y.clamp_(-ob, ob)
-            elif hi > ob32 or lo < -ob32:
-                if hi > ob32 or (io.bm_test_negative_bound and lo < -ob32):
-                    exceeded = exceeded_rows(y)
-                y.clamp_(-ob, ob)
-        denormalise_(y, a, None)
+        y, exceeded = read(x, None if a is None else torch.reciprocal(a), idx, 0, a, None)
     if exceeded is None:
         return y if in_dtype == _F32 else y.to(in_dtype)
 
@@ -292,7 +346,7 @@ def analog_mvm(
     alpha = ones if alpha is None else alpha
     red = ones.clone()
     rep = 0
-    while True:
+    while exceeded is not None:
         r = red[idx]
         # the last pass is accepted even if it still clips: stop once red passed either limit
         retry = exceeded & ~((r > io.max_bm_factor) | (r > max_red_res)).flatten()
@@ -303,10 +357,7 @@ def analog_mvm(
         rep += 1
         r = red[idx]
         a = alpha[idx]
-        y_idx = one_pass(x[idx], torch.reciprocal(a) / r, idx, rep)  # s = (1/α)/red
-        exceeded = exceeded_rows(y_idx)
-        y_idx.clamp_(-ob, ob)
-        y[idx] = denormalise_(y_idx, a, r)
+        y[idx], exceeded = read(x[idx], torch.reciprocal(a) / r, idx, rep, a, r)  # s = (1/α)/red
     return y if in_dtype == _F32 else y.to(in_dtype)
 
 
