@@ -314,9 +314,9 @@ def io_input(x, s, *, nm: str | None = None, nm_thres: float = 0.0, bin: float, 
 _IO_NM = {None: 0, "abs_max": 1, "max": 2}  # io_input's noise managements (the op's nm codes)
 
 
-def io_output_(y, *, amp, asym: float, noise: float, bin: float, sto: bool, bound: float, test: int, scale: float,
-               alpha, red, seed: int, offset: int, stream: int, b_idx, w_draw: int, noise_draw: int,
-               round_draw: int) -> tuple[torch.Tensor, int]:
+def io_output_(y, *, amp, asym: float, noise: float, bin: float, sto: bool, bound: float, test: int,
+               scale: float, alpha, red, seed: int, offset: int, stream: int, b_idx, w_draw: int,
+               noise_draw: int, round_draw: int) -> tuple[torch.Tensor, int]:
     """The output side of one analog read, in place on y (n, O) float32 contiguous (= v @ Mᵀ of the
     samples ``b_idx``; compiled CPU kernel, twin: ``tiles.periphery``'s torch steps)::
 
@@ -331,8 +331,9 @@ def io_output_(y, *, amp, asym: float, noise: float, bin: float, sto: bool, boun
 
     Returns ``(exceeded (n,) bool, number of rows exceeded)``; draws as ``io_input``'s (column i)."""
     return torch.ops.analogtrain.io_output_(
-        y, amp, float(asym), float(noise), float(bin), bool(sto), float(bound), int(test), float(scale), alpha, red,
-        _i64(seed), _i64(offset), int(stream), b_idx, int(w_draw), int(noise_draw), int(round_draw))
+        y, amp, float(asym), float(noise), float(bin), bool(sto), float(bound), int(test), float(scale),
+        alpha, red, _i64(seed), _i64(offset), int(stream), b_idx, int(w_draw), int(noise_draw),
+        int(round_draw))
 
 
 def uniform_scalar(seed: int, offset: int, stream: int, a: int, b: int, draw: int) -> float:

@@ -216,9 +216,9 @@ def analog_mvm(
     inp_bin, out_bin = io_bins(io)
     v0 = None  # the first pass's DAC inputs, when io_input computed them with the NM scales
     if fused and nm in ("abs_max", "max") and B and x.shape[1]:
-        v0, alpha = ops.io_input(x, None, nm=nm, nm_thres=io.nm_thres, **_input_args(io, inp_bin), seed=seed,
-                                 offset=offset, stream=stream, b_idx=_rows(B, dev), round_draw=_DRAW_INP_ROUND,
-                                 noise_draw=_DRAW_INP_NOISE)
+        v0, alpha = ops.io_input(x, None, nm=nm, nm_thres=io.nm_thres, **_input_args(io, inp_bin),
+                                 seed=seed, offset=offset, stream=stream, b_idx=_rows(B, dev),
+                                 round_draw=_DRAW_INP_ROUND, noise_draw=_DRAW_INP_NOISE)
         zero = None
         if alpha is None:  # some α <= 0 or NaN: the general path
             v0 = None
@@ -308,13 +308,14 @@ def analog_mvm(
         base = 0 if rep == 0 else _DRAWS_PER_PASS * (rep - 1)
         if v is None:
             v, _ = ops.io_input(xs, s, **_input_args(io, inp_bin), seed=seed, offset=offset, stream=strm,
-                                b_idx=idx, round_draw=base + _DRAW_INP_ROUND, noise_draw=base + _DRAW_INP_NOISE)
+                                b_idx=idx, round_draw=base + _DRAW_INP_ROUND,
+                                noise_draw=base + _DRAW_INP_NOISE)
         y = v @ Mt
         exceeded, n_exceeded = ops.io_output_(
-            y, amp=w_noise_amp(v), asym=io.out_asymmetry, noise=io.out_noise, bin=out_bin, sto=io.out_sto_round,
-            bound=ob if ob > 0 else 0.0, test=test, scale=io.out_scale, alpha=a, red=r, seed=seed, offset=offset,
-            stream=strm, b_idx=idx, w_draw=base + _DRAW_W_NOISE, noise_draw=base + _DRAW_OUT_NOISE,
-            round_draw=base + _DRAW_OUT_ROUND)
+            y, amp=w_noise_amp(v), asym=io.out_asymmetry, noise=io.out_noise, bin=out_bin,
+            sto=io.out_sto_round, bound=ob if ob > 0 else 0.0, test=test, scale=io.out_scale, alpha=a, red=r,
+            seed=seed, offset=offset, stream=strm, b_idx=idx, w_draw=base + _DRAW_W_NOISE,
+            noise_draw=base + _DRAW_OUT_NOISE, round_draw=base + _DRAW_OUT_ROUND)
         return y, (exceeded if n_exceeded else None)
 
     # read(xs, s, idx, rep, a, r) -> (y, exceeded): one pass over the rows xs (samples idx, repetition rep,
