@@ -1957,6 +1957,31 @@ inline void quantise_row(float* row, int64_t n, float bin, const float* u) {
   }
 }
 
+// In place on row[0..n): v ← v + z·f (the product rounded first, then the sum)
+inline void add_scaled_row(float* row, const float* z, float f, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) row[j] = row[j] + z[j] * f;
+}
+
+// In place on row[0..n): v ← v·f where v < 0 (torch.where(v < 0, v·f, v))
+inline void asym_row(float* row, float f, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) row[j] = row[j] < 0 ? row[j] * f : row[j];
+}
+
+// fn(q, z, gs) for every row q < n, rows in parallel, with a per-thread noise row z (width floats) and
+// grid scratch gs; returns the sum of fn's results (a count of rows).
+template <class Fn>
+int64_t io_rows_parallel(int64_t n, int64_t width, const Fn& fn) {
+  std::atomic<int64_t> total{0};
+  at::parallel_for(0, n, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<float> z(static_cast<size_t>(width));
+    GridScratch gs;
+    int64_t count = 0;
+    for (int64_t q = q0; q < q1; ++q) count += fn(q, z.data(), gs);
+    total += count;
+  });
+  return total.load();
+}
+
 struct IoRows {  // the noise sequences of one read: (seed, offset, stream, a = column, b = b_idx[q])
   uint64_t seed, offset;
   uint32_t stream;
@@ -2008,57 +2033,46 @@ std::tuple<at::Tensor, at::Tensor, int64_t> io_input_cpu(const at::Tensor& x, co
   const float binf = static_cast<float>(bin), lo = static_cast<float>(-bound), hi = static_cast<float>(bound);
   const float nf = static_cast<float>(noise), af = static_cast<float>(1.0 - asym);
   const float thres = static_cast<float>(nm_thres);
-  std::atomic<int64_t> n_bad{0};
-  at::parallel_for(0, n, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> z(static_cast<size_t>(I));
-    GridScratch gs;
-    int64_t bad = 0;
-    for (int64_t q = q0; q < q1; ++q) {
-      const float* xr = xp + q * I;
-      float* vr = vp + q * I;
-      float sq = 1.0f;
-      bool scaled = sp != nullptr;
-      if (nm != 0) {  // torch's amax: the largest value, NaN when any is NaN
-        float m = nm == 1 ? std::fabs(xr[0]) : xr[0];
-        bool nan = m != m;
-        for (int64_t j = 1; j < I; ++j) {
-          const float e = nm == 1 ? std::fabs(xr[j]) : xr[j];
-          nan |= e != e;
-          m = e > m ? e : m;
-        }
-        if (nan) m = std::numeric_limits<float>::quiet_NaN();
-        if (nm == 1 && nm_thres > 0) m = m > thres ? thres : m;  // clamp(max=nm_thres), NaN through
-        ap[q] = m;
-        if (!(m > 0)) {
-          ++bad;
-          continue;
-        }
-        sq = 1.0f / m;  // torch.reciprocal
-        scaled = true;
-      } else if (sp != nullptr) {
-        sq = sp[q];
+  const int64_t n_bad = io_rows_parallel(n, I, [&](int64_t q, float* z, GridScratch& gs) -> int64_t {
+    const float* xr = xp + q * I;
+    float* vr = vp + q * I;
+    float sq = 1.0f;
+    bool scaled = sp != nullptr;
+    if (nm != 0) {  // torch's amax: the largest value, NaN when any is NaN
+      float m = nm == 1 ? std::fabs(xr[0]) : xr[0];
+      bool nan = m != m;
+      for (int64_t j = 1; j < I; ++j) {
+        const float e = nm == 1 ? std::fabs(xr[j]) : xr[j];
+        nan |= e != e;
+        m = e > m ? e : m;
       }
-      if (scaled) {
-        for (int64_t j = 0; j < I; ++j) vr[j] = xr[j] * sq;
-      } else {
-        std::memcpy(vr, xr, sizeof(float) * static_cast<size_t>(I));
-      }
-      if (bin > 0) {
-        if (sto) R.row(z.data(), I, q, round_draw, false, gs);
-        quantise_row(vr, I, binf, sto ? z.data() : nullptr);
-      }
-      for (int64_t j = 0; j < I; ++j) vr[j] = clip_f32(vr[j], lo, hi);
-      if (noise > 0) {
-        R.row(z.data(), I, q, noise_draw, true, gs);
-        for (int64_t j = 0; j < I; ++j) vr[j] = vr[j] + z[j] * nf;
-      }
-      if (asym != 0) {
-        for (int64_t j = 0; j < I; ++j) vr[j] = vr[j] < 0 ? vr[j] * af : vr[j];
-      }
+      if (nan) m = std::numeric_limits<float>::quiet_NaN();
+      if (nm == 1 && nm_thres > 0) m = m > thres ? thres : m;  // clamp(max=nm_thres), NaN through
+      ap[q] = m;
+      if (!(m > 0)) return 1;
+      sq = 1.0f / m;  // torch.reciprocal
+      scaled = true;
+    } else if (sp != nullptr) {
+      sq = sp[q];
     }
-    n_bad += bad;
+    if (scaled) {
+      for (int64_t j = 0; j < I; ++j) vr[j] = xr[j] * sq;
+    } else {
+      std::memcpy(vr, xr, sizeof(float) * static_cast<size_t>(I));
+    }
+    if (bin > 0) {
+      if (sto) R.row(z, I, q, round_draw, false, gs);
+      quantise_row(vr, I, binf, sto ? z : nullptr);
+    }
+    for (int64_t j = 0; j < I; ++j) vr[j] = clip_f32(vr[j], lo, hi);
+    if (noise > 0) {
+      R.row(z, I, q, noise_draw, true, gs);
+      add_scaled_row(vr, z, nf, I);
+    }
+    if (asym != 0) asym_row(vr, af, I);
+    return 0;
   });
-  return std::make_tuple(v, alpha, n_bad.load());
+  return std::make_tuple(v, alpha, n_bad);
 }
 
 // The output side of one read, in place on y (n, O) = v @ Mᵀ of the rows of samples b_idx (n,):
@@ -2095,59 +2109,47 @@ std::tuple<at::Tensor, int64_t> io_output_cpu(at::Tensor y, const std::optional<
   float* yp = y.data_ptr<float>();
   const float binf = static_cast<float>(bin), nf = static_cast<float>(noise), af = static_cast<float>(1.0 - asym);
   const float hi = static_cast<float>(bound), lo = static_cast<float>(-bound), sf = static_cast<float>(scale);
-  std::atomic<int64_t> n_exceeded{0};
-  at::parallel_for(0, n, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> z(static_cast<size_t>(O));
-    GridScratch gs;
-    int64_t count = 0;
-    for (int64_t q = q0; q < q1; ++q) {
-      float* yr = yp + q * O;
-      if (ampp != nullptr) {
-        R.row(z.data(), O, q, w_draw, true, gs);
-        if (amp_rows) {
-          const float aq = ampp[q];
-          for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] + z[j] * aq;
-        } else {
-          const float* ar = ampp + q * O;
-          for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] + z[j] * ar[j];
-        }
-      }
-      if (asym != 0) {
-        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] < 0 ? yr[j] * af : yr[j];
-      }
-      if (noise > 0) {
-        R.row(z.data(), O, q, noise_draw, true, gs);
-        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] + z[j] * nf;
-      }
-      if (bin > 0) {
-        if (sto) R.row(z.data(), O, q, round_draw, false, gs);
-        quantise_row(yr, O, binf, sto ? z.data() : nullptr);
-      }
-      if (bound > 0) {
-        if (test != 0) {
-          bool e = false;  // (NaN compares false, as in torch)
-          if (test == 2) {
-            for (int64_t j = 0; j < O; ++j) e |= (yr[j] > hi) | (yr[j] < lo);
-          } else {
-            for (int64_t j = 0; j < O; ++j) e |= yr[j] > hi;
-          }
-          ex[q] = e;
-          count += e ? 1 : 0;
-        }
-        for (int64_t j = 0; j < O; ++j) yr[j] = clip_f32(yr[j], lo, hi);
-      }
-      if (scale != 1.0) {
-        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] * sf;
-      }
-      for (const float* f : {alp, rp}) {
-        if (f == nullptr) continue;
-        const float fq = f[q];
-        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] * fq;
+  const int64_t n_exceeded = io_rows_parallel(n, O, [&](int64_t q, float* z, GridScratch& gs) -> int64_t {
+    float* yr = yp + q * O;
+    if (ampp != nullptr) {
+      R.row(z, O, q, w_draw, true, gs);
+      if (amp_rows) {
+        add_scaled_row(yr, z, ampp[q], O);
+      } else {
+        const float* ar = ampp + q * O;
+        for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] + z[j] * ar[j];
       }
     }
-    n_exceeded += count;
+    if (asym != 0) asym_row(yr, af, O);
+    if (noise > 0) {
+      R.row(z, O, q, noise_draw, true, gs);
+      add_scaled_row(yr, z, nf, O);
+    }
+    if (bin > 0) {
+      if (sto) R.row(z, O, q, round_draw, false, gs);
+      quantise_row(yr, O, binf, sto ? z : nullptr);
+    }
+    bool e = false;  // (NaN compares false, as in torch)
+    if (bound > 0) {
+      if (test == 2) {
+        for (int64_t j = 0; j < O; ++j) e |= (yr[j] > hi) | (yr[j] < lo);
+      } else if (test == 1) {
+        for (int64_t j = 0; j < O; ++j) e |= yr[j] > hi;
+      }
+      ex[q] = e;
+      for (int64_t j = 0; j < O; ++j) yr[j] = clip_f32(yr[j], lo, hi);
+    }
+    if (scale != 1.0) {
+      for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] * sf;
+    }
+    for (const float* f : {alp, rp}) {
+      if (f == nullptr) continue;
+      const float fq = f[q];
+      for (int64_t j = 0; j < O; ++j) yr[j] = yr[j] * fq;
+    }
+    return e ? 1 : 0;
   });
-  return std::make_tuple(exceeded, n_exceeded.load());
+  return std::make_tuple(exceeded, n_exceeded);
 }
 
 // Test hooks: the RNG and the device step exactly as the kernels use them.
