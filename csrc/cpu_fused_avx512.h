@@ -108,42 +108,41 @@ inline __m512 uniform16(__m512i r) {
                             1);
 }
 
-// 32×32 → 64-bit products of 16 lanes: hi and lo words (mulhilo32 of philox.h on every lane).
-inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
-  // dword 2k of pe / po holds the low word of lane 2k's / 2k+1's product, dword 2k+1 the high word
-  const __m512i pe = _mm512_mul_epu32(a, m);                          // even lanes, 64-bit products
-  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);  // odd lanes
-  const __m512i ihi = _mm512_set_epi32(31, 15, 29, 13, 27, 11, 25, 9, 23, 7, 21, 5, 19, 3, 17, 1);
-  const __m512i ilo = _mm512_set_epi32(30, 14, 28, 12, 26, 10, 24, 8, 22, 6, 20, 4, 18, 2, 16, 0);
-  hi = _mm512_permutex2var_epi32(pe, ihi, po);
-  lo = _mm512_permutex2var_epi32(pe, ilo, po);
-}
-
-// philox_block(seed, offset, stream, a = e[lane], b, blk) on 16 lanes.
+// philox_block(seed, offset, stream, a = e[lane], b, blk) on 16 lanes. The rounds run on two halves,
+// the even lanes and the odd lanes, each held in the low dwords of the eight 64-bit slots: the
+// mulhilo32 of philox.h is then one _mm512_mul_epu32 (which reads only those low dwords) whose 64-bit
+// product has the low word in place and the high word one 64-bit shift away, with no shuffle per round.
+// The high dwords of the slots carry junk that no round reads; the lanes are interleaved back at the end.
 inline void philox16(__m512i e, uint32_t stream, uint32_t blk, uint32_t b, uint64_t seed, uint64_t offset,
                      __m512i& r0, __m512i& r1, __m512i& r2, __m512i& r3) {
-  __m512i c0 = e;
-  __m512i c1 = _mm512_set1_epi32(static_cast<int>(((stream & 0xFFu) << 24) | (blk & 0xFFFFFFu)));
-  __m512i c2 = _mm512_set1_epi32(static_cast<int>(b));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset & 0xFFFFFFFFull)));
+  const __m512i c1i = _mm512_set1_epi32(static_cast<int>(((stream & 0xFFu) << 24) | (blk & 0xFFFFFFu)));
+  const __m512i c2i = _mm512_set1_epi32(static_cast<int>(b));
+  const __m512i c3i = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset & 0xFFFFFFFFull)));
+  __m512i c0[2] = {e, _mm512_srli_epi64(e, 32)}, c1[2] = {c1i, c1i}, c2[2] = {c2i, c2i}, c3[2] = {c3i, c3i};
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
   for (int r = 0; r < 10; ++r) {
-    __m512i hi0, lo0, hi1, lo1;
-    mulhilo16(c0, m0, hi0, lo0);
-    mulhilo16(c2, m1, hi1, lo1);
-    c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);  // hi1 ^ c1 ^ k0
-    c1 = lo1;
-    c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);  // hi0 ^ c3 ^ k1
-    c3 = lo0;
+    const __m512i kk0 = _mm512_set1_epi32(static_cast<int>(k0)), kk1 = _mm512_set1_epi32(static_cast<int>(k1));
+    for (int h = 0; h < 2; ++h) {
+      const __m512i p0 = _mm512_mul_epu32(c0[h], m0);  // lo0 in the low dword, hi0 in the high one
+      const __m512i p1 = _mm512_mul_epu32(c2[h], m1);
+      c0[h] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), c1[h], kk0, 0x96);  // hi1 ^ c1 ^ k0
+      c1[h] = p1;                                                                       // lo1
+      c2[h] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), c3[h], kk1, 0x96);  // hi0 ^ c3 ^ k1
+      c3[h] = p0;                                                                       // lo0
+    }
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  r0 = c0;
-  r1 = c1;
-  r2 = c2;
-  r3 = c3;
+  // lane 2i: the low dword of slot i of the even half; lane 2i + 1: that of the odd half
+  const auto merge = [](const __m512i* c) {
+    return _mm512_mask_blend_epi32(static_cast<__mmask16>(0xAAAA), c[0], _mm512_slli_epi64(c[1], 32));
+  };
+  r0 = merge(c0);
+  r1 = merge(c1);
+  r2 = merge(c2);
+  r3 = merge(c3);
 }
 
 // Box–Muller of the word pairs (w0, w1) of 16 lanes, in double as philox.h's box_muller:
