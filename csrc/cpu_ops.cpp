@@ -2022,6 +2022,8 @@ std::tuple<at::Tensor, at::Tensor, int64_t> io_input_cpu(const at::Tensor& x, co
   TORCH_CHECK(nm >= 0 && nm <= 2, "analogtrain::io_input: nm must be 0 (given s), 1 (abs_max) or 2 (max)");
   const int64_t n = x.size(0), I = x.size(1);
   TORCH_CHECK(nm == 0 || I > 0, "analogtrain::io_input: noise management needs I > 0");
+  TORCH_CHECK(nm == 0 || !(s.has_value() && s->defined()),
+              "analogtrain::io_input: s must be None with noise management (the scales are 1/α)");
   at::Tensor xc = x.contiguous(), bc = b_idx.to(at::kLong).contiguous(), sk;
   const IoRows R = io_rows(seed, offset, stream, bc, n, "analogtrain::io_input");
   const float* sp = nm == 0 ? io_row_factor(s, sk, n, "s") : nullptr;

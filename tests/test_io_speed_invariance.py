@@ -249,6 +249,20 @@ def test_compiled_backend_reads_through_the_fused_ops(backend, monkeypatch):
         assert calls == none
 
 
+def test_fused_input_op_refuses_a_scale_given_with_noise_management():
+    """``ops.io_input`` takes its row scales either from NM (1/α) or from ``s``: both at once is a caller
+    error that would silently drop ``s``, so the op refuses it, naming the argument."""
+    if not ops.compiled_available("cpu"):
+        pytest.skip("no compiled kernel")
+    kw = dict(bin=1 / 63, sto=False, bound=1.0, noise=0.0, asym=0.0, seed=1, offset=0, stream=0,
+              b_idx=torch.arange(2), round_draw=4, noise_draw=2)
+    x = torch.rand(2, 5) + 0.1
+    v, alpha = ops.io_input(x, None, nm="abs_max", **kw)
+    assert torch.equal(alpha, x.amax(dim=1, keepdim=True))
+    with pytest.raises(RuntimeError, match="s must be None with noise management"):
+        ops.io_input(x, torch.ones(2, 1), nm="abs_max", **kw)
+
+
 DEV = device_from_config(dict(name="softbounds", dw_min=0.01, dw_min_dtod=0.0, dw_min_std=0.0, up_down_dtod=0.0,
                               w_max_dtod=0.0, w_min_dtod=0.0))
 

@@ -285,6 +285,9 @@ def io_fused(device) -> bool:
     return torch.device(device).type == "cpu" and _compiled("cpu", _BACKEND)
 
 
+_IO_NM = {None: 0, "abs_max": 1, "max": 2}  # io_input's noise managements (the op's nm codes)
+
+
 def io_input(x, s, *, nm: str | None = None, nm_thres: float = 0.0, bin: float, sto: bool, bound: float,
              noise: float, asym: float, seed: int, offset: int, stream: int, b_idx, round_draw: int,
              noise_draw: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -309,9 +312,6 @@ def io_input(x, s, *, nm: str | None = None, nm_thres: float = 0.0, bin: float, 
         x, s, _IO_NM[nm], float(nm_thres), float(bin), bool(sto), float(bound), float(noise), float(asym),
         _i64(seed), _i64(offset), int(stream), b_idx, int(round_draw), int(noise_draw))
     return v, (None if nm is None or n_bad else alpha)
-
-
-_IO_NM = {None: 0, "abs_max": 1, "max": 2}  # io_input's noise managements (the op's nm codes)
 
 
 def io_output_(y, *, amp, asym: float, noise: float, bin: float, sto: bool, bound: float, test: int,
