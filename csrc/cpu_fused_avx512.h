@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "cpu_expm1.h"
@@ -374,7 +375,29 @@ struct AggCall {
   const float* sd;
   const int* samples;  // the samples in which this row's d train fires (batch order)
   int nsamples;
+  // one-slot calls: per sample and 16-column group the masks of side_masks16 (B, G), G = ceil(I / 16)
+  const uint16_t *xon16 = nullptr, *xpos16 = nullptr, *xneg16 = nullptr;
+  int G = 0;
 };
+
+// The x side of one sample as 16-bit masks per group of 16 columns (n entries, G = ceil(n / 16) groups):
+// on16 = the columns that take part (on), pos16 / neg16 = those whose sign sg is > 0 / < 0. A one-slot
+// call's sample step reads these three words instead of the trains and signs (agg_lanes_sample_masks).
+inline void side_masks16(const uint8_t* on, const float* sg, int n, uint16_t* on16, uint16_t* pos16,
+                         uint16_t* neg16) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int j0 = 0, q = 0; j0 < n; j0 += 16, ++q) {
+    const __mmask16 lm = tail_mask16(n - j0);
+    alignas(16) uint8_t tail[16] = {};
+    const uint8_t* o8 = on + j0;
+    if (n - j0 < 16) o8 = static_cast<const uint8_t*>(std::memcpy(tail, o8, static_cast<size_t>(n - j0)));
+    const __m512i o = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o8)));  // (AVX-512F)
+    const __m512 v = _mm512_maskz_loadu_ps(lm, sg + j0);
+    on16[q] = _mm512_test_epi32_mask(o, o);
+    pos16[q] = _mm512_mask_cmp_ps_mask(lm, v, zero, _CMP_GT_OQ);
+    neg16[q] = _mm512_mask_cmp_ps_mask(lm, v, zero, _CMP_LT_OQ);
+  }
+}
 
 // agg_dir on 16 lanes (same operations), in stages so that a chunk computes only what its samples
 // need: alpha always; iA and eps (mult noise) once a lane is touched; the logarithms and reciprocals of
@@ -417,11 +440,27 @@ struct AggDir16 {
 struct AggLanes {
   __mmask16 lm = 0, touched = 0;
   int32_t e0 = 0;
-  __m512 ref, bmn, bmx, s_up, s_dn, c_up, c_dn, m, v;
+  // the slopes and scales of the two directions, the down ones negated (ns_dn = −s_dn, nc_dn = −c_dn): a
+  // down pulse's mean step −(s·m + c) is then (−s)·m + (−c), the same float (rounding is symmetric)
+  // without a sign flip on the sample step's dependency chain (only the sign of an exact zero step can
+  // differ, and m + (±0) is m unless m is itself a zero)
+  __m512 ref, bmn, bmx, s_up, ns_dn, c_up, nc_dn, m, v;
   __m512i cnt;
   AggDir16 du, dd;
   bool have_noise = false, have_multi = false;
 };
+
+// −v (the sign bit flipped: exact).
+inline __m512 neg16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32(INT32_MIN)));
+}
+
+// The state and the parameter planes of the 16 elements from e (one cache line each) into L1, for the
+// group after the current one.
+inline void prefetch_group(const FusedRow& R, int64_t e) {
+  for (const float* pl : {static_cast<const float*>(R.state), R.ref, R.bmin, R.bmax, R.s_up, R.s_dn, R.sc_up, R.sc_dn})
+    _mm_prefetch(reinterpret_cast<const char*>(pl + e), _MM_HINT_T0);
+}
 
 AT_HOT_INLINE void agg_lanes_load(AggLanes& L, const FusedRow& R, int I, int j0) {
   const int rem = I - j0;
@@ -431,24 +470,30 @@ AT_HOT_INLINE void agg_lanes_load(AggLanes& L, const FusedRow& R, int I, int j0)
   L.bmn = _mm512_maskz_loadu_ps(L.lm, R.bmin + L.e0);
   L.bmx = _mm512_maskz_loadu_ps(L.lm, R.bmax + L.e0);
   L.s_up = _mm512_maskz_loadu_ps(L.lm, R.s_up + L.e0);
-  L.s_dn = _mm512_maskz_loadu_ps(L.lm, R.s_dn + L.e0);
+  L.ns_dn = neg16(_mm512_maskz_loadu_ps(L.lm, R.s_dn + L.e0));
   L.c_up = _mm512_maskz_loadu_ps(L.lm, R.sc_up + L.e0);
-  L.c_dn = _mm512_maskz_loadu_ps(L.lm, R.sc_dn + L.e0);
+  L.nc_dn = neg16(_mm512_maskz_loadu_ps(L.lm, R.sc_dn + L.e0));
   L.du.base(L.s_up);
-  L.dd.base(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(L.s_dn), _mm512_set1_epi32(INT32_MIN))));  // −s
+  L.dd.base(L.ns_dn);  // α of the down direction: −s
   L.m = _mm512_add_ps(_mm512_maskz_loadu_ps(L.lm, R.state + L.e0), L.ref);
   L.v = _mm512_setzero_ps();
   L.cnt = _mm512_setzero_si512();
 }
 
 // The new moments of lanes mk: a non-finite v' (degenerate devices) or a mean beyond a bound -> v' = 0,
-// the mean clipped.
+// the mean clipped. The v' test is one vfixupimmps (+inf and NaN -> +0, every other class kept as is,
+// -inf included: the same as v' <= FLT_MAX ? v' : 0) whose zero-masking also zeroes the out-of-bound
+// lanes: off the compare -> mask -> blend chain that limited a sparse sample step to the latency of the
+// variance's loop-carried dependency. Out of bound is "the clip changed the mean" (an ordered compare: a
+// NaN mean is kept and not out, as the two bound compares gave).
 AT_HOT_INLINE void agg_lanes_store(AggLanes& L, __mmask16 mk, __m512 mn, __m512 vn) {
-  const __mmask16 out = _mm512_cmp_ps_mask(mn, L.bmn, _CMP_LT_OQ) | _mm512_cmp_ps_mask(mn, L.bmx, _CMP_GT_OQ) |
-                        _mm512_cmp_ps_mask(vn, _mm512_set1_ps(3.4028234663852886e38f), _CMP_NLE_UQ);  // !(v' <= max)
-  mn = _mm512_min_ps(_mm512_max_ps(mn, L.bmn), L.bmx);
-  vn = _mm512_mask_mov_ps(vn, out, _mm512_setzero_ps());
-  L.m = _mm512_mask_mov_ps(L.m, mk, mn);
+  // response nibble per input class (0 QNaN, 1 SNaN, 2 zero, 3 +1, 4 -inf, 5 +inf, 6 negative, 7 positive):
+  // 1 = the input, 8 = +0
+  const __m512i keep_finite = _mm512_set1_epi32(0x11811188);
+  const __m512 mc = _mm512_min_ps(_mm512_max_ps(mn, L.bmn), L.bmx);
+  const __mmask16 out = _mm512_cmp_ps_mask(mn, mc, _CMP_NEQ_OQ);
+  vn = _mm512_maskz_fixupimm_ps(static_cast<__mmask16>(~out), vn, vn, keep_finite, 0);
+  L.m = _mm512_mask_mov_ps(L.m, mk, mc);
   L.v = _mm512_mask_mov_ps(L.v, mk, vn);
 }
 
@@ -458,21 +503,19 @@ template <bool MULT, bool NOISE>
 AT_HOT_INLINE void agg_lanes_touch(AggLanes& L, __mmask16 mk, __m512i n, const DeviceGlobals& g) {
   if (NOISE && !L.have_noise) {
     L.du.noise<MULT>(g, L.c_up);
-    L.dd.noise<MULT>(g, L.c_dn);
+    L.dd.noise<MULT>(g, L.nc_dn);  // (c enters squared)
     L.have_noise = true;
   }
   L.touched |= mk;
   L.cnt = _mm512_mask_add_epi32(L.cnt, mk, L.cnt, n);
 }
 
-// The mean step of one pulse, d = +(s·m + c) on the up lanes and −(s·m + c) on the other lanes of mk
-// (the sign bit flipped: exactly the product with −1), s and c of each lane's direction.
-AT_HOT_INLINE __m512 agg_lanes_step(const AggLanes& L, __mmask16 mk, __mmask16 up) {
-  const __m512 s = _mm512_mask_blend_ps(up, L.s_dn, L.s_up);
-  const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
-  const __m512i y = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(s, L.m), c));
-  const __mmask16 dn = mk & static_cast<__mmask16>(~up);
-  return _mm512_castsi512_ps(_mm512_mask_xor_epi32(y, dn, y, _mm512_set1_epi32(INT32_MIN)));
+// The mean step of one pulse, d = +(s·m + c) on the up lanes and (−s)·m + (−c) = −(s·m + c) on the
+// others, s and c of each lane's direction (AggLanes: the down ones stored negated).
+AT_HOT_INLINE __m512 agg_lanes_step(const AggLanes& L, __mmask16 up) {
+  const __m512 s = _mm512_mask_blend_ps(up, L.ns_dn, L.s_up);
+  const __m512 c = _mm512_mask_blend_ps(up, L.nc_dn, L.c_up);
+  return _mm512_add_ps(_mm512_mul_ps(s, L.m), c);
 }
 
 // One pulse on lanes mk (up: their up lanes) with mean step d: m' = m + d, v' = k1·v + (σd)² (mult) or
@@ -520,7 +563,7 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
   const __m512 sigma = _mm512_set1_ps(g.sigma);
   const __mmask16 small = multi & static_cast<__mmask16>(~big);  // 2 <= n <= AGG_POLY_MAX
-  const __m512 c = _mm512_mask_blend_ps(up, L.c_dn, L.c_up);
+  const __m512 c = _mm512_mask_blend_ps(up, L.nc_dn, L.c_up);  // (enters squared)
   const __m512 alpha = _mm512_mask_blend_ps(up, L.dd.alpha, L.du.alpha);
   const __m512 nf = _mm512_cvtepi32_ps(n);
   const AggPoly P(n, nf);
@@ -590,7 +633,7 @@ AT_HOT_INLINE void agg_lanes_apply(AggLanes& L, __m512i n, __m512 sgn, __mmask16
   agg_lanes_touch<MULT, NOISE>(L, mk, n, g);
   const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, _mm512_setzero_ps(), _CMP_LT_OQ);  // sd·sx < 0: up pulses
   const __mmask16 multi = _mm512_mask_cmpgt_epi32_mask(mk, n, _mm512_set1_epi32(1));     // n >= 2
-  const __m512 d = agg_lanes_step(L, mk, up);
+  const __m512 d = agg_lanes_step(L, up);
   if (!multi) {  // every lane takes one pulse (the sparse regime)
     agg_lanes_one_pulse<MULT, NOISE>(L, mk, up, d, g);
     return;
@@ -613,18 +656,18 @@ AT_HOT_INLINE void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_
 }
 
 // agg_lanes_sample for one-slot trains (BL = 1 in every sample of the call, as update-BL management sets
-// it in the sparse regime): a coincidence is exactly one pulse, so the lanes take agg_lanes_one_pulse
-// without counting bits or testing for n >= 2.
+// it in the sparse regime), from the sample's x masks of this group (side_masks16): a coincidence is
+// exactly one pulse, so the lanes that take part are `on` (the row's d train fires in this sample: its
+// one slot) and take agg_lanes_one_pulse without counting bits or testing for n >= 2. The up lanes are
+// those whose x sign is opposite to the row's sign sdv: the signs are sign(v)·sign(lr)·chopper (±1 or 0,
+// and 0 never takes part), so sd·sx < 0 exactly when one is > 0 and the other < 0.
 template <bool MULT, bool NOISE>
-AT_HOT_INLINE void agg_lanes_sample_one(AggLanes& L, __m512i xw, __m512 sxv, uint32_t dword, float sdv, const DeviceGlobals& g) {
-  __mmask16 mk = _mm512_mask_test_epi32_mask(L.lm, xw, _mm512_set1_epi32(static_cast<int>(dword)));
-  if (!mk) return;
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512 sgn = _mm512_mul_ps(_mm512_set1_ps(sdv), sxv);
-  mk = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_NEQ_UQ);
-  agg_lanes_touch<MULT, NOISE>(L, mk, _mm512_set1_epi32(1), g);
-  const __mmask16 up = _mm512_mask_cmp_ps_mask(mk, sgn, zero, _CMP_LT_OQ);  // sd·sx < 0: up pulses
-  agg_lanes_one_pulse<MULT, NOISE>(L, mk, up, agg_lanes_step(L, mk, up), g);
+AT_HOT_INLINE void agg_lanes_sample_masks(AggLanes& L, __mmask16 on, __mmask16 pos, __mmask16 neg, float sdv,
+                                          const DeviceGlobals& g) {
+  if (!on) return;
+  const __mmask16 up = on & (sdv > 0.0f ? neg : sdv < 0.0f ? pos : static_cast<__mmask16>(0));
+  agg_lanes_touch<MULT, NOISE>(L, on, _mm512_set1_epi32(1), g);
+  agg_lanes_one_pulse<MULT, NOISE>(L, on, up, agg_lanes_step(L, up), g);
 }
 
 // The end of the call for the touched lanes: one normal each, clip, store state / visible weight /
@@ -703,19 +746,15 @@ struct AggEvents {
 
 // 16 columns from j0 through the row's active samples, their moments carried sample after sample
 // (carry mode: with the events of `ev` between samples; ev.n == 0 otherwise).
-// (Interleaving 2 or 4 chunks per sample loop measured slower on Zen 4: the loop is throughput-bound.)
-template <bool MULT, bool NOISE, bool ONE /* one-slot trains: agg_lanes_sample_one */, bool CARRY /* events */>
+// One-slot calls without events take aggregate_chunks, K groups at a time.
+template <bool MULT, bool NOISE, bool ONE /* one-slot trains: agg_lanes_sample_masks */, bool CARRY /* events */>
 int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
                         float* wvis_noise /* w when the visible weight gets write noise, else null */,
                         const float* zrow /* the row's final normals (aggregate_normals), NOISE only */,
                         const AggEvents& ev = AggEvents{}) {
   AggLanes L;
   agg_lanes_load(L, R, C.I, j0);
-  if (j0 + 16 < C.I) {  // the next group's state and planes (one line each), while this one runs its samples
-    const int64_t e = R.row + j0 + 16;
-    for (const float* pl : {static_cast<const float*>(R.state), R.ref, R.bmin, R.bmax, R.s_up, R.s_dn, R.sc_up, R.sc_dn})
-      _mm_prefetch(reinterpret_cast<const char*>(pl + e), _MM_HINT_T0);
-  }
+  if (j0 + 16 < C.I) prefetch_group(R, R.row + j0 + 16);  // the next group, while this one runs its samples
   int qe = 0;  // next event
   for (int t = 0; t < C.nsamples; ++t) {
     const int b = C.samples[t];
@@ -723,17 +762,48 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
       for (; qe < ev.n && ev.plan->pos[ev.idx[qe]] <= b; ++qe)
         agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
     const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
-    const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
-    const __m512i xw = _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx);
-    const __m512 sxv = _mm512_maskz_loadu_ps(L.lm, C.sx + qx);
-    if (ONE)
-      agg_lanes_sample_one<MULT, NOISE>(L, xw, sxv, C.dbits[qd], C.sd[qd], g);
-    else
+    if (ONE) {
+      const int64_t qg = static_cast<int64_t>(b) * C.G + (j0 >> 4);
+      agg_lanes_sample_masks<MULT, NOISE>(L, C.xon16[qg], C.xpos16[qg], C.xneg16[qg], C.sd[qd], g);
+    } else {
+      const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
+      const __m512i xw = _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx);
+      const __m512 sxv = _mm512_maskz_loadu_ps(L.lm, C.sx + qx);
       agg_lanes_sample<MULT, NOISE>(L, xw, sxv, C.dbits[qd], C.sd[qd], g);
+    }
   }
   if (CARRY)
     for (; qe < ev.n; ++qe) agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
   return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise, zrow);
+}
+
+// aggregate_chunk for K neighbouring groups [j0, j0 + 16K) at once: a one-slot call without carry
+// events, from the x masks (C.xon16 set). Each group's sample step is a dependent chain (the mean, then
+// the variance) whose latency, not the work per sample, bounds one group; independent chains in one loop
+// overlap. Same operations per group, so the same numbers. Returns the pulses of the K groups.
+template <bool MULT, bool NOISE, int K>
+int64_t aggregate_chunks(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
+                         float* wvis_noise, const float* zrow) {
+  AggLanes L[K];
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) {
+    agg_lanes_load(L[k], R, C.I, j0 + 16 * k);
+    agg_lanes_touch<MULT, NOISE>(L[k], 0, _mm512_setzero_si512(), g);  // the noise factors up front
+  }
+  if (j0 + 16 * K < C.I) prefetch_group(R, R.row + j0 + 16 * K);  // the next block's first group
+  const int64_t g0 = j0 >> 4;
+  for (int t = 0; t < C.nsamples; ++t) {
+    const int b = C.samples[t];
+    const float sdv = C.sd[static_cast<int64_t>(b) * C.O + C.row_i];
+    const int64_t qg = static_cast<int64_t>(b) * C.G + g0;
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k)
+      agg_lanes_sample_masks<MULT, NOISE>(L[k], C.xon16[qg + k], C.xpos16[qg + k], C.xneg16[qg + k], sdv, g);
+  }
+  int64_t tot = 0;
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) tot += agg_lanes_finish<NOISE>(L[k], R, j0 + 16 * k, g, u, wvis_noise, zrow);
+  return tot;
 }
 
 // Pass 2 on the jobs of (row, sample b). d sign sdi (±1, times chopper). Returns the pulses applied.
@@ -770,9 +840,9 @@ int64_t fused_apply(const FusedRow& R, const FusedJobs& J, int nj, float sdi, ui
     if (AGG) {
       AggLanes L;
       L.lm = m;
-      L.ref = ref, L.bmn = bmn, L.bmx = bmx, L.s_up = L.s_dn = s, L.c_up = L.c_dn = c;
+      L.ref = ref, L.bmn = bmn, L.bmx = bmx, L.s_up = s, L.c_up = c, L.ns_dn = neg16(s), L.nc_dn = neg16(c);
       L.du.base(s);
-      L.dd.base(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(s), _mm512_set1_epi32(INT32_MIN))));  // −s
+      L.dd.base(L.ns_dn);  // −s
       L.m = wd;
       L.v = zero;
       L.cnt = _mm512_setzero_si512();
