@@ -177,7 +177,7 @@ class DeviceArray(torch.nn.Module):
             self.w, self.w_p if self.has_write_noise else None, self.params, self.gparams, x, d,
             float(lr), self.dw, spec, int(self.seed), int(self.offset), chop_in=chop_in, chop_out=chop_out,
         )
-        self.offset += 1
+        self.offset.add_(1)  # in place: no Module.__setattr__ round trip
         return pulses
 
     @torch.no_grad()
@@ -186,7 +186,7 @@ class DeviceArray(torch.nn.Module):
         x (B, O) -> (B, I). Noise from Stream.READ_NOISE at ``read_offset`` (advanced by 1)."""
         y = read_io(self.w, x.to(torch.float32), io, seed=int(self.seed), offset=int(self.read_offset),
                     transposed=transposed)
-        self.read_offset += 1
+        self.read_offset.add_(1)
         return y
 
     def extra_repr(self) -> str:

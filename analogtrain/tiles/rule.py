@@ -37,9 +37,10 @@ class PulseMeter(torch.nn.Module):
     @torch.no_grad()
     def add(self, pulses: torch.Tensor, n_samples: int) -> None:
         """Record one update call: ``pulses`` (O, I) summed over its ``n_samples`` samples."""
-        self.pulses += pulses.sum().to(torch.float64)
-        self.calls += 1
-        self.samples += int(n_samples)
+        # in place (a float32 sum accumulated in float64): no Module.__setattr__ round trip per update
+        self.pulses.add_(pulses.sum())
+        self.calls.add_(1)
+        self.samples.add_(int(n_samples))
         self.elements.fill_(pulses.numel())
 
     @torch.no_grad()
