@@ -391,6 +391,11 @@ struct JobScratch {
   std::vector<ElemParams> ep;
   std::vector<int32_t> zoff;
   std::vector<float> agg_m, agg_v;  // aggregated mode: moments of the row's elements, touched flags
+  // the row paths of the aggregated batches (run_row_lanes, run_row_agg): the samples in which the row
+  // takes part, its carry events (rows mode) and its final normals (scratch, not thread_local: a
+  // thread_local of this shared library costs a __tls_get_addr call per row)
+  std::vector<int> act_b, rev;
+  std::vector<float> zrow;
   std::vector<uint8_t> agg_touched;  // bit 0: touched; bit 1 / 2: agg_up / agg_dn computed
   std::vector<int32_t> agg_list;     // the columns touched in this row (in first-touch order)
   std::vector<AggDir> agg_up, agg_dn;  // per-direction constants of the row's elements (once per call)
@@ -929,7 +934,7 @@ AT_LANES_INLINE int64_t run_lane_groups(const LaneRow& R, int j0, int nl_last) {
 // the last one or two groups of a row whose width is not a multiple of 16.
 template <bool MULT, bool NOISE, bool ONE>
 void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
-                   const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
+                   const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch* s, int64_t* rtot) {
   using namespace lanes;
   const int I = T.I, O = T.O;
   const int64_t row = static_cast<int64_t>(i) * I;
@@ -937,18 +942,18 @@ void run_row_lanes(const Trains& T, int i, float* w, float* w_p, const float* pa
                     params + P_BMAX * plane + row,     params + P_SLOPE_UP * plane + row,
                     params + P_SLOPE_DOWN * plane + row, params + P_SCALE_UP * plane + row,
                     params + P_SCALE_DOWN * plane + row};
-  thread_local std::vector<int> act_b;  // the samples in which this row takes part
+  std::vector<int>& act_b = s->act_b;  // the samples in which this row takes part
   act_b.clear();
   for (int b = 0; b < T.B; ++b)
     if (T.sc[b].bl != 0 && T.dact[static_cast<int64_t>(b) * O + i]) act_b.push_back(b);
   const CarryPlan* cp = T.carry;
   if (act_b.empty() && !cp) return;  // (carry mode: the row's snapshots are still taken)
-  thread_local std::vector<int> rev;  // carry mode, rows: the events of this row
+  std::vector<int>& rev = s->rev;  // carry mode, rows: the events of this row
   rev.clear();
   if (cp && !cp->columns)
     for (int q = 0; q < cp->nev; ++q)
       if (cp->slice[q] == i) rev.push_back(q);
-  thread_local std::vector<float> zrow;  // the row's final normals
+  std::vector<float>& zrow = s->zrow;  // the row's final normals
   if (NOISE && !act_b.empty()) {
     zrow.resize(static_cast<size_t>(I) + AGG_RANGE_PAD);
     aggregate_normals_range(u.seed, u.offset, static_cast<uint32_t>(row), I, zrow.data());
@@ -1120,15 +1125,15 @@ constexpr int AGG_GROUPS = 2;
 // registers through the samples (cpu_fused_avx512.h aggregate_chunk).
 template <bool MULT, bool NOISE>
 void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* params, int64_t plane,
-                 const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch*, int64_t* rtot) {
+                 const DeviceGlobals& g, const UpdateArgs& u, float* pulses, JobScratch* s, int64_t* rtot) {
   const bool wn = w_p && g.write_noise > 0.0f;
   const FusedRow R = fused_row(i, T.I, w, w_p, params, plane, pulses, !wn);
-  thread_local std::vector<int> act_b;  // the samples in which this row takes part
+  std::vector<int>& act_b = s->act_b;  // the samples in which this row takes part
   act_b.clear();
   for (int b = 0; b < T.B; ++b)
     if (T.sc[b].bl != 0 && T.dact[static_cast<int64_t>(b) * T.O + i]) act_b.push_back(b);
   if (act_b.empty() && !T.carry) return;  // (carry mode: the row's snapshots are still taken)
-  thread_local std::vector<int> rev;  // carry mode, rows: the events of this row
+  std::vector<int>& rev = s->rev;  // carry mode, rows: the events of this row
   AggEvents ev_row;
   if (T.carry && !T.carry->columns) {
     rev.clear();
@@ -1142,7 +1147,7 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
     C.xon16 = T.xon16.data(), C.xpos16 = T.xpos16.data(), C.xneg16 = T.xneg16.data();
     C.G = (T.I + 15) / 16;
   }
-  thread_local std::vector<float> zrow;
+  std::vector<float>& zrow = s->zrow;  // the row's final normals
   if (NOISE) {
     zrow.resize(static_cast<size_t>(T.I) + 80);
     aggregate_normals(u.seed, u.offset, R.row, T.I, zrow.data());
