@@ -1117,8 +1117,9 @@ int64_t run_flat_fused_rt(const Trains& T, float* w, float* w_p, const float* pa
 
 #if AT_FUSED_AVX512
 // Groups of 16 columns per aggregate_chunks loop: 2 (512×512 B64 sparse aggregated update on a Zen 4
-// host, min of 800 calls: 1 group 2.49-2.58 ms, 2 groups 2.07-2.12, 3 groups 2.18-2.41, 4 groups
-// 2.18-2.43: from 3 the groups' 11 registers each no longer fit in 32).
+// host, minimum of 800 calls: one group per loop 2.30-2.41 ms, 2 groups 2.04-2.24, and in one
+// back-to-back set 2 groups 2.07-2.12, 3 groups 2.18-2.41, 4 groups 2.18-2.43: from 3 the groups' 11
+// registers each no longer fit in 32).
 constexpr int AGG_GROUPS = 2;
 
 // Phase 2 for one row in the aggregated mode on the AVX-512 path: 16 columns at a time, moments in
