@@ -661,11 +661,13 @@ AT_HOT_INLINE void agg_lanes_sample(AggLanes& L, __m512i xw, __m512 sxv, uint32_
 // one slot) and take agg_lanes_one_pulse without counting bits or testing for n >= 2. The up lanes are
 // those whose x sign is opposite to the row's sign sdv: the signs are sign(v)·sign(lr)·chopper (±1 or 0,
 // and 0 never takes part), so sd·sx < 0 exactly when one is > 0 and the other < 0.
+// qg: the (sample, group) index of C's masks.
 template <bool MULT, bool NOISE>
-AT_HOT_INLINE void agg_lanes_sample_masks(AggLanes& L, __mmask16 on, __mmask16 pos, __mmask16 neg, float sdv,
+AT_HOT_INLINE void agg_lanes_sample_masks(AggLanes& L, const AggCall& C, int64_t qg, float sdv,
                                           const DeviceGlobals& g) {
+  const __mmask16 on = C.xon16[qg];
   if (!on) return;
-  const __mmask16 up = on & (sdv > 0.0f ? neg : sdv < 0.0f ? pos : static_cast<__mmask16>(0));
+  const __mmask16 up = on & (sdv > 0.0f ? C.xneg16[qg] : sdv < 0.0f ? C.xpos16[qg] : static_cast<__mmask16>(0));
   agg_lanes_touch<MULT, NOISE>(L, on, _mm512_set1_epi32(1), g);
   agg_lanes_one_pulse<MULT, NOISE>(L, on, up, agg_lanes_step(L, up), g);
 }
@@ -746,7 +748,8 @@ struct AggEvents {
 
 // 16 columns from j0 through the row's active samples, their moments carried sample after sample
 // (carry mode: with the events of `ev` between samples; ev.n == 0 otherwise).
-// One-slot calls without events take aggregate_chunks, K groups at a time.
+// (One-slot calls without events run their groups K at a time in aggregate_chunks; a row's last group
+// left over from those comes here.)
 template <bool MULT, bool NOISE, bool ONE /* one-slot trains: agg_lanes_sample_masks */, bool CARRY /* events */>
 int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
                         float* wvis_noise /* w when the visible weight gets write noise, else null */,
@@ -763,8 +766,7 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
         agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
     const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
     if (ONE) {
-      const int64_t qg = static_cast<int64_t>(b) * C.G + (j0 >> 4);
-      agg_lanes_sample_masks<MULT, NOISE>(L, C.xon16[qg], C.xpos16[qg], C.xneg16[qg], C.sd[qd], g);
+      agg_lanes_sample_masks<MULT, NOISE>(L, C, static_cast<int64_t>(b) * C.G + (j0 >> 4), C.sd[qd], g);
     } else {
       const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
       const __m512i xw = _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx);
@@ -797,8 +799,7 @@ int64_t aggregate_chunks(const FusedRow& R, const AggCall& C, int j0, const Devi
     const float sdv = C.sd[static_cast<int64_t>(b) * C.O + C.row_i];
     const int64_t qg = static_cast<int64_t>(b) * C.G + g0;
 #pragma GCC unroll 8
-    for (int k = 0; k < K; ++k)
-      agg_lanes_sample_masks<MULT, NOISE>(L[k], C.xon16[qg + k], C.xpos16[qg + k], C.xneg16[qg + k], sdv, g);
+    for (int k = 0; k < K; ++k) agg_lanes_sample_masks<MULT, NOISE>(L[k], C, qg + k, sdv, g);
   }
   int64_t tot = 0;
 #pragma GCC unroll 8

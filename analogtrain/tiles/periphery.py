@@ -216,8 +216,9 @@ def analog_mvm(
     inp_bin, out_bin = io_bins(io)
     v0 = None  # the first pass's DAC inputs, when io_input computed them with the NM scales
     if fused and nm in ("abs_max", "max") and B and x.shape[1]:
+        all_rows = _rows(B, dev)
         v0, alpha = ops.io_input(x, None, nm=nm, nm_thres=io.nm_thres, **_input_args(io, inp_bin),
-                                 seed=seed, offset=offset, stream=stream, b_idx=_rows(B, dev),
+                                 seed=seed, offset=offset, stream=stream, b_idx=all_rows,
                                  round_draw=_DRAW_INP_ROUND, noise_draw=_DRAW_INP_NOISE)
         zero = None
         if alpha is None:  # some α <= 0 or NaN: the general path
@@ -332,7 +333,7 @@ def analog_mvm(
         a = alpha[idx]
         y[idx], exceeded = read(x[idx], torch.reciprocal(a), idx, 0, a, None)  # 1/α (= (1/α)/red, red = 1)
     elif v0 is not None:  # the fused first pass whose DAC inputs io_input made with the NM scales
-        idx = _rows(B, dev)
+        idx = all_rows
         y, exceeded = read_fused(x, None, idx, 0, alpha, None, v=v0)
     else:
         idx = _rows(B, dev)
