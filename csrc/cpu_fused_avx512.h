@@ -700,12 +700,30 @@ AT_HOT_INLINE int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int
   return _mm512_mask_reduce_add_epi32(L.touched, L.cnt);
 }
 
+// What a carry-mode event reads and changes of an AggLanes: a copy of these fields, so that the lanes'
+// address does not escape into the out-of-line event and their moments stay in registers through the
+// samples between events (with the whole AggLanes passed by reference, every sample stored and reloaded
+// m and v: c-TTv2's update, where events are a few per group and call, was bound by that round trip).
+struct AggEventLanes {
+  __mmask16 lm, touched;
+  int32_t e0;
+  __m512 ref, bmn, bmx, m, v;
+  explicit AggEventLanes(const AggLanes& L)
+      : lm(L.lm), touched(L.touched), e0(L.e0), ref(L.ref), bmn(L.bmn), bmx(L.bmx), m(L.m), v(L.v) {}
+  void put(AggLanes& L) const {  // the moments back
+    L.m = m;
+    L.v = v;
+    L.touched = touched;
+  }
+};
+
 // Carry-mode event q (CarryPlan) on the 16 lanes from j0 of row row_i: finish the touched lanes of the
 // slice (clip(m + sqrt(v)·z), store, moments restart from the stored value), then copy the slice's
 // visible weight in these lanes to the snapshot.
 template <bool NOISE>
-__attribute__((noinline)) void agg_lanes_event(AggLanes& L, const FusedRow& R, int j0, int row_i, const CarryPlan& P, int q,
-                            const DeviceGlobals& g, const UpdateArgs& u, float* wvis_noise) {
+__attribute__((noinline)) void agg_lanes_event(AggEventLanes& L, const FusedRow& R, int j0, int row_i,
+                                               const CarryPlan& P, int q, const DeviceGlobals& g, const UpdateArgs& u,
+                                               float* wvis_noise) {
   const int64_t k = P.slice[q];
   const __mmask16 fm = P.columns ? static_cast<__mmask16>(L.lm & (1u << (k - j0))) : L.lm;
   const __mmask16 tm = fm & L.touched;
@@ -759,11 +777,15 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
   agg_lanes_load(L, R, C.I, j0);
   if (j0 + 16 < C.I) prefetch_group(R, R.row + j0 + 16);  // the next group, while this one runs its samples
   int qe = 0;  // next event
+  const auto event = [&](int q) {
+    AggEventLanes E(L);
+    agg_lanes_event<NOISE>(E, R, j0, C.row_i, *ev.plan, q, g, u, wvis_noise);
+    E.put(L);
+  };
   for (int t = 0; t < C.nsamples; ++t) {
     const int b = C.samples[t];
     if (CARRY)
-      for (; qe < ev.n && ev.plan->pos[ev.idx[qe]] <= b; ++qe)
-        agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
+      for (; qe < ev.n && ev.plan->pos[ev.idx[qe]] <= b; ++qe) event(ev.idx[qe]);
     const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
     if (ONE) {
       agg_lanes_sample_masks<MULT, NOISE>(L, C, static_cast<int64_t>(b) * C.G + (j0 >> 4), C.sd[qd], g);
@@ -775,7 +797,7 @@ int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const Devic
     }
   }
   if (CARRY)
-    for (; qe < ev.n; ++qe) agg_lanes_event<NOISE>(L, R, j0, C.row_i, *ev.plan, ev.idx[qe], g, u, wvis_noise);
+    for (; qe < ev.n; ++qe) event(ev.idx[qe]);
   return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise, zrow);
 }
 
