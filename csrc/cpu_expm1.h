@@ -63,5 +63,19 @@ inline __m512 expm1_16(__m512 x) {
   return _mm512_add_ps(t, t);
 }
 
+// expm1_16 for arguments with |x·LOG2E| < 1/2, where k = 0: its operations with k = 0 substituted, for
+// about half of them. The clamp does nothing there, r = x (the reduction adds k·ln 2 = ±0, which maps a
+// zero x to +0, and a zero r gives p = +0 either way), h = 2^-1 and h − 1/2 = +0, so the result is
+// bit-identical to expm1_16(x) — the caller guarantees the range (agg_lanes_closed: every lane's
+// |log1p α| small enough for a whole group).
+inline __m512 expm1_16_k0(__m512 x) {
+  using namespace expm1_c;
+  __m512 q = _mm512_set1_ps(C[0]);
+  for (int i = 1; i < 7; ++i) q = _mm512_fmadd_ps(q, x, _mm512_set1_ps(C[i]));
+  const __m512 p = _mm512_fmadd_ps(q, _mm512_mul_ps(x, x), x);
+  const __m512 t = _mm512_fmadd_ps(p, _mm512_set1_ps(0.5f), _mm512_setzero_ps());
+  return _mm512_add_ps(t, t);
+}
+
 }  // namespace analogtrain
 #endif

@@ -448,6 +448,9 @@ struct AggLanes {
   __m512i cnt;
   AggDir16 du, dd;
   bool have_noise = false, have_multi = false;
+  // every lane's n·log1p(α) of either direction is within expm1_16_k0's range for any n a sample can
+  // bring (set with the multi-pulse constants)
+  bool k0 = false;
 };
 
 // −v (the sign bit flipped: exact).
@@ -577,10 +580,15 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
       L.du.multi<MULT, NOISE>();
       L.dd.multi<MULT, NOISE>();
       L.have_multi = true;
+      // n <= 32 (one train word) and |l| <= 1/128: |n·l·LOG2E| <= 0.37 (with the roundings) < 1/2
+      const __m512 lim = _mm512_set1_ps(0.25f / 32.0f);
+      L.k0 = _mm512_cmp_ps_mask(_mm512_abs_ps(L.du.l), lim, _CMP_LE_OQ) == 0xFFFF &&
+             _mm512_cmp_ps_mask(_mm512_abs_ps(L.dd.l), lim, _CMP_LE_OQ) == 0xFFFF;
     }
     const __m512 l = _mm512_mask_blend_ps(up, L.dd.l, L.du.l);
     const __m512 ia = _mm512_mask_blend_ps(up, L.dd.ia, L.du.ia);
-    const __m512 e_x = expm1_16(_mm512_mul_ps(nf, l));
+    const __m512 x = _mm512_mul_ps(nf, l);
+    const __m512 e_x = L.k0 ? expm1_16_k0(x) : expm1_16(x);
     e = _mm512_mask_mov_ps(e, big, e_x);
     r = _mm512_mask_mov_ps(r, big, _mm512_mask_mov_ps(_mm512_mul_ps(e_x, ia), a0, nf));
   }

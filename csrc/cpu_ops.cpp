@@ -2247,20 +2247,26 @@ at::Tensor device_step_cpu(const at::Tensor& w_dev, const at::Tensor& up, const 
 // Test hook: (the scalar f_expm1 of this build, its vector twin) at x (float32, contiguous): the twin is
 // the AVX-512 lanes' inline expm1_16 (cpu_expm1.h), or the AVX2 lanes' libmvec expm1f, or (neither
 // built) f_expm1 again. The n > AGG_POLY_MAX closed form calls both, so they must agree bit for bit.
+// Third: the AVX-512 path's expm1_16_k0 (the twin again elsewhere), which must equal expm1_16 bit for bit
+// wherever |x·log2 e| < 1/2.
 std::vector<at::Tensor> host_expm1_cpu(const at::Tensor& x) {
   at::Tensor xc = x.contiguous();
   check_f32_cpu(xc, "x");
-  at::Tensor s = at::empty_like(xc), v = at::empty_like(xc);
+  at::Tensor s = at::empty_like(xc), v = at::empty_like(xc), k = at::empty_like(xc);
   const int64_t n = xc.numel();
   const float* xp = xc.data_ptr<float>();
   float* sp = s.data_ptr<float>();
   float* vp = v.data_ptr<float>();
   for (int64_t e = 0; e < n; ++e) sp[e] = f_expm1(xp[e]);
 #if AT_FUSED_AVX512
+  float* kp = k.data_ptr<float>();
   for (int64_t e = 0; e < n; e += 16) {
     const __mmask16 m = tail_mask16(n - e);
-    _mm512_mask_storeu_ps(vp + e, m, expm1_16(_mm512_maskz_loadu_ps(m, xp + e)));
+    const __m512 xv = _mm512_maskz_loadu_ps(m, xp + e);
+    _mm512_mask_storeu_ps(vp + e, m, expm1_16(xv));
+    _mm512_mask_storeu_ps(kp + e, m, expm1_16_k0(xv));
   }
+  return {s, v, k};
 #elif AT_LANES_MANY
   for (int64_t e = 0; e < n; e += 8) {
     alignas(32) float buf[8] = {};
@@ -2272,7 +2278,8 @@ std::vector<at::Tensor> host_expm1_cpu(const at::Tensor& x) {
 #else
   std::memcpy(vp, sp, n * sizeof(float));
 #endif
-  return {s, v};
+  k.copy_(v);  // (no k = 0 variant outside the AVX-512 path)
+  return {s, v, k};
 }
 
 // The auto-scaled fast lrs of a chopped-transfer batch (twin: ops.auto_scale_lrs_ref, the loop of
