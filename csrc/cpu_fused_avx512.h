@@ -428,11 +428,12 @@ struct AggDir16 {
     const __m512 one = _mm512_set1_ps(1.0f);
     l = _ZGVeN16v_log1pf(alpha);
     ia = _mm512_div_ps(one, alpha);
-    if (NOISE && MULT) {
-      lq = _ZGVeN16v_log1pf(eps);
-      ie = _mm512_div_ps(one, eps);
-    }
     if (NOISE && !MULT) ia2 = _mm512_div_ps(one, _mm512_mul_ps(alpha, _mm512_add_ps(alpha, _mm512_set1_ps(2.0f))));
+  }
+  // the mult noise sum's closed form (n·ε >= AGG_SERIES_MAX: rare), on demand
+  void multi_eps() {
+    lq = _ZGVeN16v_log1pf(eps);
+    ie = _mm512_div_ps(_mm512_set1_ps(1.0f), eps);
   }
 };
 
@@ -447,10 +448,11 @@ struct AggLanes {
   __m512 ref, bmn, bmx, s_up, ns_dn, c_up, nc_dn, m, v;
   __m512i cnt;
   AggDir16 du, dd;
-  bool have_noise = false, have_multi = false;
-  // every lane's n·log1p(α) of either direction is within expm1_16_k0's range for any n a sample can
-  // bring (set with the multi-pulse constants)
-  bool k0 = false;
+  bool have_noise = false, have_multi = false, have_multi_eps = false;
+  // set with the multi-pulse constants, over every lane and both directions: k0, n·log1p(α) is within
+  // expm1_16_k0's range for any n a sample can bring; a_nz, no α is 0 (the closed form's n-pulse sums
+  // need no α = 0 case)
+  bool k0 = false, a_nz = false;
 };
 
 // −v (the sign bit flipped: exact).
@@ -575,7 +577,6 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
   __m512 r = _mm512_mask_mov_ps(one, small, r_p);                          // Σ_{k<n} A^k
   __mmask16 a0 = 0;
   if (BIG) {
-    a0 = _mm512_cmp_ps_mask(alpha, zero, _CMP_EQ_OQ);
     if (!L.have_multi) {
       L.du.multi<MULT, NOISE>();
       L.dd.multi<MULT, NOISE>();
@@ -584,7 +585,10 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
       const __m512 lim = _mm512_set1_ps(0.25f / 32.0f);
       L.k0 = _mm512_cmp_ps_mask(_mm512_abs_ps(L.du.l), lim, _CMP_LE_OQ) == 0xFFFF &&
              _mm512_cmp_ps_mask(_mm512_abs_ps(L.dd.l), lim, _CMP_LE_OQ) == 0xFFFF;
+      L.a_nz = !_mm512_mask_cmp_ps_mask(L.lm, L.du.alpha, zero, _CMP_EQ_OQ) &&
+               !_mm512_mask_cmp_ps_mask(L.lm, L.dd.alpha, zero, _CMP_EQ_OQ);
     }
+    if (!L.a_nz) a0 = _mm512_cmp_ps_mask(alpha, zero, _CMP_EQ_OQ);
     const __m512 l = _mm512_mask_blend_ps(up, L.dd.l, L.du.l);
     const __m512 ia = _mm512_mask_blend_ps(up, L.dd.ia, L.du.ia);
     const __m512 x = _mm512_mul_ps(nf, l);
@@ -610,6 +614,11 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
             nf, _mm512_add_ps(one, _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(nf, one), eps), _mm512_set1_ps(0.5f))));
         sqm = _mm512_mask_mov_ps(sqm, e0m, nf);
         if (full) {
+          if (!L.have_multi_eps) {
+            L.du.multi_eps();
+            L.dd.multi_eps();
+            L.have_multi_eps = true;
+          }
           const __m512 lq = _mm512_mask_blend_ps(up, L.dd.lq, L.du.lq);
           const __m512 ie = _mm512_mask_blend_ps(up, L.dd.ie, L.du.ie);
           sqm = _mm512_mask_mov_ps(sqm, full, _mm512_mul_ps(expm1_16(_mm512_mul_ps(nf, lq)), ie));
