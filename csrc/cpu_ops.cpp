@@ -1202,7 +1202,7 @@ Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int n
   return Trains::GENERIC;
 }
 
-RowFn pick_row_fn(const DeviceGlobals& g, const UpdateArgs& u, const Trains& T) {
+RowFn pick_row_fn(const DeviceGlobals& g, [[maybe_unused]] const UpdateArgs& u, const Trains& T) {
 #if AT_FUSED_AVX512
   if (T.path == Trains::AGG_FAST) {
     if (!g.has_noise) return &run_row_agg<true, false>;
@@ -1298,7 +1298,7 @@ void run_rows(const Trains& T, float* w, float* w_p, const float* params, const 
   const int B = T.B, O = T.O;
   const int64_t plane = static_cast<int64_t>(O) * T.I;
   if (r1 < 0) r1 = O;
-  const bool all_rows = r0 == 0 && r1 == O;
+  [[maybe_unused]] const bool all_rows = r0 == 0 && r1 == O;
 #if AT_FUSED
   if (all_rows && T.path == Trains::FUSED && B == 1 && T.nact[0] <= FLAT_MAX_ACTIVE) {  // e.g. one-hot C writes
 #if AT_FUSED_AGG
