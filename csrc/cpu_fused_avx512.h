@@ -719,8 +719,9 @@ AT_HOT_INLINE int64_t agg_lanes_finish(const AggLanes& L, const FusedRow& R, int
 
 // What a carry-mode event reads and changes of an AggLanes: a copy of these fields, so that the lanes'
 // address does not escape into the out-of-line event and their moments stay in registers through the
-// samples between events (with the whole AggLanes passed by reference, every sample stored and reloaded
-// m and v: c-TTv2's update, where events are a few per group and call, was bound by that round trip).
+// samples between events (with the whole AggLanes passed by reference, every sample stored m and v and
+// the next reloaded them, a store-to-load round trip on the chain; c-TTv2 aggregated update about −5 %
+// without it, with a few events per group and call).
 struct AggEventLanes {
   __mmask16 lm, touched;
   int32_t e0;

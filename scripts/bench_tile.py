@@ -158,6 +158,35 @@ def digital_model(size, lr):
     return layer, torch.optim.SGD(layer.parameters(), lr=lr)
 
 
+# issue 5's goals on a 2-core CPU, one thread, for the 512×512 layer with batch 64: (algo, what, limit)
+GOALS = (("sgd", "step / digital step", 3.0), ("cttv2", "step / digital step", 5.0),
+         ("sgd", "dense update (ms)", 20.0))
+
+
+def goal_lines(rows: list[dict]) -> list[str]:
+    """One line per measured cell that a goal of issue 5 (``GOALS``) speaks about: the compiled
+    backend, 512×512, one thread; the step goals on both ratios (``paired``, which a drifting host cannot
+    skew, and the ratio of the medians), the update goal on the dense-pulse regime's median update."""
+    out = []
+    for algo, what, limit in GOALS:
+        for r in rows:
+            if (r["algo"], r["backend"], r["size"], r["threads"]) != (algo, "compiled", 512, 1):
+                continue
+            if what.startswith("dense"):
+                if r["regime"] != "dense":
+                    continue
+                val = r["update"]
+                got = f"{val:.2f} ms"
+                ok = val <= limit
+            else:
+                val = r["paired"]
+                got = f"paired {val:.2f}×, ratio of medians {r['ratio']:.2f}×"
+                ok = val <= limit
+            out.append(f"{algo} {r['mode']} {r['regime']}: {what} ≤ {limit:g}: {got} — "
+                       f"{'met' if ok else 'not met'}")
+    return out
+
+
 def digital_step(size, x, grads, lr, reps) -> dict[str, float]:
     return time_step(*digital_model(size, lr), x, grads, reps, warmup=3)
 
@@ -244,6 +273,11 @@ def main(argv=None) -> int:
         print(f"| {r['size']:4d}x{r['size']:<4d} | {r['algo']:7} | {r['mode']:10} | {r['regime']:6} {LR[r['regime']]:<6} | "
               f"{r['backend']:9} | {r['threads']:3d} | {r['forward']:8.2f} | {r['backward']:8.2f} | "
               f"{r['update']:9.2f} | {r['step']:9.2f} | {r['ratio']:6.1f} | {r['paired']:6.1f} |")
+    goals = goal_lines(rows)
+    if goals:
+        print("\nGoals (issue 5; 512×512, batch 64, 1 thread, compiled):")
+        for line in goals:
+            print(f"  {line}")
     for msg in notes:
         print(f"\nnote: {msg}")
     if a.json:
