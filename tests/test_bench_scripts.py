@@ -61,8 +61,8 @@ def test_bench_tile_tiny_prints_both_modes_and_ratios(capsys):
 
 
 def test_bench_tile_goal_lines_judge_the_issue_goals_on_their_cells():
-    """The goal summary: SGD and c-TTv2 steps against 3× / 5× on the paired ratio, the dense SGD update
-    against 20 ms; other sizes, threads, backends and algorithms are not judged."""
+    """The goal summary: SGD and c-TTv2 steps against 3× / 5× on the paired ratio, every algorithm's
+    dense-pulse update against 20 ms; other sizes, threads, backends and the digital rows are not judged."""
     goal_lines = _load("bench_tile").goal_lines
 
     def row(algo, mode, regime, paired, update, size=512, threads=1, backend="compiled"):
@@ -71,12 +71,13 @@ def test_bench_tile_goal_lines_judge_the_issue_goals_on_their_cells():
 
     rows = [row("sgd", "aggregated", "sparse", 2.9, 2.6), row("sgd", "pulsed", "sparse", 9.0, 11.0),
             row("sgd", "aggregated", "dense", 15.0, 19.6), row("sgd", "pulsed", "dense", 130.0, 240.0),
-            row("cttv2", "aggregated", "sparse", 9.5, 13.0), row("agad", "aggregated", "sparse", 9.0, 13.0),
+            row("cttv2", "aggregated", "sparse", 9.5, 13.0), row("cttv2", "aggregated", "dense", 10.3, 13.5),
+            row("agad", "aggregated", "sparse", 9.0, 13.0), row("digital", "-", "dense", 1.0, 0.1, backend="torch"),
             row("sgd", "aggregated", "sparse", 1.0, 1.0, size=256),
             row("sgd", "aggregated", "sparse", 1.0, 1.0, threads=2),
             row("sgd", "aggregated", "sparse", 99.0, 99.0, backend="reference")]
     lines = goal_lines(rows)
-    assert len(lines) == 4 + 1 + 2  # the four SGD steps, the c-TTv2 step, the two dense SGD updates
+    assert len(lines) == 4 + 2 + 3  # the four SGD steps, the two c-TTv2 steps, the three dense updates
     by = {ln.split(" ≤")[0]: ln for ln in lines}
     step = by["sgd aggregated sparse: step / digital step"]
     assert step.endswith("— met") and "paired 2.90×, ratio of medians 3.40×" in step
@@ -84,7 +85,8 @@ def test_bench_tile_goal_lines_judge_the_issue_goals_on_their_cells():
     assert by["cttv2 aggregated sparse: step / digital step"].endswith("not met")
     assert by["sgd aggregated dense: dense update (ms)"].endswith("19.60 ms — met")
     assert by["sgd pulsed dense: dense update (ms)"].endswith("240.00 ms — not met")
-    assert not any(ln.startswith("agad") for ln in lines)
+    assert by["cttv2 aggregated dense: dense update (ms)"].endswith("13.50 ms — met")
+    assert not any(ln.startswith(("agad", "digital")) for ln in lines)
 
 
 def test_bench_update_reports_the_same_pulses_in_both_modes(capsys):
