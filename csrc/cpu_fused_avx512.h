@@ -400,8 +400,9 @@ inline void side_masks16(const uint8_t* on, const float* sg, int n, uint16_t* on
 }
 
 // agg_dir on 16 lanes (same operations), in stages so that a chunk computes only what its samples
-// need: alpha always; iA and eps (mult noise) once a lane is touched; the logarithms and reciprocals of
-// the n >= 2 closed form once a lane takes two pulses in one sample (sparse calls never do).
+// need: alpha always; iA and eps (mult noise) once a lane is touched; log1p α and the reciprocals of the
+// n > AGG_POLY_MAX closed form once a sample brings a lane more pulses (multi: sparse calls never do);
+// log1p ε and 1/ε once a lane's noise sum needs its closed form, n·ε >= AGG_SERIES_MAX (multi_eps: rare).
 struct AggDir16 {
   __m512 alpha, l, ia, iA, eps, lq, ie, ia2;
   __m512 k1, q1;  // one-pulse variance map v' = k1·v + (σd)² (mult) or k1·v + q1 (additive), see noise()
