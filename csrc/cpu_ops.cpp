@@ -1181,10 +1181,15 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
 using RowFn = void (*)(const Trains&, int, float*, float*, const float*, int64_t, const DeviceGlobals&,
                        const UpdateArgs&, float*, JobScratch*, int64_t*);
 
+// Test hook (force_generic_path): every update call takes the generic job path, so a test can check a
+// fast path against it on the same call, bit for bit.
+std::atomic<bool> g_force_generic{false};
+
 // Phase 2's path: the AVX-512 ones for KIND_LINEAR, pulsed, one-word trains (aggregated: any write
 // noise; exact: without write noise), else the generic job path.
 Trains::Path pick_path(const DeviceGlobals& g, const UpdateArgs& u, int B, int nw, int O, int I, const float* w_p,
                        bool carry = false) {
+  if (g_force_generic.load(std::memory_order_relaxed)) return Trains::GENERIC;
   const bool lin1 = g.kind == KIND_LINEAR && u.mode == MODE_PULSED && nw == 1;
   const bool fast = lin1 && static_cast<int64_t>(NP_PLANES) * O * I < (int64_t{1} << 31);  // 32-bit gather indices
   const bool write_noise = w_p && g.write_noise > 0.0f;
@@ -2367,6 +2372,10 @@ at::Tensor agad_signals(const at::Tensor& v, at::Tensor mr, at::Tensor pr, at::T
 // mode (cpu_fused_avx2.h), 0 none (the portable lanes and the generic job path).
 int64_t cpu_fast_paths() { return AT_FUSED_AVX512 ? 1 : (AT_FUSED_AVX2 ? 2 : 0); }
 
+// Test hook: on = every CPU update call takes the generic job path (pick_path) until switched off;
+// returns the previous setting.
+bool force_generic_path(bool on) { return g_force_generic.exchange(on); }
+
 }  // namespace
 }  // namespace analogtrain
 
@@ -2405,6 +2414,7 @@ TORCH_LIBRARY(analogtrain, m) {
   m.def("device_step(Tensor w_dev, Tensor up, Tensor params, Tensor gparams, Tensor xi) -> Tensor");
   m.def("host_expm1(Tensor x) -> Tensor[]");
   m.def("cpu_fast_paths() -> int", &analogtrain::cpu_fast_paths);
+  m.def("force_generic_path(bool on) -> bool", &analogtrain::force_generic_path);
   m.def("agad_signals(Tensor v, Tensor(a!) mr, Tensor(b!) pr, Tensor(c!) sr, Tensor flips, float beta) -> Tensor",
         &analogtrain::agad_signals);
   m.def("auto_scale_lrs(Tensor xm, Tensor dm, float mx, float md, float tau, float keep, float num, float base, "

@@ -639,6 +639,37 @@ def test_compiled_cpu_aggregated_matches_reference_odd_width(key, case):
 
 
 @pytest.mark.compiled
+@pytest.mark.parametrize("key", sorted(PARITY))
+def test_compiled_cpu_fast_paths_equal_the_generic_job_path_bit_for_bit(key):
+    """Within one build every CPU path gives the same numbers: the same call through the fast path this
+    CPU takes (AVX-512 agg_fast / fused one-sample calls, or the AVX2 lanes) and, with the test hook
+    force_generic_path, through the generic job path — identical pulse counts and weights, bit for bit, in
+    the dense (every closed-form branch: n <= 4 polynomials, the n > 4 expm1 and its short form, the noise
+    sum's series and closed form), sparse and one-sample regimes."""
+    if not ops.compiled_available("cpu"):
+        pytest.skip("compiled CPU kernel unavailable")
+    for B, lr in ((8, 0.5), (8, -0.5), (8, 0.0005), (1, 0.5)):
+        s, params, x, d, w0, ci, co = _parity_case(key, O=64, I=48, B=B)
+        kw = {"chop_in": ci, "chop_out": co} if lr < 0 else {}
+        out = []
+        for generic in (False, True):
+            before = torch.ops.analogtrain.force_generic_path(generic)
+            try:
+                w = w0.clone()
+                wp = w0.clone() if s.write_noise else None
+                n = ops.pulsed_update(w, wp, params, s.gparams, x, d, lr, s.dw, AGG, 2**35 + 3, 17,
+                                      backend="compiled", **kw)
+            finally:
+                torch.ops.analogtrain.force_generic_path(before)
+            out.append((n, w, wp))
+        (n_f, w_f, wp_f), (n_g, w_g, wp_g) = out
+        assert float(n_f.sum()) > 0 and torch.equal(n_f, n_g), (B, lr)
+        assert torch.equal(w_f.view(torch.int32), w_g.view(torch.int32)), (B, lr, int((w_f != w_g).sum()))
+        if wp_f is not None:
+            assert torch.equal(wp_f.view(torch.int32), wp_g.view(torch.int32)), (B, lr)
+
+
+@pytest.mark.compiled
 def test_compiled_cpu_expm1_twins_agree_bit_for_bit_within_two_ulp():
     """The expm1 of the n > AGG_POLY_MAX closed form in the CPU kernel: the build's scalar f_expm1 (generic
     path, one-sample calls) and its vector twin (the AVX-512 lanes' inline expm1, the AVX2 lanes' libmvec
