@@ -162,6 +162,34 @@ def test_compiled_carry_matches_reference(key, columns, path):
 
 @pytest.mark.compiled
 @pytest.mark.skipif(not COMPILED, reason="compiled kernel unavailable")
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("columns", [True, False], ids=["columns", "rows"])
+@pytest.mark.parametrize("key", sorted(DEVICES))
+def test_compiled_carry_fast_path_equals_the_generic_job_path_bit_for_bit(key, columns, path):
+    """The carry pass through this CPU's fast path and, with the test hook force_generic_path, through the
+    generic job path: the same snapshots, pulse totals and weights, bit for bit (events between samples
+    included: finishing a slice, restarting its moments)."""
+    kw = PATHS[path]
+    s, x, d, w0, ci, co = _inputs(key, 21, 37)
+    lrs = [v * kw.get("lr_scale", 1.0) for v in LRS]
+    spec = kw.get("spec", AGG)
+    snap = [0, 0, -1, 20, 20, -1, 36 if columns else 1, 17]
+    out = []
+    for generic in (False, True):
+        before = torch.ops.analogtrain.force_generic_path(generic)
+        try:
+            out.append(_op("compiled", s, x, d, w0, ci, co, columns=columns, lrs=lrs, spec=spec, snap=snap))
+        finally:
+            torch.ops.analogtrain.force_generic_path(before)
+    (fast, generic) = out
+    assert fast[3].tolist() == generic[3].tolist() and float(fast[3].sum()) > 30
+    for a, b in zip(fast[:3], generic[:3]):
+        if b is not None:
+            assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.compiled
+@pytest.mark.skipif(not COMPILED, reason="compiled kernel unavailable")
 @pytest.mark.parametrize("path", ["multi_slot", "generic"])
 def test_compiled_carry_totals_of_samples_with_hundreds_of_trains(path):
     """O = 300, I = 700: a sample has 500-odd active x trains and ~300 d trains, more than the 255 that the
