@@ -134,20 +134,32 @@ PATHS = {  # which phase 2 of the compiled kernel runs
 }
 
 
-@pytest.mark.compiled
-@pytest.mark.skipif(not COMPILED, reason="compiled kernel unavailable")
-@pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("columns", [True, False], ids=["columns", "rows"])
-@pytest.mark.parametrize("key", sorted(DEVICES))
+def _path_case(key, columns, path):
+    """The inputs of a compiled-path case (O = 21, I = 37) and _op's keywords for ``PATHS[path]``: its lrs,
+    spec and a snapshot schedule with slices in the second and third 16-lane groups."""
+    p = PATHS[path]
+    s, x, d, w0, ci, co = _inputs(key, 21, 37)
+    kw = {"lrs": [v * p.get("lr_scale", 1.0) for v in LRS], "spec": p.get("spec", AGG),
+          "snap": [0, 0, -1, 20, 20, -1, 36 if columns else 1, 17]}
+    return s, x, d, w0, ci, co, kw
+
+
+def _compiled_path_cases(test):
+    """A compiled-kernel test over every device × orientation × ``PATHS`` case (ids key-columns-path)."""
+    for mark in (pytest.mark.parametrize("key", sorted(DEVICES)),
+                 pytest.mark.parametrize("columns", [True, False], ids=["columns", "rows"]),
+                 pytest.mark.parametrize("path", sorted(PATHS)),
+                 pytest.mark.skipif(not COMPILED, reason="compiled kernel unavailable"), pytest.mark.compiled):
+        test = mark(test)
+    return test
+
+
+@_compiled_path_cases
 def test_compiled_carry_matches_reference(key, columns, path):
     """O = 21, I = 37: partial 16-lane groups, slices in the second and third groups."""
-    kw = PATHS[path]
-    s, x, d, w0, ci, co = _inputs(key, 21, 37)
-    lrs = [v * kw.get("lr_scale", 1.0) for v in LRS]
-    spec = kw.get("spec", AGG)
-    snap = [0, 0, -1, 20, 20, -1, 36 if columns else 1, 17]
-    ref = _op("reference", s, x, d, w0, ci, co, columns=columns, lrs=lrs, spec=spec, snap=snap)
-    got = _op("compiled", s, x, d, w0, ci, co, columns=columns, lrs=lrs, spec=spec, snap=snap)
+    s, x, d, w0, ci, co, kw = _path_case(key, columns, path)
+    ref = _op("reference", s, x, d, w0, ci, co, columns=columns, **kw)
+    got = _op("compiled", s, x, d, w0, ci, co, columns=columns, **kw)
     assert got[3].tolist() == ref[3].tolist()
     assert float(ref[3].sum()) > 30
     for a, b in zip(got[:3], ref[:3]):
@@ -155,30 +167,21 @@ def test_compiled_carry_matches_reference(key, columns, path):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not torch.equal(ref[0], w0)
     # the snapshots are not the final slices: later calls moved them
-    k = snap[3]
+    k = kw["snap"][3]
     assert not torch.equal(ref[2][3], ref[0][:, k] if columns else ref[0][k])
 
 
-
-@pytest.mark.compiled
-@pytest.mark.skipif(not COMPILED, reason="compiled kernel unavailable")
-@pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("columns", [True, False], ids=["columns", "rows"])
-@pytest.mark.parametrize("key", sorted(DEVICES))
+@_compiled_path_cases
 def test_compiled_carry_fast_path_equals_the_generic_job_path_bit_for_bit(key, columns, path):
     """The carry pass through this CPU's fast path and, with the test hook force_generic_path, through the
     generic job path: the same snapshots, pulse totals and weights, bit for bit (events between samples
     included: finishing a slice, restarting its moments)."""
-    kw = PATHS[path]
-    s, x, d, w0, ci, co = _inputs(key, 21, 37)
-    lrs = [v * kw.get("lr_scale", 1.0) for v in LRS]
-    spec = kw.get("spec", AGG)
-    snap = [0, 0, -1, 20, 20, -1, 36 if columns else 1, 17]
+    s, x, d, w0, ci, co, kw = _path_case(key, columns, path)
     out = []
     for generic in (False, True):
         before = torch.ops.analogtrain.force_generic_path(generic)
         try:
-            out.append(_op("compiled", s, x, d, w0, ci, co, columns=columns, lrs=lrs, spec=spec, snap=snap))
+            out.append(_op("compiled", s, x, d, w0, ci, co, columns=columns, **kw))
         finally:
             torch.ops.analogtrain.force_generic_path(before)
     (fast, generic) = out
