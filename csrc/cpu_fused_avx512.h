@@ -559,6 +559,21 @@ struct AggPoly {
   }
 };
 
+// The constants of the n > AGG_POLY_MAX closed form in both directions (AggDir16::multi), once per group
+// when a sample first brings a lane more pulses, and the flags derived from them (AggLanes k0, a_nz).
+template <bool MULT, bool NOISE>
+AT_HOT_INLINE void agg_lanes_multi(AggLanes& L) {
+  L.du.multi<MULT, NOISE>();
+  L.dd.multi<MULT, NOISE>();
+  L.have_multi = true;
+  // n <= 32 (one train word) and |l| <= 1/128: |n·l·LOG2E| <= 0.37 (with the roundings) < 1/2
+  const __m512 lim = _mm512_set1_ps(0.25f / 32.0f), zero = _mm512_setzero_ps();
+  L.k0 = _mm512_cmp_ps_mask(_mm512_abs_ps(L.du.l), lim, _CMP_LE_OQ) == 0xFFFF &&
+         _mm512_cmp_ps_mask(_mm512_abs_ps(L.dd.l), lim, _CMP_LE_OQ) == 0xFFFF;
+  L.a_nz = !_mm512_mask_cmp_ps_mask(L.lm, L.du.alpha, zero, _CMP_EQ_OQ) &&
+           !_mm512_mask_cmp_ps_mask(L.lm, L.dd.alpha, zero, _CMP_EQ_OQ);
+}
+
 // agg_lanes_apply for a sample in which some lane takes n >= 2 pulses (lanes `multi`): the binomial
 // polynomials on lanes with n <= AGG_POLY_MAX, and — BIG: some lane (`big`) takes more — the closed
 // form with expm1 (cpu_expm1.h, inline) there. Sparse updates (a few pulses per sample) never take the
@@ -578,17 +593,7 @@ AT_HOT_INLINE void agg_lanes_closed(AggLanes& L, __m512i n, __mmask16 mk, __mmas
   __m512 r = _mm512_mask_mov_ps(one, small, r_p);                          // Σ_{k<n} A^k
   __mmask16 a0 = 0;
   if (BIG) {
-    if (!L.have_multi) {
-      L.du.multi<MULT, NOISE>();
-      L.dd.multi<MULT, NOISE>();
-      L.have_multi = true;
-      // n <= 32 (one train word) and |l| <= 1/128: |n·l·LOG2E| <= 0.37 (with the roundings) < 1/2
-      const __m512 lim = _mm512_set1_ps(0.25f / 32.0f);
-      L.k0 = _mm512_cmp_ps_mask(_mm512_abs_ps(L.du.l), lim, _CMP_LE_OQ) == 0xFFFF &&
-             _mm512_cmp_ps_mask(_mm512_abs_ps(L.dd.l), lim, _CMP_LE_OQ) == 0xFFFF;
-      L.a_nz = !_mm512_mask_cmp_ps_mask(L.lm, L.du.alpha, zero, _CMP_EQ_OQ) &&
-               !_mm512_mask_cmp_ps_mask(L.lm, L.dd.alpha, zero, _CMP_EQ_OQ);
-    }
+    if (!L.have_multi) agg_lanes_multi<MULT, NOISE>(L);
     if (!L.a_nz) a0 = _mm512_cmp_ps_mask(alpha, zero, _CMP_EQ_OQ);
     const __m512 l = _mm512_mask_blend_ps(up, L.dd.l, L.du.l);
     const __m512 ia = _mm512_mask_blend_ps(up, L.dd.ia, L.du.ia);
