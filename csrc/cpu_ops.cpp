@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "cpu_agg_lanes.h"  // (first: its vector libm is device_step.h's on this CPU)
+#include "op_schemas.h"
 #include "pulsed_update.h"
 
 #if defined(ANALOGTRAIN_LIBMVEC) && defined(__AVX512F__)
@@ -2380,24 +2381,13 @@ bool force_generic_path(bool on) { return g_force_generic.exchange(on); }
 }  // namespace analogtrain
 
 TORCH_LIBRARY(analogtrain, m) {
-  m.def(
-      "pulsed_update(Tensor(a!) w, Tensor(b!)? w_p, Tensor params, Tensor gparams, Tensor x, Tensor d, float lr, "
-      "float dw, int desired_bl, bool fixed_bl, bool ublm, bool um, float um_grad_scale, float res, bool sto_round, "
-      "int mode, int seed, int offset, Tensor? chop_in, Tensor? chop_out) -> Tensor");
-  m.def(
-      "buffered_transfer(Tensor(a!) h, Tensor v, int k, Tensor? chop, float lr_scale, float thr, int bl_t, "
-      "float momentum, bool forget, bool no_buffer, float cap, bool columns, bool write, Tensor(b!) w, "
-      "Tensor(c!)? w_p, Tensor params, Tensor gparams, float lr, float dw, int desired_bl, bool fixed_bl, bool ublm, "
-      "bool um, float um_grad_scale, float res, bool sto_round, int mode, int seed, int offset) -> (Tensor, Tensor)");
+  m.def(AT_SCHEMA_PULSED_UPDATE);
+  m.def(AT_SCHEMA_BUFFERED_TRANSFER);
   m.def("philox_uniform(int seed, int offset, int stream, Tensor a, int b, int draw) -> Tensor");
   m.def("philox_normal(int seed, int offset, int stream, Tensor a, int b, int draw) -> Tensor");
   m.def("philox_normal_grid(int seed, int offset, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
   m.def("philox_uniform_grid(int seed, int offset, int stream, int n_a, Tensor b_idx, int draw) -> Tensor");
-  m.def(
-      "chopped_update_snapshots(Tensor(a!) w, Tensor(b!)? w_p, Tensor params, Tensor gparams, Tensor x, Tensor d, "
-      "Tensor starts, Tensor offsets, Tensor lrs, Tensor? chop_in, Tensor? chop_out, Tensor snap, bool columns, "
-      "float dw, int desired_bl, bool fixed_bl, bool ublm, bool um, float um_grad_scale, float res, bool sto_round, "
-      "int mode, int seed) -> (Tensor, Tensor)");
+  m.def(AT_SCHEMA_CHOPPED_UPDATE_SNAPSHOTS);
   m.def(
       "buffered_transfer_seq(Tensor(a!) h, Tensor v, Tensor ks, Tensor? chop, Tensor lr_scales, Tensor writes, "
       "float thr, int bl_t, float momentum, bool forget, bool no_buffer, float cap, bool columns, Tensor(b!) w, "

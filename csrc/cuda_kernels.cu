@@ -4,6 +4,9 @@
 // Same maths and the same random numbers as the CPU kernel (pulsed_update.h, device_step.h,
 // philox.h); compiled with --fmad=false so float results round exactly as on the CPU.
 //
+// Launches go through AT_LAUNCH (cuda_compat.h), so that these sources also build for the CPU emulation of
+// the kernels (cuda_emulation.cpp; tests/test_cuda_emulation.py holds it to the CPU kernel bit for bit).
+//
 // pulsed_update, three launches on the current stream:
 //   1. k_scales : one thread per sample: (BL, A, B) from the per-sample abs-maxima (computed by ATen);
 //   2. k_trains : one thread per (sample, entry) of x and of d: probability, sign and the bit-packed
@@ -18,14 +21,17 @@
 // then k_carry: one thread per element walks ALL samples of the batch, carrying its moments across the
 // calls, and at each event of its slice (a transfer read) finishes itself if touched and writes its
 // snapshot entry; k_slot_counts gives each call's exact pulse total from the trains.
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
+#include "cuda_compat.h"
 #include "pulsed_update.h"
 
 namespace analogtrain {
 namespace cuda_impl {
+
+#if defined(ANALOGTRAIN_CUDA_EMULATION)
+using namespace cuda_emu;  // threadIdx, __popc, atomicAdd of the emulation
+#endif
 
 constexpr int kThreads = 256;
 
@@ -252,17 +258,17 @@ void cuda_pulsed_update(float* w, float* w_p, const float* params, const DeviceG
   using namespace cuda_impl;
   if (B == 0 || O == 0 || I == 0) return;
   const CallArgs one{nullptr, nullptr, nullptr};
-  k_scales<<<(B + kThreads - 1) / kThreads, kThreads, 0, stream>>>(xmax, dmax, B, u, sc, one);
+  AT_LAUNCH(k_scales, (B + kThreads - 1) / kThreads, kThreads, stream, xmax, dmax, B, u, sc, one);
   const int64_t nx = static_cast<int64_t>(B) * I, nd = static_cast<int64_t>(B) * O;
-  k_trains<<<static_cast<unsigned>((nx + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+  AT_LAUNCH(k_trains, static_cast<unsigned>((nx + kThreads - 1) / kThreads), kThreads, stream,
       x, B, I, sc, u, true, cin, px, sx, u.mode == MODE_PULSED ? xbits : nullptr, nw, one);
-  k_trains<<<static_cast<unsigned>((nd + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+  AT_LAUNCH(k_trains, static_cast<unsigned>((nd + kThreads - 1) / kThreads), kThreads, stream,
       d, B, O, sc, u, false, cout, pd, sd, u.mode == MODE_PULSED ? dbits : nullptr, nw, one);
   const int64_t ne = static_cast<int64_t>(O) * I;
   int64_t blocks = (ne + kThreads - 1) / kThreads;
   if (blocks > 65535LL * 32) blocks = 65535LL * 32;  // grid-stride loop covers the rest
-  k_update<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(w, w_p, params, g, B, O, I, u, sc, px, pd, sx,
-                                                                   sd, xbits, dbits, nw, pulses);
+  AT_LAUNCH(k_update, static_cast<unsigned>(blocks), kThreads, stream,
+      w, w_p, params, g, B, O, I, u, sc, px, pd, sx, sd, xbits, dbits, nw, pulses);
 }
 
 // Carry mode of chopped_update_snapshots (aggregated): S samples (x (S, I), d (S, O), already offset to the
@@ -278,21 +284,21 @@ void cuda_chopped_carry(float* w, float* w_p, const float* params, const DeviceG
   using namespace cuda_impl;
   if (S == 0 || O == 0 || I == 0) return;
   const CallArgs ca{us, scall, sbc};
-  k_scales<<<(S + kThreads - 1) / kThreads, kThreads, 0, stream>>>(xmax, dmax, S, ulast, sc, ca);
+  AT_LAUNCH(k_scales, (S + kThreads - 1) / kThreads, kThreads, stream, xmax, dmax, S, ulast, sc, ca);
   const int64_t nx = static_cast<int64_t>(S) * I, nd = static_cast<int64_t>(S) * O;
-  k_trains<<<static_cast<unsigned>((nx + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+  AT_LAUNCH(k_trains, static_cast<unsigned>((nx + kThreads - 1) / kThreads), kThreads, stream,
       x, S, I, sc, ulast, true, cin, px, sx, xbits, nw, ca);
-  k_trains<<<static_cast<unsigned>((nd + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+  AT_LAUNCH(k_trains, static_cast<unsigned>((nd + kThreads - 1) / kThreads), kThreads, stream,
       d, S, O, sc, ulast, false, cout, pd, sd, dbits, nw, ca);
   const int64_t nsl = static_cast<int64_t>(S) * nw * 32;
-  k_slot_counts<<<static_cast<unsigned>((nsl + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+  AT_LAUNCH(k_slot_counts, static_cast<unsigned>((nsl + kThreads - 1) / kThreads), kThreads, stream,
       sx, sd, xbits, dbits, S, O, I, nw, scall, ctot);
   const CarryEvents ev{nev, ev_pos, ev_slice, ev_call, ev_off, columns, L, snaps};
   const int64_t ne = static_cast<int64_t>(O) * I;
   int64_t blocks = (ne + kThreads - 1) / kThreads;
   if (blocks > 65535LL * 32) blocks = 65535LL * 32;
-  k_carry<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(w, w_p, params, g, S, O, I, ulast, sc, sx, sd, xbits,
-                                                                  dbits, nw, ev);
+  AT_LAUNCH(k_carry, static_cast<unsigned>(blocks), kThreads, stream,
+      w, w_p, params, g, S, O, I, ulast, sc, sx, sd, xbits, dbits, nw, ev);
 }
 
 void cuda_buffer_step(float* h, int64_t h_stride, const float* v, const float* chop, int64_t L, float lr_scale,
@@ -300,7 +306,7 @@ void cuda_buffer_step(float* h, int64_t h_stride, const float* v, const float* c
                       float cap, float* n_out, cudaStream_t stream) {
   using namespace cuda_impl;
   if (L == 0) return;
-  k_buffer<<<static_cast<unsigned>((L + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+  AT_LAUNCH(k_buffer, static_cast<unsigned>((L + kThreads - 1) / kThreads), kThreads, stream,
       h, h_stride, v, chop, L, lr_scale, thr, bl, momentum, one_minus_momentum, forget, no_buffer, cap, n_out);
 }
 

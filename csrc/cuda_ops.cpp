@@ -2,8 +2,6 @@
 // device, the current stream, and the CUDA implementations of the `analogtrain` ops whose schemas
 // cpu_ops.cpp defines. Compiled by the host compiler (keeps torch headers out of the .cu file).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -13,7 +11,25 @@
 #include <tuple>
 #include <vector>
 
+#include "cuda_compat.h"
+#include "op_schemas.h"
 #include "pulsed_update.h"
+
+#if defined(ANALOGTRAIN_CUDA_EMULATION)
+// CPU emulation (cuda_emulation.cpp): CPU tensors stand in for CUDA ones; no device guard, no stream,
+// and a launch has already run when it returns
+#define AT_DEVICE_TENSOR(t) (t).is_cpu()
+#define AT_DEVICE_GUARD(dev) (void)(dev)
+#define AT_CURRENT_STREAM(dev) static_cast<cudaStream_t>(nullptr)
+#define AT_LAUNCH_CHECK() (void)0
+#else
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define AT_DEVICE_TENSOR(t) (t).is_cuda()
+#define AT_DEVICE_GUARD(dev) c10::cuda::CUDAGuard device_guard_(dev)
+#define AT_CURRENT_STREAM(dev) c10::cuda::getCurrentCUDAStream((dev).index()).stream()
+#define AT_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
+#endif
 
 namespace analogtrain {
 
@@ -38,7 +54,7 @@ void cuda_chopped_carry(float* w, float* w_p, const float* params, const DeviceG
 namespace {
 
 void check_f32_cuda(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda(), "analogtrain (CUDA): ", name, " must be a CUDA tensor");
+  TORCH_CHECK(AT_DEVICE_TENSOR(t), "analogtrain (CUDA): ", name, " must be a CUDA tensor");
   TORCH_CHECK(t.device() == like.device(), "analogtrain (CUDA): ", name, " is on another device");
   TORCH_CHECK(t.scalar_type() == at::kFloat, "analogtrain (CUDA): ", name, " must be float32");
   TORCH_CHECK(t.is_contiguous(), "analogtrain (CUDA): ", name, " must be contiguous");
@@ -100,14 +116,14 @@ void run_update(at::Tensor& w, float* wp, const at::Tensor& params, const Device
   // SampleScales {int, double, double} = 24 bytes per sample; raw bytes in a uint8 tensor
   at::Tensor sc = at::empty({static_cast<int64_t>(B) * static_cast<int64_t>(sizeof(SampleScales))},
                             w.options().dtype(at::kByte));
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w.device().index()).stream();
+  cudaStream_t stream = AT_CURRENT_STREAM(w.device());
   cuda_pulsed_update(w.data_ptr<float>(), wp, params.data_ptr<float>(), g, x.data_ptr<float>(), d.data_ptr<float>(),
                      xmax.data_ptr<float>(), dmax.data_ptr<float>(), B, O, I, u, ci, co, pulses.data_ptr<float>(), nw,
                      reinterpret_cast<uint32_t*>(xbits.data_ptr<int32_t>()),
                      reinterpret_cast<uint32_t*>(dbits.data_ptr<int32_t>()), px.data_ptr<float>(),
                      pd.data_ptr<float>(), sx.data_ptr<float>(), sd.data_ptr<float>(),
                      reinterpret_cast<SampleScales*>(sc.data_ptr<uint8_t>()), stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  AT_LAUNCH_CHECK();
 }
 
 at::Tensor pulsed_update_cuda(at::Tensor w, const std::optional<at::Tensor>& w_p, const at::Tensor& params,
@@ -115,7 +131,7 @@ at::Tensor pulsed_update_cuda(at::Tensor w, const std::optional<at::Tensor>& w_p
                               double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um, double um_grad_scale,
                               double res, bool sto_round, int64_t mode, int64_t seed, int64_t offset,
                               const std::optional<at::Tensor>& chop_in, const std::optional<at::Tensor>& chop_out) {
-  c10::cuda::CUDAGuard guard(w.device());
+  AT_DEVICE_GUARD(w.device());
   check_update_inputs(w, params, x, d, mode, dw, "pulsed_update");
   const int64_t O = w.size(0), I = w.size(1);
   float* wp = const_cast<float*>(opt_ptr(w_p, "w_p", w, O * I));
@@ -135,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cuda(at::Tensor h, const at
                                   const at::Tensor& gparams, double lr, double dw, int64_t desired_bl, bool fixed_bl,
                                   bool ublm, bool um, double um_grad_scale, double res, bool sto_round, int64_t mode,
                                   int64_t seed, int64_t offset) {
-  c10::cuda::CUDAGuard guard(h.device());
+  AT_DEVICE_GUARD(h.device());
   check_f32_cuda(h, "h", h);
   check_f32_cuda(v, "v", h);
   check_f32_cuda(w, "w", h);
@@ -147,12 +163,12 @@ std::tuple<at::Tensor, at::Tensor> buffered_transfer_cuda(at::Tensor h, const at
   TORCH_CHECK(k >= 0 && k < S, "analogtrain::buffered_transfer (CUDA): slice index out of range");
   const float* cp = opt_ptr(chop, "chop", h, L);
   at::Tensor n = at::empty({L}, v.options());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(h.device().index()).stream();
+  cudaStream_t stream = AT_CURRENT_STREAM(h.device());
   cuda_buffer_step(h.data_ptr<float>() + (columns ? k : k * I), columns ? I : 1, v.data_ptr<float>(), cp, L,
                    static_cast<float>(lr_scale), static_cast<float>(thr), static_cast<float>(bl_t),
                    static_cast<float>(momentum), static_cast<float>(1.0 - momentum), forget, no_buffer,
                    static_cast<float>(cap * static_cast<double>(bl_t)), n.data_ptr<float>(), stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  AT_LAUNCH_CHECK();
   if (!write) return std::make_tuple(n, at::zeros({L}, v.options()));
   // the C write (no host sync: with all n = 0 the one-sample update touches nothing, as the skip would)
   at::Tensor onehot = at::zeros({1, S}, h.options());
@@ -187,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cuda(
     const at::Tensor& lrs, const std::optional<at::Tensor>& chop_in, const std::optional<at::Tensor>& chop_out,
     const at::Tensor& snap, bool columns, double dw, int64_t desired_bl, bool fixed_bl, bool ublm, bool um,
     double um_grad_scale, double res, bool sto_round, int64_t mode, int64_t seed) {
-  c10::cuda::CUDAGuard guard(w.device());
+  AT_DEVICE_GUARD(w.device());
   check_update_inputs(w, params, x, d, mode, dw, "chopped_update_snapshots");
   const int64_t O = w.size(0), I = w.size(1);
   at::Tensor st = starts.to(at::kCPU, at::kLong).contiguous(), of = offsets.to(at::kCPU, at::kLong).contiguous();
@@ -271,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cuda(
   at::Tensor slice_d = to_device(ev_slice, w), call_d = to_device(ev_call, w);
   at::Tensor off_d = to_device(ev_off, w);
   at::Tensor ctot = at::zeros({C}, w.options().dtype(at::kLong));
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w.device().index()).stream();
+  cudaStream_t stream = AT_CURRENT_STREAM(w.device());
   cuda_chopped_carry(w.data_ptr<float>(), wp, params.data_ptr<float>(), g, xs.data_ptr<float>(), ds.data_ptr<float>(),
                      xmax.data_ptr<float>(), dmax.data_ptr<float>(), S, static_cast<int>(O), static_cast<int>(I),
                      uc[static_cast<size_t>(C - 1)], reinterpret_cast<const UpdateArgs*>(us_d.data_ptr<uint8_t>()),
@@ -286,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cuda(
                      reinterpret_cast<const int64_t*>(call_d.data_ptr<uint8_t>()),
                      reinterpret_cast<const uint64_t*>(off_d.data_ptr<uint8_t>()), columns, L, snaps.data_ptr<float>(),
                      reinterpret_cast<unsigned long long*>(ctot.data_ptr<int64_t>()), stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  AT_LAUNCH_CHECK();
   at::Tensor tot = ctot.to(at::kCPU);
   const int64_t* tp = tot.data_ptr<int64_t>();
   double* cp = call_pulses.data_ptr<double>();
@@ -297,8 +313,17 @@ std::tuple<at::Tensor, at::Tensor> chopped_update_snapshots_cuda(
 }  // namespace
 }  // namespace analogtrain
 
+#if defined(ANALOGTRAIN_CUDA_EMULATION)
+// the emulation's ops, on CPU tensors, under their own namespace (the CPU ops keep `analogtrain::`)
+TORCH_LIBRARY(analogtrain_cuda_emu, m) {
+  m.def(AT_SCHEMA_PULSED_UPDATE, &analogtrain::pulsed_update_cuda);
+  m.def(AT_SCHEMA_BUFFERED_TRANSFER, &analogtrain::buffered_transfer_cuda);
+  m.def(AT_SCHEMA_CHOPPED_UPDATE_SNAPSHOTS, &analogtrain::chopped_update_snapshots_cuda);
+}
+#else
 TORCH_LIBRARY_IMPL(analogtrain, CUDA, m) {
   m.impl("pulsed_update", &analogtrain::pulsed_update_cuda);
   m.impl("buffered_transfer", &analogtrain::buffered_transfer_cuda);
   m.impl("chopped_update_snapshots", &analogtrain::chopped_update_snapshots_cuda);
 }
+#endif

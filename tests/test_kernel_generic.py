@@ -29,7 +29,7 @@ from analogtrain.ops import build
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY_SUITES = ["tests/test_kernel.py", "tests/test_aggregated_pulses.py", "tests/test_chopped_op.py",
                  "tests/test_chopped_carry.py", "tests/test_transfer_op.py",
-                 "tests/test_io_speed_invariance.py"]
+                 "tests/test_io_speed_invariance.py", "tests/test_cuda_emulation.py"]
 
 
 def _has_libmvec_float() -> bool:

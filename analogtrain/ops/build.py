@@ -15,6 +15,11 @@ Two libraries, both registering into the torch op namespace ``analogtrain`` (``t
 * ``analogtrain_cuda_<hash>``: CUDA kernels (``cuda_ops.cpp`` + ``cuda_kernels.cu``); built only when
   ``torch.cuda.is_available()`` (or on request: ``build_cuda(force=True)``, the nvcc compile check).
 
+A third, a test instrument that training never loads: ``analogtrain_cuda_emu_<hash>``, the same CUDA
+sources built by the host compiler with each launch run thread by thread on the CPU
+(``csrc/cuda_emulation.cpp``), as the ops ``torch.ops.analogtrain_cuda_emu.*`` on CPU tensors
+(``build_cuda_emulation``; tests/test_cuda_emulation.py).
+
 Sources are found in the installed package (``analogtrain.csrc``, the wheel maps top-level ``csrc/``
 there) or, in a source checkout, in the repository's ``csrc/``.
 """
@@ -30,13 +35,15 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_name", "cached_library", "BuildError", "CPU_SOURCES",
-           "CUDA_SOURCES"]
+__all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_cuda_emulation", "build_name", "cached_library", "BuildError",
+           "CPU_SOURCES", "CUDA_SOURCES", "CUDA_EMULATION_SOURCES"]
 
 CPU_SOURCES = ("cpu_ops.cpp",)
 CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
+# the CPU emulation of the CUDA kernels: one translation unit that includes both CUDA sources (hashed with it)
+CUDA_EMULATION_SOURCES = ("cuda_emulation.cpp",)
 HEADERS = ("philox.h", "device_step.h", "pulsed_update.h", "cpu_fused_avx512.h", "cpu_fused_avx2.h",
-           "cpu_agg_lanes.h", "cpu_expm1.h", "cpu_simd.h")
+           "cpu_agg_lanes.h", "cpu_expm1.h", "cpu_simd.h", "cuda_compat.h", "op_schemas.h")
 
 # -ffp-contract=off / --fmad=false: no fused multiply-add, so every float operation rounds exactly as
 # the torch reference does (bit-identical deterministic paths, see devices/step.py).
@@ -121,7 +128,8 @@ def build_name(kind: str, sources: tuple[str, ...], flags: list[str]) -> str:
 
     h = hashlib.sha256()
     d = csrc_dir()
-    for name in sorted(set(sources) | set(HEADERS)):
+    included = CUDA_SOURCES if kind == "cuda_emu" else ()  # (what cuda_emulation.cpp includes)
+    for name in sorted(set(sources) | set(HEADERS) | set(included)):
         h.update(name.encode())
         h.update((d / name).read_bytes())
     h.update(" ".join(flags).encode())
@@ -141,7 +149,7 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
 
     d = csrc_dir()
     mvec_c, mvec_l = _libmvec_flags()
-    flags = CXX_FLAGS + _march_flags() + mvec_c + (_path_flags() if kind == "cpu" else [])
+    flags = CXX_FLAGS + _march_flags() + mvec_c + (_path_flags() if kind in ("cpu", "cuda_emu") else [])
     name = build_name(kind, sources, flags + mvec_l + kw.get("extra_cuda_cflags", []))
     if name in _loaded:
         return name
@@ -155,7 +163,7 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
     lib = cached_library(name)
     if lib is None:  # a compile of tens of seconds: say so, or the run looks hung before its first step
         _log.info("building the compiled %s kernel %s (once for these sources, flags and CPU; %s) ...", kind,
-                  name, "about 30–60 s on 2 cores" if kind == "cpu" else "one to two minutes")
+                  name, {"cpu": "about 30–60 s on 2 cores", "cuda_emu": "about 20 s"}.get(kind, "one to two minutes"))
     t0 = time.perf_counter()
     try:
         cpp_extension.load(
@@ -225,3 +233,15 @@ def build_cuda(verbose: bool = False, force: bool = False) -> str:
     with _lock:
         _cuda_env()
         return _load("cuda", CUDA_SOURCES, verbose, extra_cuda_cflags=NVCC_FLAGS)
+
+
+def build_cuda_emulation(verbose: bool = False) -> str:
+    """Build (or load the cached) CPU emulation of the CUDA kernels (``csrc/cuda_emulation.cpp``): the
+    CUDA sources compiled by the host compiler, each launch running its threads in sequence, as the ops
+    ``torch.ops.analogtrain_cuda_emu.{pulsed_update, buffered_transfer, chopped_update_snapshots}`` on CPU
+    tensors. A test instrument (tests/test_cuda_emulation.py: the kernels' logic against the CPU kernel
+    without a GPU); training never loads it. Raises ``BuildError``."""
+    with _lock:
+        if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+            raise BuildError("no C++ compiler found (c++/g++ not on PATH; set CXX)")
+        return _load("cuda_emu", CUDA_EMULATION_SOURCES, verbose)
