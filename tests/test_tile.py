@@ -38,6 +38,23 @@ def test_array_buffers_and_set_weights_clip_to_device_bounds():
     assert arr.frac_at_bounds() == pytest.approx(clipped.float().mean().item())
 
 
+def test_set_weights_on_a_reference_device_clips_the_visible_weight_to_the_device_bounds():
+    """aihwkit §2.7: set_weights (like decay) clips the visible weight against [b_min, b_max] and ignores
+    the reference offset, so a programmed state W + ref can sit beyond a bound until a pulse clips it."""
+    from analogtrain.devices import params as P
+
+    arr = DeviceArray(device_from_config({"name": "rasch2024_sb"}), 8, 6, seed_device=3, seed_pulse=4)
+    bmin, bmax, ref = (arr.params[k] for k in (P.P_BMIN, P.P_BMAX, P.P_REF))
+    assert float((ref.abs() > 0.01).float().mean()) > 0.8  # reference offsets on most elements
+    W = torch.linspace(-1.5, 1.5, 48).reshape(8, 6)
+    arr.set_weights(W)
+    state = arr.device_state()
+    assert torch.equal(state, torch.minimum(torch.maximum(W, bmin), bmax))
+    # the old rule, clipping to the state's own limits b − ref, differs on elements near the bounds
+    lo, hi = arr.bounds
+    assert not torch.equal(state, torch.minimum(torch.maximum(W, lo), hi))
+
+
 def test_array_update_moves_along_minus_lr_x_d_and_advances_offset():
     arr = DeviceArray(softbounds(w_max=10.0, w_min=-10.0), 40, 40, seed_device=1, seed_pulse=2)
     spec = update_spec(UpdateConfig())

@@ -122,10 +122,13 @@ class DeviceArray(torch.nn.Module):
 
     @torch.no_grad()
     def set_weights(self, W: torch.Tensor) -> None:
-        """Program ``W`` (O, I), clipped element-wise to the device bounds. With write noise and the
-        device's ``apply_write_noise_on_set`` (aihwkit default), the persistent weight is the clipped ``W``
-        and the visible weight gets a fresh write-noise draw around it (aihwkit semantics §2.3)."""
-        lo, hi = self.bounds
+        """Program ``W`` (O, I), clipped element-wise to the device bounds [b_min, b_max]. As aihwkit's
+        base class (semantics §2.7), and as ``apply_decay``, the clip acts on the visible weight and ignores
+        a reference offset: on a device with ref ≠ 0 the programmed state W + ref may lie outside the
+        bounds until its next pulse clips it (``bounds`` gives the state's own limits, b − ref). With
+        write noise and the device's ``apply_write_noise_on_set`` (aihwkit default), the persistent weight
+        is the clipped ``W`` and the visible weight gets a fresh write-noise draw around it (§2.3)."""
+        lo, hi = self.params[P.P_BMIN], self.params[P.P_BMAX]
         W = W.detach().to(self.w.device, torch.float32).reshape(self.out_size, self.in_size)
         W = torch.minimum(torch.maximum(W, lo), hi)
         self.w.copy_(W)
