@@ -27,6 +27,7 @@ from analogtrain.devices import device_from_config, sample_device
 from analogtrain.devices import params as P
 from analogtrain.ops import UpdateSpec
 from analogtrain.ops.reference_chopped import chopped_update_snapshots_ref
+from kernel_cases import CARRY_DEVICES, LRS, STARTS, carry_case
 
 torch.set_num_threads(1)
 
@@ -34,32 +35,9 @@ AGG = UpdateSpec(aggregate=True)
 COMPILED = ops.compiled_available("cpu")
 BACKENDS = ["reference"] + (["compiled"] if COMPILED else [])
 
-DEVICES = {
-    "softbounds_mult": {"name": "softbounds", "dw_min": 0.02, "dw_min_std": 0.3},
-    "reram_sb": {"name": "reram_sb"},  # reference offsets, additive noise, write noise
-    "linear_step_additive": {"name": "linear_step", "gamma_up": 0.4, "gamma_down": 0.2, "mult_noise": False},
-    "constant_step_bounds": {"name": "constant_step", "dw_min": 0.01, "w_max": 0.1, "w_min": -0.1},
-    "softbounds_write_noise": {"name": "softbounds", "dw_min": 0.02, "write_noise_std": 0.5},
-}
-
-# a schedule with every feature: an empty call that snapshots (twice the same slice in a row), a slice
-# read twice, a call with lr 0, negative lrs, a first call that snapshots before anything else happened
-STARTS = [0, 0, 2, 3, 3, 5, 6, 8, 9]
-LRS = [0.3, 0.3, -0.2, 0.5, 0.1, 0.0, 0.4, -0.25]
+DEVICES = CARRY_DEVICES
 C = len(LRS)
-
-
-def _inputs(dev_key, O, I, B=9, seed=0):
-    s = sample_device(device_from_config(dict(DEVICES[dev_key])), O, I, 11)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(B, I, generator=g)
-    x[torch.rand(B, I, generator=g) < 0.2] = 0.0
-    d = torch.randn(B, O, generator=g)
-    lo, hi = s.params[P.P_BMIN] - s.params[P.P_REF], s.params[P.P_BMAX] - s.params[P.P_REF]
-    w0 = lo + (hi - lo) * torch.rand(O, I, generator=g)
-    ci = torch.where(torch.rand(C, I, generator=g) < 0.5, -1.0, 1.0)
-    co = torch.where(torch.rand(C, O, generator=g) < 0.5, -1.0, 1.0)
-    return s, x, d, w0, ci, co
+_inputs = carry_case
 
 
 def _snap(S):

@@ -20,8 +20,8 @@ import torch
 
 from analogtrain import ops
 from analogtrain.devices import device_from_config, sample_device
-from analogtrain.devices import params as P
 from analogtrain.ops import MODE_EXPECTED, MODE_MEAN_COUNT, MODE_PULSED, UpdateSpec
+from kernel_cases import CARRY_DEVICES, LRS, STARTS, UPDATE_DEVICES, carry_case, update_case
 
 torch.set_num_threads(1)
 
@@ -60,21 +60,16 @@ def _same(a, b):
 
 # ------------------------------------------------------------------------------------ pulsed_update
 
-DEVICES = ["softbounds", "linear_step", "constant_step", "expstep", "powstep", "softbounds_reference",
-           "powstep_reference", "reram_es", "reram_sb"]
+DEVICES = UPDATE_DEVICES
 LINEAR_FAMILY = {"softbounds", "linear_step", "constant_step", "softbounds_reference", "reram_sb"}  # aggregate
 
 
-def _update_case(key, O=64, I=48, B=12, seed=0):
-    """O·I = 3072 elements: twelve 256-thread blocks of the element kernel."""
-    s = sample_device(device_from_config({"name": key}), O, I, 3)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, I, generator=g)
-    x[torch.rand(B, I, generator=g) < 0.3] = 0
-    d = torch.randn(B, O, generator=g) * 0.2
-    w0 = (torch.rand(O, I, generator=g) - 0.5) * 0.2
-    ci = torch.where(torch.rand(I, generator=g) < 0.5, -1.0, 1.0)
-    co = torch.where(torch.rand(O, generator=g) < 0.5, -1.0, 1.0)
+def _update_case(key):
+    """update_case (O·I = 3072 elements: twelve 256-thread blocks of the element kernel) with choppers."""
+    s, x, d, w0 = update_case(key)
+    g = torch.Generator().manual_seed(9)
+    ci = torch.where(torch.rand(x.shape[1], generator=g) < 0.5, -1.0, 1.0)
+    co = torch.where(torch.rand(d.shape[1], generator=g) < 0.5, -1.0, 1.0)
     return s, x, d, w0, ci, co
 
 
@@ -113,39 +108,22 @@ def test_emulated_cuda_update_equals_cpu_kernel(emulated, key, mode):
 
 # ------------------------------------------------------------------------- chopped_update_snapshots
 
-CARRY_DEVICES = {
-    "softbounds_mult": {"name": "softbounds", "dw_min": 0.02, "dw_min_std": 0.3},
-    "reram_sb": {"name": "reram_sb"},  # reference offsets, additive noise, write noise
-    "linear_step_additive": {"name": "linear_step", "gamma_up": 0.4, "gamma_down": 0.2, "mult_noise": False},
-    "constant_step_bounds": {"name": "constant_step", "dw_min": 0.01, "w_max": 0.1, "w_min": -0.1},
-    "softbounds_write_noise": {"name": "softbounds", "dw_min": 0.02, "write_noise_std": 0.5},
-}
-# eight calls over nine samples: an empty call that snapshots, a slice read twice in a row and again
-# later, an lr of 0, negative lrs
-STARTS = [0, 0, 2, 3, 3, 5, 6, 8, 9]
-LRS = [0.3, 0.3, -0.2, 0.5, 0.1, 0.0, 0.4, -0.25]
 AGG = UpdateSpec(aggregate=True)
 CARRY_SPECS = {  # (spec, lr scale): the carry kernel (sparse, one-slot, two-word, dense) and the per-call modes
-    "carry": (AGG, 1.0), "carry_one_slot": (AGG, 0.005), "carry_two_words": (dataclasses.replace(AGG, ublm=False,
-                                                                                                  desired_bl=40), 1.0),
-    "carry_dense": (AGG, 5.0), "pulsed": (UpdateSpec(), 1.0), "mean_count": (UpdateSpec(mode=MODE_MEAN_COUNT), 1.0),
+    "carry": (AGG, 1.0),
+    "carry_one_slot": (AGG, 0.005),
+    "carry_two_words": (dataclasses.replace(AGG, ublm=False, desired_bl=40), 1.0),
+    "carry_dense": (AGG, 5.0),
+    "pulsed": (UpdateSpec(), 1.0),
+    "mean_count": (UpdateSpec(mode=MODE_MEAN_COUNT), 1.0),
     "expected": (UpdateSpec(mode=MODE_EXPECTED), 1.0),
 }
 
 
-def _carry_case(key, columns, O=21, I=37, B=9, seed=0):
-    s = sample_device(device_from_config(dict(CARRY_DEVICES[key])), O, I, 11)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(B, I, generator=g)
-    x[torch.rand(B, I, generator=g) < 0.2] = 0.0
-    d = torch.randn(B, O, generator=g)
-    lo, hi = s.params[P.P_BMIN] - s.params[P.P_REF], s.params[P.P_BMAX] - s.params[P.P_REF]
-    w0 = lo + (hi - lo) * torch.rand(O, I, generator=g)
-    C = len(LRS)
-    ci = torch.where(torch.rand(C, I, generator=g) < 0.5, -1.0, 1.0)
-    co = torch.where(torch.rand(C, O, generator=g) < 0.5, -1.0, 1.0)
-    snap = [0, 0, -1, 20, 20, -1, 36 if columns else 1, 17]
-    return s, x, d, w0, ci, co, snap
+def _carry_case(key, columns):
+    """carry_case (O = 21, I = 37: partial groups) with slices read in the second and third 16-lane groups."""
+    s, x, d, w0, ci, co = carry_case(key, 21, 37)
+    return s, x, d, w0, ci, co, [0, 0, -1, 20, 20, -1, 36 if columns else 1, 17]
 
 
 def _carry(s, x, d, w0, ci, co, snap, columns, spec, scale):

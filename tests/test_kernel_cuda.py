@@ -19,6 +19,7 @@ from analogtrain import ops
 from analogtrain.devices import device_from_config, sample_device
 from analogtrain.ops import MODE_EXPECTED, MODE_MEAN_COUNT, MODE_PULSED, UpdateSpec
 from analogtrain.ops.reference import pulsed_update_ref
+from kernel_cases import UPDATE_DEVICES, update_case
 
 NVCC = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"
 
@@ -54,18 +55,8 @@ def cuda_kernel():
     return torch.ops.analogtrain
 
 
-DEVICES = ["softbounds", "linear_step", "constant_step", "expstep", "powstep", "softbounds_reference",
-           "powstep_reference", "reram_es", "reram_sb"]
-
-
-def _case(key, O=64, I=48, B=12, seed=0):
-    s = sample_device(device_from_config({"name": key}), O, I, 3)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, I, generator=g)
-    x[torch.rand(B, I, generator=g) < 0.3] = 0
-    d = torch.randn(B, O, generator=g) * 0.2
-    w0 = (torch.rand(O, I, generator=g) - 0.5) * 0.2
-    return s, x, d, w0
+DEVICES = UPDATE_DEVICES
+_case = update_case
 
 
 def _run(s, x, d, w0, spec, device, backend, lr=0.05, chop=False):
