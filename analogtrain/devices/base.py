@@ -283,7 +283,8 @@ def resolve_knobs(cfg: PulsedDeviceConfig, prefix: str = "device") -> PulsedDevi
                     raise ConfigError(
                         f"{prefix}.skew",
                         f"cannot place the symmetry point at {s} for family {c.FAMILY}: the response is "
-                        "not state dependent there (set asymmetry > 0 or choose a soft-bounds family)",
+                        "not state dependent there (set asymmetry > 0, or choose a reference family, "
+                        "softbounds_reference or powstep_reference, whose skew is its reference offset)",
                     )
                 q = qu / qd
                 up_down = 1.0 - q if q <= 1.0 else 1.0 / q - 1.0
