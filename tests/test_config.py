@@ -149,3 +149,18 @@ def test_objective_auto_follows_the_task_and_the_splits():
         resolve_objective("val/acc", data("regression", 0, 5))
     assert e.value.key == "trainer.objective"
     assert "choose auto or one of test/loss, train/loss_epoch" in str(e.value)
+
+
+def test_library_recipe_composes_in_a_fresh_process():
+    """README "As a library": Hydra's compose API on ``analogtrain.conf`` finds the schemas without any
+    registration call of the user's (a fresh interpreter: this session's ConfigStore is already filled)."""
+    import subprocess
+    import sys
+
+    code = ("from hydra import compose, initialize_config_module\n"
+            "with initialize_config_module('analogtrain.conf', version_base=None):\n"
+            "    cfg = compose('train', overrides=['algo=cttv2', 'logger=mlflow'])\n"
+            "print(cfg.algo.name, cfg.logger.experiment is not None)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["cttv2", "True"]
