@@ -44,7 +44,7 @@ def test_launcher_sweep_with_parent_and_children(tmp_path, launcher):
 
 @pytest.mark.slow
 def test_sweep_overlay_grid(tmp_path):
-    """``sweep=lr_seed`` expands its grid (3 lr x 2 seeds); a command-line value replaces a grid axis."""
+    """``sweep=lr_seed`` expands its grid (3 lr x 3 seeds); a command-line value replaces a grid axis."""
     uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
     p = subprocess.run([ANALOGTRAIN, "-m", "sweep=lr_seed", "seed=0", *TINY, f"logger.tracking_uri={uri}",
                         f"hydra.sweep.dir={tmp_path / 's'}"], cwd=tmp_path, env=cli_env(), capture_output=True,
