@@ -150,7 +150,8 @@ ALGOS_D = ("digital", "sgd", "tt", "ttv2", "cttv2", "agad")
 def exp_d(quick: bool, out_dir: Path) -> dict:
     """(d) trainer runs through the real CLI (subprocesses): final test accuracy per algorithm × model.
 
-    Full size: ``experiment=theory_mnist_algos`` as written (Fashion-MNIST, Wu et al. 2024 settings).
+    Full size: ``experiment=theory_mnist_algos`` as written (Fashion-MNIST, the FCN settings of Wu et
+    al. 2024; the overlay lists where it departs from the paper).
     ``--quick`` (CI size): the bundled digits, 3 epochs, tanh activations and lr 0.1 so that a few hundred
     steps separate the algorithms; the sigmoid paper settings need tens of epochs."""
     res = {}
