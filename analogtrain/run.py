@@ -102,6 +102,28 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
+@contextlib.contextmanager
+def deferred_signals():
+    """SIGINT and SIGTERM during the block are recorded (the yielded list gets their numbers), not
+    raised: the end of a run (artifacts, the MLflow status) is written completely even when a second
+    Ctrl-C or a scheduler's SIGTERM arrives during it. The previous handlers are restored afterwards.
+    Outside the main thread (signals cannot be caught there) it does nothing."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum, frame):
+        got.append(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -112,8 +134,8 @@ def _git_commit() -> str | None:
 
 
 def make_tracker(cfg, run_dir: Path, ctx: dict, resume: bool):
-    """No-op tracker for ``logger=none``; else an MLflow run (re-opened when resuming this run dir,
-    a child of the sweep's parent run in a multirun)."""
+    """No-op tracker for ``logger=none``; else an MLflow run (re-opened when ``resume``: a checkpoint of
+    this run dir is being resumed; a child of the sweep's parent run in a multirun)."""
     from analogtrain.tracking import Tracker
 
     if cfg.logger.name == "none":
@@ -244,7 +266,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
     ckpt = load_checkpoint(ckpt_file) if cfg.trainer.resume else None
     if ckpt is not None:
         check_compatible(ckpt.get("fingerprint", {}), fp, ckpt_file)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     init_cfg = cfg.get("init")
     init_path = None
     if init_cfg is not None and init_cfg.get("checkpoint") and ckpt is None:  # (a resume restores the model)
@@ -253,30 +274,44 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
         init_path = resolve_checkpoint(init_cfg.checkpoint, cfg.logger.get("tracking_uri"),
                                        cfg.logger.get("experiment"), download_dir=run_dir / "init")
 
-    tracker = make_tracker(cfg, run_dir, ctx, resume=bool(cfg.trainer.resume))
+    # Everything that can reject the input (the model for this data, init.checkpoint's tensors, the
+    # algorithm, the pipeline split, the checkpoint's state) is built before the MLflow run exists, so a
+    # bad input leaves no run behind; the RNG calls keep their order (init seed, model, load, conversion;
+    # pulse seed, trainer).
+    torch.manual_seed(seeds["init"])
+    model = build_model(cfg.model, data.input_shape, data.num_outputs)
+    n_params = sum(p.numel() for p in model.parameters())  # network size (before analog conversion)
+    init_report = None
+    if init_path is not None:  # transfer learning: weights loaded before the analog conversion
+        from analogtrain.engine.transfer import load_pretrained
+
+        init_report = load_pretrained(model, init_path, exclude=list(init_cfg.exclude or []),
+                                      strict=bool(init_cfg.strict), source=str(init_cfg.checkpoint))
+        log.info("init.checkpoint: %s", init_report.summary())
+    algo = build_algorithm(cfg, seeds)
+    model = algo.prepare(model).to(device)
+    kernel = prepare_kernel(algo, device)
+    seed_everything(seeds["pulse"])  # global RNG for anything without its own counter (e.g. dropout)
+    trainer = Trainer(cfg, model, algo, data, None, run_dir, device, checkpoint_extra={"fingerprint": fp})
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
     name = run_name_of(cfg, ctx)
-    status, history, summary, final, algo, model = "FAILED", [], {}, {}, None, None
-    try:
-        with sigterm_as_interrupt():
+    status, history, summary, final, tracker = "FAILED", [], {}, {}, None
+    with sigterm_as_interrupt():
+        # the MLflow run: re-opened only when a checkpoint is resumed (a run dir that never saved one,
+        # e.g. a run stopped in its first epoch or refused, starts a new run with the current params)
+        tracker = make_tracker(cfg, run_dir, ctx, resume=ckpt is not None)
+        trainer.tracker = tracker
+        trainer.checkpoint_extra.update(mlflow_run_id=tracker.run_id, tracking_uri=tracker.tracking_uri)
+        try:
             if not getattr(tracker, "resumed", False):
                 from analogtrain.tracking import flatten
 
                 params = flatten(OmegaConf.to_container(cfg, resolve=True))
                 params.update({f"seeds.{k}": v for k, v in seeds.items()})
                 tracker.log_params(params)
-            torch.manual_seed(seeds["init"])
-            model = build_model(cfg.model, data.input_shape, data.num_outputs)
-            n_params = sum(p.numel() for p in model.parameters())  # network size (before analog conversion)
-            init_report = None
-            if init_path is not None:  # transfer learning: weights loaded before the analog conversion
-                from analogtrain.engine.transfer import load_pretrained
-
-                init_report = load_pretrained(model, init_path, exclude=list(init_cfg.exclude or []),
-                                              strict=bool(init_cfg.strict), source=str(init_cfg.checkpoint))
-                log.info("init.checkpoint: %s", init_report.summary())
-            algo = build_algorithm(cfg, seeds)
-            model = algo.prepare(model).to(device)
-            kernel = prepare_kernel(algo, device)
             if init_report is not None:
                 _finish_init(cfg, init_report, algo, model, seeds, tracker, run_dir)
             tracker.set_tags({"analogtrain.is_analog": str(bool(getattr(algo, "is_analog", False))).lower(),
@@ -285,11 +320,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
                               "analogtrain.torch_threads": torch.get_num_threads(),
                               "analogtrain.accelerator": str(device),
                               "analogtrain.data_source": data.source})
-            seed_everything(seeds["pulse"])  # global RNG for anything without its own counter (e.g. dropout)
-            trainer = Trainer(cfg, model, algo, data, tracker, run_dir, device, checkpoint_extra={
-                "fingerprint": fp, "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri})
-            if ckpt is not None:
-                trainer.load_state(ckpt)
             log.info("run %s: %s on %s (%s), model %s (%d params), %d train / %d val / %d test samples from %s, "
                      "dir %s", name, cfg.algo.name, device, _KERNEL_WORDS[kernel], cfg.model.name, n_params,
                      len(data.train), len(data.val), len(data.test), data.source, run_dir)
@@ -300,23 +330,29 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
             if cfg.get("stage", "train") == "pretrain":
                 _save_pretrained(cfg, model, data, run_dir, tracker, final)
             status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        log.warning("interrupted: the MLflow run ends KILLED; start the same run directory again to resume "
-                    "(hydra.run.dir=%s)", run_dir)
-        raise
-    except BaseException as e:
-        tracker.set_tags({"analogtrain.error": f"{type(e).__name__}: {e}"})
-        raise
-    finally:
-        summary = dict(final) if status == "FINISHED" else (dict(history[-1]) if history else {})
-        summary.update(status=status, run_name=name, run_dir=str(run_dir), mlflow_run_id=tracker.run_id,
-                       seed=int(cfg.seed), objective=objective, **{"time/total_s": time.perf_counter() - t_start})
-        try:
-            log_artifacts(cfg, tracker, run_dir, algo, model, summary, history)
-        except Exception as e:  # artifacts are best-effort; the run status must still be recorded
-            log.warning("could not write/log artifacts: %s", e)
-        tracker.finish(status)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            log.warning("interrupted: the MLflow run ends KILLED; start the same run directory again to "
+                        "resume (hydra.run.dir=%s)", run_dir)
+            raise
+        except BaseException as e:
+            tracker.set_tags({"analogtrain.error": f"{type(e).__name__}: {e}"})
+            raise
+        finally:
+            # the run's records are written whatever comes now: a further Ctrl-C / SIGTERM waits for them
+            with deferred_signals() as late:
+                summary = dict(final) if status == "FINISHED" else (dict(history[-1]) if history else {})
+                summary.update(status=status, run_name=name, run_dir=str(run_dir),
+                               mlflow_run_id=tracker.run_id, seed=int(cfg.seed), objective=objective,
+                               **{"time/total_s": time.perf_counter() - t_start})
+                try:
+                    log_artifacts(cfg, tracker, run_dir, algo, model, summary, history)
+                except Exception as e:  # artifacts are best-effort; the run status must still be recorded
+                    log.warning("could not write/log artifacts: %s", e)
+                tracker.finish(status)
+            if late:
+                log.warning("signal %s while the run's records were written: they are complete (status %s)",
+                            late[0], status)
     from analogtrain.engine.report import print_summary
 
     print_summary(summary, title=name)

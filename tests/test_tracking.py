@@ -91,6 +91,72 @@ def test_interrupted_run_ends_killed_and_resume_continues_the_same_run(tmp_path,
     assert [m.step for m in c.get_metric_history(r.info.run_id, "val/acc")] == [1, 2, 3]
 
 
+def test_restart_without_a_checkpoint_starts_a_new_run_with_the_current_params(tmp_path, mlflow_uri,
+                                                                              monkeypatch):
+    """A run dir whose run never saved a checkpoint (diverged or stopped in its first epoch) has nothing to
+    resume: starting it again opens a new MLflow run with the new params; the old run keeps its status."""
+    orig = Trainer._run_epoch
+
+    def interrupt_in_epoch_1(self, epoch, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_run_epoch", interrupt_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        mlflow_run(tmp_path, mlflow_uri, "t_no_ckpt", "trainer.lr=0.3")
+    monkeypatch.setattr(Trainer, "_run_epoch", orig)
+    s = mlflow_run(tmp_path, mlflow_uri, "t_no_ckpt", "trainer.lr=0.1")
+    c = client(mlflow_uri)
+    runs = {r.info.run_id: r for r in c.search_runs([c.get_experiment_by_name("t_no_ckpt").experiment_id])}
+    assert len(runs) == 2
+    new = runs.pop(s["mlflow_run_id"])
+    (old,) = runs.values()
+    assert old.info.status == "KILLED" and old.data.params["trainer.lr"] == "0.3"
+    assert new.info.status == "FINISHED" and new.data.params["trainer.lr"] == "0.1"
+    assert "analogtrain.resumed" not in new.data.tags
+
+
+def test_bad_input_found_while_building_leaves_no_mlflow_run(tmp_path, mlflow_uri):
+    """Errors only the built objects can find (here: more pipeline stages than layers) stop the run before
+    its MLflow run exists."""
+    from analogtrain.config.errors import ConfigError
+
+    with pytest.raises(ConfigError) as ei:
+        mlflow_run(tmp_path, mlflow_uri, "t_bad_build", "trainer.pipeline.mode=sync",
+                   "trainer.pipeline.stages=9")
+    assert ei.value.key.startswith("trainer.pipeline")
+    c = client(mlflow_uri)
+    exp = c.get_experiment_by_name("t_bad_build")
+    assert exp is None or not c.search_runs([exp.experiment_id])
+    assert not (tmp_path / "run" / "mlflow_run.json").exists()
+
+
+def test_a_second_interrupt_while_finishing_still_records_the_status(tmp_path, mlflow_uri, monkeypatch):
+    """Ctrl-C, then another one while the artifacts are written: the MLflow run still ends KILLED with its
+    artifacts (the end of the run defers signals until its records are written)."""
+    import os
+    import signal
+
+    import analogtrain.run as run_mod
+
+    orig_art = run_mod.log_artifacts
+
+    def interrupted_artifacts(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, in the middle of the artifacts
+        return orig_art(*a, **kw)
+
+    def interrupt(self, epoch, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_run_epoch", interrupt)
+    monkeypatch.setattr(run_mod, "log_artifacts", interrupted_artifacts)
+    with pytest.raises(KeyboardInterrupt):
+        mlflow_run(tmp_path, mlflow_uri, "t_twice")
+    c = client(mlflow_uri)
+    (r,) = c.search_runs([c.get_experiment_by_name("t_twice").experiment_id])
+    assert r.info.status == "KILLED"
+    assert "summary.json" in {a.path for a in c.list_artifacts(r.info.run_id)}
+
+
 def test_artifact_hooks_of_analog_algorithms(tmp_path, monkeypatch):
     """Analog runs log the device plot (analogtrain.devices.plot.device_figure) and whatever the
     algorithm's optional ``artifacts(model, out_dir)`` returns."""
