@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from analogtrain.config.errors import ConfigError
 from analogtrain.config.schema import DataConfig, SyntheticDataConfig
-from analogtrain.data import DATASETS, DataNotFoundError, build_data
+from analogtrain.data import DATASETS, DataFileError, DataNotFoundError, build_data
 from analogtrain.data.images import IDX_FILES, read_idx
 
 
@@ -163,6 +163,22 @@ def test_missing_dataset_error_names_files_and_remedy(tmp_path, name, monkeypatc
     assert expected in msg
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut_gzip", "short_data", "foreign"])
+def test_unreadable_idx_file_is_a_one_line_error_naming_the_file(tmp_path, damage):
+    """A data file that exists but cannot be read (an interrupted download, another format) stops the run
+    with a ConfigError on data.root naming the file and how to replace it, not a traceback."""
+    folder = tmp_path / "MNIST" / "raw"
+    _fake_mnist(folder, gz=damage == "cut_gzip")
+    bad = next(folder.glob("train-images*"))
+    raw = bad.read_bytes()
+    bad.write_bytes({"empty": b"", "cut_gzip": raw[: len(raw) // 2], "short_data": raw[:-100],
+                     "foreign": b"PK\x03\x04" + raw[4:]}[damage])
+    with pytest.raises(DataFileError) as ei:
+        build_data(dcfg(name="mnist", root=str(tmp_path)), seed=0)
+    assert isinstance(ei.value, ConfigError) and ei.value.key == "data.root"
+    assert str(bad) in str(ei.value) and "download it again" in str(ei.value)
+
+
 # ------------------------------------------------------------------------- CIFAR pickles
 
 def _fake_cifar(base, files, label_key, n, n_classes, meta_file, names_key):
@@ -188,6 +204,19 @@ def test_cifar10_reader(tmp_path):
     xp, yp = next(plain.train_batches(0))
     assert xa.shape == (16, 3, 32, 32) and torch.equal(ya, yp)  # same samples, transformed
     assert not torch.equal(xa, xp) and torch.equal(xa, next(aug.train_batches(0))[0])  # seeded
+
+
+@pytest.mark.parametrize("damage", ["cut", "not_a_batch"])
+def test_unreadable_cifar_batch_is_a_one_line_error_naming_the_file(tmp_path, damage):
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    base = tmp_path / "cifar-10-batches-py"
+    _fake_cifar(base, files, "labels", 20, 10, "batches.meta", "label_names")
+    bad = base / "data_batch_3"
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 3] if damage == "cut" else pickle.dumps([1, 2, 3]))
+    with pytest.raises(DataFileError) as ei:
+        build_data(dcfg(name="cifar10", root=str(tmp_path)), seed=0)
+    assert ei.value.key == "data.root" and str(bad) in str(ei.value)
 
 
 def test_cifar100_class_subset_is_relabelled(tmp_path):

@@ -11,12 +11,14 @@ from analogtrain.data import images, synthetic  # noqa: F401  (register the load
 from analogtrain.data.base import (
     DATASETS,
     DataBundle,
+    DataFileError,
     DataNotFoundError,
     Split,
     register_dataset,
 )
 
-__all__ = ["DATASETS", "DataBundle", "DataNotFoundError", "Split", "build_data", "register_dataset"]
+__all__ = ["DATASETS", "DataBundle", "DataFileError", "DataNotFoundError", "Split", "build_data",
+           "register_dataset"]
 
 
 def build_data(cfg_data, seed: int) -> DataBundle:

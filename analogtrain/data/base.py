@@ -34,6 +34,11 @@ class DataNotFoundError(ConfigError):
     """A data set's files are missing; the message lists the expected files and how to get them."""
 
 
+class DataFileError(ConfigError):
+    """A data set's file is there but cannot be read (truncated download, wrong format); the message names
+    the file, what is wrong with it and how to replace it."""
+
+
 @dataclass
 class Split:
     """One split. ``x``: raw samples (N, C, H, W) or (N, F), any dtype (uint8 images are kept as bytes);

@@ -10,12 +10,14 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from analogtrain.data.base import DataBundle, DataNotFoundError, Split, finalize, register_dataset
+from analogtrain.data.base import (DataBundle, DataFileError, DataNotFoundError, Split, finalize,
+                                   register_dataset)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -30,19 +32,35 @@ CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
 
 
+# how to replace an unreadable data file (appended to DataFileError messages)
+_REPLACE = "delete it and download it again (data.download=true) or copy an intact one"
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): big-endian magic ``0x0000 <dtype> <ndim>``, ndim uint32
-    sizes, then the data. Returns a uint8 array of shape (N,) or (N, rows, cols)."""
+    sizes, then the data. Returns a uint8 array of shape (N,) or (N, rows, cols). Raises
+    ``DataFileError`` (key ``data.root``, naming the file) for an unreadable, truncated or foreign file."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a gzip cut short: EOFError; a damaged one: BadGzipFile
+        raise DataFileError("data.root", f"cannot read {path}: {type(e).__name__}: {e}; {_REPLACE}") from e
+    if len(data) < 4:
+        raise DataFileError("data.root", f"{path} is truncated ({len(data)} bytes, no IDX header); "
+                            f"{_REPLACE}")
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+        raise DataFileError("data.root", f"{path} is not an unsigned-byte IDX file (magic {data[:4].hex()}); "
+                            f"{_REPLACE}")
+    if len(data) < 4 + 4 * ndim:
+        raise DataFileError("data.root", f"{path} is truncated (its header needs {4 + 4 * ndim} bytes); "
+                            f"{_REPLACE}")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: truncated IDX file ({arr.size} bytes for shape {dims})")
+        raise DataFileError("data.root", f"{path} is truncated ({arr.size} bytes of data for shape {dims}); "
+                            f"{_REPLACE}")
     return arr.reshape(dims)
 
 
@@ -128,9 +146,20 @@ def load_digits(cfg, seed: int):
                     source="scikit-learn (sklearn.datasets.load_digits)")
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+def _unpickle(path: Path, keys=()) -> dict:
+    """A CIFAR batch file (a latin-1 pickle of a dict holding ``keys``). Raises ``DataFileError`` naming
+    the file for an unreadable, truncated or foreign one."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+            ImportError) as e:
+        raise DataFileError("data.root", f"cannot read {path}: {type(e).__name__}: {e}; {_REPLACE}") from e
+    missing = [k for k in keys if not (isinstance(d, dict) and k in d)]
+    if missing:
+        raise DataFileError("data.root", f"{path} is not a CIFAR batch file (no {', '.join(missing)}); "
+                            f"{_REPLACE}")
+    return d
 
 
 def _load_cifar(name: str, cfg, seed: int, folder: str, train_files, test_file, label_key, meta_file,
@@ -150,12 +179,16 @@ def _load_cifar(name: str, cfg, seed: int, folder: str, train_files, test_file, 
     def read(files):
         xs, ys = [], []
         for f in files:
-            d = _unpickle(base / f)
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[label_key], dtype=np.int64))
+            d = _unpickle(base / f, ("data", label_key))
+            try:
+                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(d[label_key], dtype=np.int64))
+            except (ValueError, TypeError) as e:
+                raise DataFileError("data.root", f"{base / f}: its arrays are not 3×32×32 images and labels "
+                                    f"({e}); {_REPLACE}") from e
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
-    names = list(_unpickle(base / meta_file)[names_key])
+    names = list(_unpickle(base / meta_file, (names_key,))[names_key])
     train = Split(*read(train_files), scale=255.0)
     test = Split(*read([test_file]), scale=255.0)
     return finalize(name, cfg, seed, train, test, class_names=names, source=base)
