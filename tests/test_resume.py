@@ -86,3 +86,24 @@ def test_resume_refuses_a_different_config_and_resume_false_starts_over(tmp_path
     assert ei.value.key == "trainer.resume" and "trainer.lr (0.2 -> 0.05)" in str(ei.value)
     fresh = train(compose_cfg([*base, "trainer.lr=0.05", "trainer.resume=false"]), run_dir=tmp_path)
     assert fresh["global_step"] == first["global_step"] and fresh["test/loss"] != first["test/loss"]
+
+
+def test_a_checkpoint_cut_mid_epoch_by_max_steps_is_not_trained_on(tmp_path):
+    """trainer.max_steps that ends inside an epoch leaves that epoch's remaining batches untrained: raising
+    max_steps on resume would skip them (a result no uninterrupted run gives), so it is refused, naming the
+    key; a max_steps on an epoch boundary continues exactly like an uninterrupted run."""
+    base = ["logger=none", "trainer.progress=off", "model.hidden_sizes=[16]", "data.limit_train=200",
+            "trainer.epochs=3", "algo=digital"]  # 200 training samples / batch 8: 25 steps per epoch
+    cut = train(compose_cfg([*base, "trainer.max_steps=10"]), run_dir=tmp_path / "cut")
+    assert cut["global_step"] == 10
+    with pytest.raises(ConfigError) as ei:
+        train(compose_cfg([*base, "trainer.max_steps=40"]), run_dir=tmp_path / "cut")
+    assert ei.value.key == "trainer.max_steps" and "inside epoch 1 at step 10" in str(ei.value)
+    again = train(compose_cfg([*base, "trainer.max_steps=10"]), run_dir=tmp_path / "cut")  # reports it
+    assert again["test/loss"] == cut["test/loss"]
+
+    full = train(compose_cfg([*base, "trainer.max_steps=50"]), run_dir=tmp_path / "full")
+    train(compose_cfg([*base, "trainer.max_steps=25"]), run_dir=tmp_path / "split")  # one whole epoch
+    resumed = train(compose_cfg([*base, "trainer.max_steps=50"]), run_dir=tmp_path / "split")
+    for k in ("train/loss_epoch", "val/loss", "test/loss", "global_step", "epoch"):
+        assert resumed[k] == full[k], k

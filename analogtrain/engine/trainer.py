@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from analogtrain.config.errors import ConfigError
 from analogtrain.engine.checkpoint import checkpoint_path, save_checkpoint
 from analogtrain.utils.logging import console, is_interactive
 from analogtrain.utils.seeding import rng_state, set_rng_state
@@ -55,6 +56,9 @@ class TrainState:
     global_step: int = 0  # optimizer steps done
     history: list[dict[str, float]] = field(default_factory=list)  # one metrics dict per epoch
     finished: bool = False
+    # the last epoch was cut short by trainer.max_steps (its remaining batches never ran): counted as
+    # completed, so such a checkpoint cannot continue exactly (load_state refuses to train on from it)
+    partial_epoch: bool = False
 
 
 class Trainer:
@@ -103,7 +107,15 @@ class Trainer:
         epoch, step = int(ckpt["epoch"]), int(ckpt["global_step"])
         # "finished" is recomputed: a finished run started again with more epochs/steps continues
         done = epoch >= self.tc.epochs or bool(self.tc.max_steps and step >= self.tc.max_steps)
-        self.state = TrainState(epoch, step, list(ckpt["history"]), done)
+        partial = bool(ckpt.get("partial_epoch", False))
+        if partial and not done:
+            raise ConfigError(
+                "trainer.max_steps",
+                f"the checkpoint stopped inside epoch {epoch} at step {step} (trainer.max_steps); training on "
+                f"from it would skip the rest of that epoch, so it cannot match an uninterrupted run: keep "
+                f"trainer.max_steps={step} (and trainer.epochs) to report it, or start over with "
+                f"trainer.resume=false")
+        self.state = TrainState(epoch, step, list(ckpt["history"]), done, partial)
         if self.pipeline is not None and ckpt.get("pipeline") is not None:
             self.pipeline.load_state_dict(ckpt["pipeline"])
         set_rng_state(ckpt["rng"])
@@ -112,7 +124,8 @@ class Trainer:
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.state.epoch, "global_step": self.state.global_step, "history": self.state.history,
-            "finished": self.state.finished, "rng": rng_state(), **self.checkpoint_extra,
+            "finished": self.state.finished, "partial_epoch": self.state.partial_epoch, "rng": rng_state(),
+            **self.checkpoint_extra,
         }
         if self.pipeline is not None:
             state["pipeline"] = self.pipeline.state_dict()
@@ -260,6 +273,7 @@ class Trainer:
         st.history.append(metrics)
         st.epoch = epoch + 1
         st.finished = last
+        st.partial_epoch = steps < self.data.steps_per_epoch()  # (max_steps broke the loop early)
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                           if k.split("/")[0] in ("train", "val", "test") and isinstance(v, float))
