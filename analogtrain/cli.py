@@ -45,12 +45,16 @@ def _task(cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
     from analogtrain.engine.trainer import TrainingDiverged
-    from analogtrain.run import hydra_context, train
+    from analogtrain.run import hydra_context, restore_hydra_files, train
 
+    ctx = hydra_context()
     try:
-        summary = train(cfg, hydra_ctx=hydra_context())
+        summary = train(cfg, hydra_ctx=ctx)
     except (ConfigError, TrainingDiverged) as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("ANALOGTRAIN_FULL_ERROR") == "1":
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        if isinstance(e, ConfigError) and not multirun:
+            restore_hydra_files(ctx)  # a refused start leaves the run dir as it was (or no junk dir)
+        if multirun or os.environ.get("ANALOGTRAIN_FULL_ERROR") == "1":
             raise
         _RUN_ERROR.append(e)
         return None

@@ -60,9 +60,59 @@ def hydra_context() -> dict[str, Any]:
     }
     with contextlib.suppress(Exception):
         ctx["output_dir"] = hc.runtime.output_dir
+        if hc.output_subdir is not None:  # Hydra's own files of this start (.hydra/)
+            ctx["hydra_dir"] = str(Path(hc.runtime.output_dir) / hc.output_subdir)
     if "MULTIRUN" in ctx["mode"]:
         ctx["sweep_dir"] = str(Path(hc.sweep.dir).resolve())
     return ctx
+
+
+def kept_hydra_dir(run_dir: Path) -> Path:
+    """Where a run dir keeps the Hydra files (``.hydra/``) of its last accepted start."""
+    return Path(run_dir) / "checkpoints" / "hydra"
+
+
+def keep_hydra_files(ctx: dict, run_dir: Path) -> None:
+    """Copy this start's Hydra files (``ctx["hydra_dir"]``) to ``kept_hydra_dir``: Hydra rewrites
+    ``.hydra/`` before a job can check its config, so a start that is then refused (another
+    ``trainer.lr`` on resume, a bad value) would leave the run dir describing a config it never ran;
+    ``cli`` restores them from here (``restore_hydra_files``)."""
+    src = ctx.get("hydra_dir")
+    if not src or not Path(src).is_dir():
+        return
+    import shutil
+
+    dst = kept_hydra_dir(run_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in Path(src).glob("*.yaml"):
+        shutil.copy2(f, dst / f.name)
+
+
+def restore_hydra_files(ctx: dict) -> str:
+    """After a refused start: put back the run dir's Hydra files of its last accepted start, or, for a
+    run dir that this refused start created (nothing in it but Hydra's files and the job's log), remove
+    it, so a mistyped command leaves nothing behind (its error went to stderr). Returns what it did
+    ("restored", "removed", "")."""
+    import shutil
+
+    out, hydra_dir = ctx.get("output_dir"), ctx.get("hydra_dir")
+    if not out or not hydra_dir:
+        return ""
+    run_dir, hd = Path(out), Path(hydra_dir)
+    kept = kept_hydra_dir(run_dir)
+    if kept.is_dir():
+        for f in kept.glob("*.yaml"):
+            shutil.copy2(f, hd / f.name)
+        return "restored"
+    log_file = run_dir / "analogtrain.log"
+    entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if entries <= {hd.name, "analogtrain.log"}:
+        shutil.rmtree(hd, ignore_errors=True)
+        log_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+        return "removed"
+    return ""
 
 
 def select_device(accelerator: str) -> torch.device:
@@ -296,6 +346,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
     if ckpt is not None:
         trainer.load_state(ckpt)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    keep_hydra_files(ctx, run_dir)
 
     name = run_name_of(cfg, ctx)
     status, history, summary, final, tracker = "FAILED", [], {}, {}, None

@@ -53,6 +53,25 @@ def test_bad_input_is_one_line_naming_the_key_exit_2(run_cli, tmp_path, args, ex
     assert not list(tmp_path.rglob("last.pt"))
 
 
+def test_a_refused_start_leaves_the_run_dir_as_it_was(run_cli, tmp_path):
+    """Hydra writes .hydra/ before the job can check its config: a bad value in a new run dir leaves no
+    directory behind, and a resume refused for another lr keeps the run dir's Hydra files of the config
+    it ran (not the refused one)."""
+    status, _, err = run_cli("logger=none", "trainer.epochs=0", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert status == cli.EXIT_CONFIG and not (tmp_path / "bad").exists()
+
+    run = tmp_path / "run"
+    common = ("logger=none", "algo=digital", "trainer.progress=off", "data.limit_train=80", "trainer.epochs=1",
+              f"hydra.run.dir={run}")
+    assert run_cli(*common, "trainer.lr=0.1")[0] == 0
+    kept = (run / ".hydra" / "overrides.yaml").read_text()
+    assert "trainer.lr=0.1" in kept
+    status, _, err = run_cli(*common, "trainer.lr=0.3")
+    assert status == cli.EXIT_CONFIG and "trainer.lr (0.1 -> 0.3)" in err
+    assert (run / ".hydra" / "overrides.yaml").read_text() == kept
+    assert "lr: 0.1" in (run / ".hydra" / "config.yaml").read_text()
+
+
 def test_cfg_job_prints_composed_config(run_cli):
     status, out, _ = run_cli("--cfg", "job", "model=lenet", "trainer.lr=0.05")
     assert status == 0
