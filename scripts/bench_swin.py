@@ -16,7 +16,8 @@ Transfers of the Tiki-Taka family (``--tt-transfer``). A Swin Linear layer sees 
 vector update: a batch of B 32x32 images is B·256 tile samples in stage 0 (16x16 tokens), B·64 in stage 1
 and B at the head. ``conf/algo/cttv2.yaml`` and ``agad.yaml`` transfer one column per vector update
 (``units_in_mbatch: false, transfer_every: 1``): 8192 transfers per tile and step at B = 32, which is
-what aihwkit does too but takes about a minute per step here. ``image`` (default) sets every TT-family
+what aihwkit does too (through the batched transfer path about as fast as ``image`` here, 6.6 against
+7.2 s per c-TTv2 step at B = 32 on 2026-12-08: A's pulses dominate). ``image`` (default) sets every TT-family
 algorithm to one transfer per image (``units_in_mbatch=true, transfer_every=1/B``: B transfers per tile
 and step, and for c-TTv2/AGAD ``auto_granularity=0``; what ``experiment=swin_transfer_finetune`` uses);
 ``conf`` keeps each algorithm's config.
