@@ -82,6 +82,22 @@ def test_tt_row_transfer():
     assert float(r.C.w[1].abs().sum()) == 0.0 and int(r.slice_idx) == 1
 
 
+def test_tt_reset_puts_the_read_column_at_the_device_reset():
+    """with_reset_prob 1: after its transfer a read column of A is reset, each device to
+    clip(b_reset + reset_std·ξ) (§2.3); the other columns keep their values."""
+    O = 400
+    r = build_rule("tt", cstep(dw=0.01, reset=0.05, reset_std=0.02), O, 3,
+                   algo_kw={"transfer_every": 1, "units_in_mbatch": False, "transfer_forward": PERFECT,
+                            "with_reset_prob": 1.0})
+    A = torch.full((O, 3), 0.3)
+    r.A.set_weights(A)
+    hold(r, 1, 0.1)  # one transfer of column 0, then its reset
+    col = r.A.w[:, 0].double()
+    assert col.mean().item() == pytest.approx(0.05, abs=0.004) and col.std().item() == pytest.approx(0.02, rel=0.1)
+    assert torch.equal(r.A.w[:, 1:], A[:, 1:])
+    assert float(r.C.w[:, 0].abs().min()) > 0  # the column was transferred before the reset
+
+
 def test_tt_fast_lr_rules():
     r = build_rule("tt", cstep(), 1, 1, algo_kw={"fast_lr": 0.5})
     assert r.fast_lr(0.1) == pytest.approx(0.05)  # scaled

@@ -226,6 +226,48 @@ def test_d2d_sampling_reproducible_and_distributed():
     assert torch.log(g).std().item() == pytest.approx(0.3, rel=0.05)
 
 
+def test_reset_target_and_diffusion_rate_are_sampled_as_aihwkit():
+    """§2.2: b_reset = reset + reset_dtod·ξ (additive), plus the symmetry point a reference family
+    subtracted (§2.7); diffusion rate |diffusion·(1 + diffusion_dtod·ξ)|; both off (None) by default."""
+    plain = sample_device(device_from_config({"name": "softbounds"}), 10, 10, 3)
+    assert plain.reset_bias is None and plain.diffusion_rate is None and plain.reset_std == 0.01
+    s = sample_device(device_from_config({"name": "softbounds", "reset": 0.1, "reset_dtod": 0.02, "diffusion": 0.01,
+                                          "diffusion_dtod": 0.5}), 100, 100, 3)
+    b, r = s.reset_bias.double(), s.diffusion_rate.double()
+    assert b.mean().item() == pytest.approx(0.1, abs=0.001) and b.std().item() == pytest.approx(0.02, rel=0.05)
+    assert r.min().item() >= 0 and r.mean().item() == pytest.approx(0.01, abs=0.0005)
+    assert (r / 0.01 - 1).abs().mean().item() == pytest.approx(0.5 * math.sqrt(2 / math.pi), rel=0.1)  # E|0.5ξ|
+    ref = sample_device(device_from_config({"name": "softbounds_reference", "up_down": 0.3,
+                                            "subtract_symmetry_point": True, "reference_std": 0.0}), 8, 8, 4)
+    # the subtracted symmetry point is the reference (reference_mean 0, std 0) and the reset target
+    assert torch.equal(ref.reset_bias, ref.params[P.P_REF])
+
+
+def test_post_update_step_decays_towards_the_reset_target_and_diffuses():
+    from analogtrain.tiles import DeviceArray
+
+    dev = {"name": "softbounds", "dw_min_dtod": 0.0, "w_max_dtod": 0.0, "w_min_dtod": 0.0, "up_down_dtod": 0.0}
+    arr = DeviceArray(device_from_config({**dev, "lifetime": 10.0, "reset": 0.1}), 20, 30, seed_device=1,
+                      seed_pulse=2)
+    w0 = (torch.rand(20, 30, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.6
+    arr.set_weights(w0)
+    arr.post_update_step()
+    assert torch.allclose(arr.get_weights(), (w0 - 0.1) * 0.9 + 0.1, atol=1e-7)
+
+    arr = DeviceArray(device_from_config({**dev, "diffusion": 0.01}), 40, 50, seed_device=1, seed_pulse=2)
+    arr.set_weights(torch.zeros(40, 50))
+    arr.post_update_step()
+    step = arr.get_weights().double() / 0.01
+    assert step.mean().abs().item() < 0.05 and step.std().item() == pytest.approx(1.0, rel=0.05)
+    again = DeviceArray(device_from_config({**dev, "diffusion": 0.01}), 40, 50, seed_device=1, seed_pulse=2)
+    again.set_weights(torch.zeros(40, 50))
+    again.post_update_step()
+    assert torch.equal(again.get_weights(), arr.get_weights())  # Philox draws: reproducible
+    arr.offset += 1
+    arr.post_update_step()  # the next mini-batch draws anew: a random walk
+    assert (arr.get_weights().double() / 0.01).var().item() == pytest.approx(2.0, rel=0.08)
+
+
 def test_enforce_consistency():
     cfg = device_from_config({"name": "softbounds", "w_max_dtod": 3.0, "w_min_dtod": 3.0, "dw_min_dtod": 3.0})
     s = sample_device(cfg, 50, 50, 0)
@@ -276,6 +318,9 @@ def test_corrupt_devices_are_stuck():
         ({"name": "softbounds", "dtod": -1}, "device.dtod", "dtod >= 0"),
         ({"name": "softbounds", "write_noise_std": -1}, "device.write_noise_std", ">= 0"),
         ({"name": "softbounds_reference", "reference_std": -0.1}, "device.reference_std", ">= 0"),
+        ({"name": "softbounds", "diffusion": -0.01}, "device.diffusion", "diffusion >= 0"),
+        ({"name": "linear_step", "reset_std": -1}, "device.reset_std", "reset_std >= 0"),
+        ({"name": "softbounds", "reset_dtod": -0.1}, "device.reset_dtod", "reset_dtod >= 0"),
     ],
 )
 def test_config_errors_name_key_and_allowed(node, key, fragment):

@@ -123,6 +123,13 @@ class PulsedDeviceConfig:
     corrupt_devices_range: float = 0.1  # stuck value drawn uniformly in ±range ∩ [b_min, b_max] (>= 0)
     lifetime: float = 0.0  # decay time in mini-batches (0: off); w ← w·(1 − 1/L) once per mini-batch
     lifetime_dtod: float = 0.0  # relative d2d spread of the lifetime (>= 0)
+    diffusion: float = 0.0  # random walk once per mini-batch: w ← clip(w + rate·ξ), rate = |diffusion·(1 +
+    #   diffusion_dtod·ξ_d2d)| (weight units, >= 0; 0: off)
+    diffusion_dtod: float = 0.0  # relative d2d spread of the diffusion rate (>= 0)
+    reset: float = 0.0  # reset target b_reset = reset + reset_dtod·ξ_d2d (weight units; + the symmetry point
+    #   with subtract_symmetry_point): where a reset (TT with_reset_prob) puts a device, what decay decays to
+    reset_dtod: float = 0.0  # additive d2d spread of b_reset (weight units, >= 0)
+    reset_std: float = 0.01  # cycle-to-cycle spread of a reset: w ← clip(b_reset + reset_std·ξ) (>= 0)
 
     # --- physics knobs (see module docstring; None = raw parameters) ---
     asymmetry: Optional[float] = None
@@ -187,6 +194,10 @@ class PulsedDeviceConfig:
         chk.closed_interval("corrupt_devices_prob", 0.0, 1.0)
         chk.at_least("corrupt_devices_range", 0.0)
         chk.at_least("lifetime", 0.0)
+        for k in ("diffusion", "diffusion_dtod", "reset_dtod", "reset_std"):
+            chk.at_least(k, 0.0)
+        if not math.isfinite(self.reset):
+            raise ConfigError(f"{prefix}.reset", f"{self.reset} is out of range: allowed a finite number")
         for k in ("skew_std", "dtod", "c2c", "asymmetry"):
             chk.at_least(k, 0.0, optional=True)
         if self.n_states is not None and not self.n_states > 0:

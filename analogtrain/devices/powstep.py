@@ -118,7 +118,8 @@ class PowStepReferenceConfig(PowStepConfig):
                 ctx.bmin, ctx.bmax, ctx.scale_up, ctx.scale_down, ctx.gamma_up, ctx.gamma_down,
                 self.n_estimation_steps,
             )
-            ref = ref + torch.where(ok, sp, torch.zeros_like(sp))
+            ctx.sp = torch.where(ok, sp, torch.zeros_like(sp))
+            ref = ref + ctx.sp
         ctx.ref = ref
 
 

@@ -13,6 +13,8 @@ any machine and device type. Normals use ``b = 0`` and a fixed draw number per q
                     powstep gain/up_down of the exponent)
     draw 6 ξ_ref    reference offset (reference families)
     draw 7 ξ_life   lifetime spread
+    draw 8 ξ_diff   diffusion-rate spread (only with diffusion > 0)
+    draw 9 ξ_reset  reset-target spread (only with reset_dtod > 0)
     uniform b=1 draw 0: corrupt-device test; draw 1: stuck value
 
 (The *order* of draws does not match aihwkit's sequential RNG — it cannot — only the distributions do.)
@@ -53,6 +55,7 @@ class _Ctx:
         self.gamma_up = self.full(1.0)
         self.gamma_down = self.full(1.0)
         self.ref = self.full(0.0)
+        self.sp = None  # symmetry point added to ref by subtract_symmetry_point (reset_bias gets it too)
 
     def full(self, v: float) -> torch.Tensor:
         return torch.full((self.n,), float(v), dtype=torch.float64)
@@ -94,6 +97,10 @@ class SampledDevice:
     write_noise: True -> the array keeps a persistent weight w_p (write noise std = gparams[G_WRITE_NOISE])
     apply_write_noise_on_set: redraw write noise on set_weights (aihwkit default True)
     decay_scale: (O, I) float32 per-mini-batch decay factor (1 − 1/L), or None without lifetime
+    reset_bias: (O, I) float32 reset target b_reset (what decay decays to and a reset puts a device at),
+        or None when it is 0 everywhere
+    reset_std: cycle-to-cycle spread of a reset (weight units)
+    diffusion_rate: (O, I) float32 per-mini-batch random-walk std, or None without diffusion
     name, family: of the config
     """
 
@@ -105,6 +112,9 @@ class SampledDevice:
     write_noise: bool
     apply_write_noise_on_set: bool = True
     decay_scale: torch.Tensor | None = None
+    reset_bias: torch.Tensor | None = None
+    reset_std: float = 0.0
+    diffusion_rate: torch.Tensor | None = None
     name: str = ""
     family: str = ""
     extra: dict = field(default_factory=dict)
@@ -127,12 +137,45 @@ class SampledDevice:
         return step_magnitudes(w + self.params[P.P_REF].to(w.dtype), self.params, self.gparams)[1]
 
     def apply_decay(self, w: torch.Tensor) -> None:
-        """aihwkit decay once per mini-batch (lifetime > 0): ``w ← w·decay_scale``, clipped (reset bias 0).
+        """aihwkit decay once per mini-batch (lifetime > 0): ``w ← (w − b_reset)·decay_scale + b_reset``,
+        clipped to [b_min, b_max] (§2.3; with b_reset = 0, ``w·decay_scale``).
 
         Acts on the visible weight in place, as aihwkit's base class does (ignores reference offsets)."""
         if self.decay_scale is None:
             return
-        w.mul_(self.decay_scale.to(w.device))
+        s = self.decay_scale.to(w.device)
+        if self.reset_bias is None:
+            w.mul_(s)
+        else:
+            b = self.reset_bias.to(w.device)
+            w.sub_(b).mul_(s).add_(b)
+        self._clip(w)
+
+    def apply_diffusion(self, w: torch.Tensor, seed: int, offset: int) -> None:
+        """aihwkit diffusion once per mini-batch (diffusion > 0): ``w ← clip(w + rate·ξ)`` with ξ the
+        Philox normals (seed, offset, Stream.DIFFUSION, a = flat element, b = 0, draw 0); in place on the
+        visible weight (as decay, ignoring reference offsets)."""
+        if self.diffusion_rate is None:
+            return
+        idx = torch.arange(w.numel(), dtype=torch.int64, device=w.device)
+        z = R.normal(int(seed), int(offset), R.Stream.DIFFUSION, idx, 0, 0, device=w.device).reshape(w.shape)
+        w.add_(self.diffusion_rate.to(w.device) * z)
+        self._clip(w)
+
+    def reset_values(self, flat: torch.Tensor, seed: int, offset: int, event: int) -> torch.Tensor:
+        """aihwkit reset of the elements ``flat`` (int64 flat indices): ``clip(b_reset + reset_std·ξ)``
+        per element (1-D float32, visible weight), ξ from (seed, offset, Stream.RESET, a = element,
+        b = event, draw 0)."""
+        flat = flat.to(torch.int64)
+        n = self.params.shape[1] * self.params.shape[2]
+        b = (self.reset_bias.reshape(n)[flat] if self.reset_bias is not None
+             else torch.zeros(flat.shape, dtype=torch.float32))
+        z = R.normal(int(seed), int(offset), R.Stream.RESET, flat, int(event), 0).to(torch.float32)
+        out = b + self.reset_std * z
+        lo, hi = self.params[P.P_BMIN].reshape(n)[flat], self.params[P.P_BMAX].reshape(n)[flat]
+        return torch.minimum(torch.maximum(out, lo), hi)
+
+    def _clip(self, w: torch.Tensor) -> None:
         lo, hi = self.params[P.P_BMIN].to(w.device), self.params[P.P_BMAX].to(w.device)
         w.copy_(torch.minimum(torch.maximum(w, lo), hi))
 
@@ -254,6 +297,16 @@ def sample_device(cfg, out_size: int, in_size: int, seed: int, perfect_bias: boo
         life = cfg.lifetime * (1.0 + cfg.lifetime_dtod * ctx.xi(7))
         decay = torch.where(life > 1.0, 1.0 - 1.0 / life.clamp(min=1.0), torch.zeros_like(life))
         decay = decay.to(torch.float32).reshape(O, I)
+    diffusion = None
+    if cfg.diffusion > 0:  # |diffusion·(1 + diffusion_dtod·ξ)| (§2.2)
+        diffusion = (cfg.diffusion * (1.0 + cfg.diffusion_dtod * ctx.xi(8))).abs().to(torch.float32).reshape(O, I)
+    # reset target: reset + reset_dtod·ξ (additive), + the symmetry point the family subtracted (§2.7, 2.9)
+    reset = ctx.full(cfg.reset)
+    if cfg.reset_dtod > 0:
+        reset = reset + cfg.reset_dtod * ctx.xi(9)
+    if ctx.sp is not None:
+        reset = reset + ctx.sp
+    reset_bias = reset.to(torch.float32).reshape(O, I) if bool((reset != 0).any()) else None
 
     return SampledDevice(
         params=params,
@@ -264,6 +317,9 @@ def sample_device(cfg, out_size: int, in_size: int, seed: int, perfect_bias: boo
         write_noise=bool(gparams[P.G_WRITE_NOISE].item() > 0),
         apply_write_noise_on_set=bool(getattr(cfg, "apply_write_noise_on_set", True)),
         decay_scale=decay,
+        reset_bias=reset_bias,
+        reset_std=float(cfg.reset_std),
+        diffusion_rate=diffusion,
         name=cfg.name,
         family=cfg.family,
     )

@@ -94,5 +94,6 @@ class SoftBoundsReferenceConfig(SoftBoundsConfig):
         if self.subtract_symmetry_point:
             den = ctx.slope_down - ctx.slope_up
             sp = ctx.safe_div(ctx.scale_up - ctx.scale_down, den)
-            ref = ref + ctx.where(ok, sp, zero)
+            ctx.sp = ctx.where(ok, sp, zero)
+            ref = ref + ctx.sp
         ctx.ref = ref

@@ -53,8 +53,10 @@ class Stream(enum.IntEnum):
     CHOPPER = 6  # chopper flips, a = column/row, b = read event
     TRANSFER_NOISE = 7  # reserved for fused transfer kernels
     DTOD = 8  # device-to-device sampling at construction, a = flat element, draw = parameter
-    SET_NOISE = 9  # write noise redrawn for all elements by set_weights (b = 0) and after decay (b = 1),
-    #               a = flat element, offset = the array's pulsed-update counter at that moment
+    SET_NOISE = 9  # write noise redrawn for all elements by set_weights (b = 0) and after decay /
+    #               diffusion (b = 1), a = flat element, offset = the array's pulsed-update counter then
+    DIFFUSION = 10  # device diffusion once per mini-batch, a = flat element, offset = update counter
+    RESET = 11  # device reset noise (TT with_reset_prob), a = flat element, b = the reset event
     FWD_NOISE = 16  # forward IO noise (output/input/weight noise), a = output index, b = sample
     BWD_NOISE = 17  # backward IO noise
     READ_NOISE = 18  # transfer reads of the TT family

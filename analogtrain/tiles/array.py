@@ -146,13 +146,20 @@ class DeviceArray(torch.nn.Module):
 
     @torch.no_grad()
     def post_update_step(self) -> None:
-        """Once per mini-batch after the update (aihwkit ``post_update_step``): decay towards 0 with the
-        device lifetime (``w ← w·(1 − 1/L)``, clipped; only devices with ``lifetime > 0``, e.g. the
-        capacitor preset), acting on the persistent weight when there is write noise, whose visible
-        weight is then redrawn for all elements."""
-        if getattr(self.sampled, "decay_scale", None) is None:
+        """Once per mini-batch after the update (aihwkit ``post_update_step``): decay towards the reset
+        target with the device lifetime (``w ← (w − b_reset)·(1 − 1/L) + b_reset``, clipped; devices with
+        ``lifetime > 0``, e.g. the capacitor preset), then diffusion (``w ← clip(w + rate·ξ)``; devices
+        with ``diffusion > 0``, ξ drawn at this array's update counter). Both act on the persistent weight
+        when there is write noise, whose visible weight is then redrawn for all elements."""
+        s = self.sampled
+        decay = getattr(s, "decay_scale", None) is not None
+        diffusion = getattr(s, "diffusion_rate", None) is not None
+        if not (decay or diffusion):
             return
-        self.sampled.apply_decay(self.device_state())
+        if decay:
+            s.apply_decay(self.device_state())
+        if diffusion:
+            s.apply_diffusion(self.device_state(), int(self.seed), int(self.offset))
         if self.has_write_noise:
             self._redraw_write_noise(b=1)
 
