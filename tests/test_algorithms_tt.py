@@ -96,6 +96,14 @@ def test_tt_reset_puts_the_read_column_at_the_device_reset():
     assert col.mean().item() == pytest.approx(0.05, abs=0.004) and col.std().item() == pytest.approx(0.02, rel=0.1)
     assert torch.equal(r.A.w[:, 1:], A[:, 1:])
     assert float(r.C.w[:, 0].abs().min()) > 0  # the column was transferred before the reset
+    # probability < 1: each device of the read column independently (aihwkit resetCols), not the column
+    r2 = build_rule("tt", cstep(dw=0.01, reset=0.05, reset_std=0.02), O, 3,
+                    algo_kw={"transfer_every": 1, "units_in_mbatch": False, "transfer_forward": PERFECT,
+                             "with_reset_prob": 0.5})
+    r2.A.set_weights(A)
+    hold(r2, 1, 0.1)
+    frac = float((r2.A.w[:, 0] != 0.3).double().mean())
+    assert frac == pytest.approx(0.5, abs=0.1)
 
 
 def test_tt_fast_lr_rules():

@@ -231,12 +231,14 @@ def test_reset_target_and_diffusion_rate_are_sampled_as_aihwkit():
     subtracted (§2.7); diffusion rate |diffusion·(1 + diffusion_dtod·ξ)|; both off (None) by default."""
     plain = sample_device(device_from_config({"name": "softbounds"}), 10, 10, 3)
     assert plain.reset_bias is None and plain.diffusion_rate is None and plain.reset_std == 0.01
-    s = sample_device(device_from_config({"name": "softbounds", "reset": 0.1, "reset_dtod": 0.02, "diffusion": 0.01,
-                                          "diffusion_dtod": 0.5}), 100, 100, 3)
+    s = sample_device(device_from_config({"name": "softbounds", "reset": 0.1, "reset_dtod": 0.02,
+                                          "diffusion": 0.01, "diffusion_dtod": 0.5}), 100, 100, 3)
     b, r = s.reset_bias.double(), s.diffusion_rate.double()
-    assert b.mean().item() == pytest.approx(0.1, abs=0.001) and b.std().item() == pytest.approx(0.02, rel=0.05)
+    assert b.mean().item() == pytest.approx(0.1, abs=0.001)
+    assert b.std().item() == pytest.approx(0.02, rel=0.05)
     assert r.min().item() >= 0 and r.mean().item() == pytest.approx(0.01, abs=0.0005)
-    assert (r / 0.01 - 1).abs().mean().item() == pytest.approx(0.5 * math.sqrt(2 / math.pi), rel=0.1)  # E|0.5ξ|
+    # E|0.5ξ| = 0.5·sqrt(2/π)
+    assert (r / 0.01 - 1).abs().mean().item() == pytest.approx(0.5 * math.sqrt(2 / math.pi), rel=0.1)
     ref = sample_device(device_from_config({"name": "softbounds_reference", "up_down": 0.3,
                                             "subtract_symmetry_point": True, "reference_std": 0.0}), 8, 8, 4)
     # the subtracted symmetry point is the reference (reference_mean 0, std 0) and the reset target
@@ -246,7 +248,8 @@ def test_reset_target_and_diffusion_rate_are_sampled_as_aihwkit():
 def test_post_update_step_decays_towards_the_reset_target_and_diffuses():
     from analogtrain.tiles import DeviceArray
 
-    dev = {"name": "softbounds", "dw_min_dtod": 0.0, "w_max_dtod": 0.0, "w_min_dtod": 0.0, "up_down_dtod": 0.0}
+    dev = {"name": "softbounds", "dw_min_dtod": 0.0, "w_max_dtod": 0.0, "w_min_dtod": 0.0,
+           "up_down_dtod": 0.0}
     arr = DeviceArray(device_from_config({**dev, "lifetime": 10.0, "reset": 0.1}), 20, 30, seed_device=1,
                       seed_pulse=2)
     w0 = (torch.rand(20, 30, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.6
@@ -266,6 +269,24 @@ def test_post_update_step_decays_towards_the_reset_target_and_diffuses():
     arr.offset += 1
     arr.post_update_step()  # the next mini-batch draws anew: a random walk
     assert (arr.get_weights().double() / 0.01).var().item() == pytest.approx(2.0, rel=0.08)
+
+
+def test_perfect_bias_column_is_an_ideal_base_device_that_the_family_then_samples():
+    """aihwkit populate order: the base sets the bias column's scales to dw_min and its bounds ×100, then
+    the family samples its own parameters from those (§2.2): a linear step keeps its slope relative to
+    the mean bound (−γ·dw_min/w_max, not 0), a reference family its reference offset."""
+    ls = device_from_config({"name": "linear_step", "gamma_up": 0.4, "gamma_up_dtod": 0.0,
+                             "gamma_down_dtod": 0.0})
+    s = sample_device(ls, 6, 5, 2, perfect_bias=True)
+    su, sd = s.params[P.P_SCALE_UP][:, -1], s.params[P.P_SCALE_DOWN][:, -1]
+    assert torch.all(su == ls.dw_min) and torch.all(sd == ls.dw_min)
+    assert torch.allclose(s.params[P.P_BMAX][:, -1], torch.full((6,), 100 * ls.w_max))
+    # mean-bound reference: slope −γ·dw_min/w_max, as on an ideal device of the other columns' bounds
+    expected = torch.full((6,), -0.4 * ls.dw_min / ls.w_max)
+    assert torch.allclose(s.params[P.P_SLOPE_UP][:, -1], expected, rtol=1e-6)
+    ref = sample_device(device_from_config({"name": "softbounds_reference", "reference_std": 0.1}), 6, 5, 2,
+                        perfect_bias=True)
+    assert ref.params[P.P_REF][:, -1].abs().min() > 0  # the bias column has its reference offset too
 
 
 def test_enforce_consistency():

@@ -297,18 +297,11 @@ def test_analog_linear_forward_and_backward_are_the_plain_reads(layout):
             seed = int(tile.io_seed)
             xin = xa[:, isl]
             d = g[:, osl]
-            if tile.perfect_last_input:
-                yt = plain_mvm(W[:, :-1], xin[:, :-1], cfg.forward, seed=seed, offset=int(tile.fwd_offset))
-                yt = yt + xin[:, -1:] * W[:, -1]
-                gt = plain_mvm(W[:, :-1], d, cfg.backward, seed=seed, offset=int(tile.bwd_offset),
-                               stream=Stream.BWD_NOISE, transposed=True, bound_management="none")
-                gt = torch.cat([gt, d @ W[:, -1:]], dim=1)
-            else:
-                if tile.remapped:
-                    d = d * tile.mapping_scales
-                yt = plain_mvm(W, xin, cfg.forward, seed=seed, offset=int(tile.fwd_offset))
-                gt = plain_mvm(W, d, cfg.backward, seed=seed, offset=int(tile.bwd_offset),
-                               stream=Stream.BWD_NOISE, transposed=True, bound_management="none")
+            if tile.remapped:
+                d = d * tile.mapping_scales
+            yt = plain_mvm(W, xin, cfg.forward, seed=seed, offset=int(tile.fwd_offset))
+            gt = plain_mvm(W, d, cfg.backward, seed=seed, offset=int(tile.bwd_offset),
+                           stream=Stream.BWD_NOISE, transposed=True, bound_management="none")
             if tile.remapped:
                 yt = yt * tile.mapping_scales
             y_parts.setdefault(osl.start, []).append(yt)

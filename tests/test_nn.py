@@ -129,7 +129,8 @@ def test_analog_bias_column_is_pulsed_and_perfect_bias_bypasses_periphery():
     opt.step()
     W2, b2 = lin.get_weights()
     assert (b2 < b).all()  # d = 1 for every output, x = 1 on the bias column: bias moves down
-    # perfect bias: output = periphery(W x) + b exactly, the bias column not quantised
+    # perfect bias (aihwkit): the bias column's devices are sampled ideal (scales dw_min, bounds ×100);
+    # the column is read through the periphery like any other input
     io = IOConfig(out_noise=0.0)
     cfg2 = TileConfig(forward=io, backward=io, digital_bias=False, analog_bias_perfect=True)
     lin2 = AnalogLinear(5, 3, tile_cfg=cfg2, rule_factory=factory(cfg2), name="fc2")
@@ -138,11 +139,13 @@ def test_analog_bias_column_is_pulsed_and_perfect_bias_bypasses_periphery():
     with torch.no_grad():
         y = lin2(x)
     Wt = tile.rule.effective_weight()
-    expect = forward_io(Wt[:, :-1], x, io, seed=int(tile.io_seed), offset=0) + Wt[:, -1]
-    assert torch.allclose(y, expect, atol=1e-7)
-    # the devices sampled the bias column as ideal (bounds ×100)
-    lo, hi = tile.rule.array.bounds
-    assert hi[:, -1].min() > 10 * hi[:, 0].max()
+    xa = torch.cat([x, torch.ones(4, 1)], 1)
+    assert torch.equal(y, forward_io(Wt, xa, io, seed=int(tile.io_seed), offset=0))
+    from analogtrain.devices import params as P
+
+    prm, dw_min = tile.rule.array.params, tile.rule.array.device_cfg.dw_min
+    assert prm[P.P_BMAX][:, -1].min() > 10 * prm[P.P_BMAX][:, 0].max()  # bounds ×100
+    assert torch.all(prm[P.P_SCALE_UP][:, -1] == dw_min) and torch.all(prm[P.P_SCALE_DOWN][:, -1] == dw_min)
 
 
 def test_no_weight_gradients_are_formed():

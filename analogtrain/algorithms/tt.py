@@ -36,22 +36,25 @@ class TTRule(TransferRule):
             self._reset(k, p)
 
     def _reset(self, k: torch.Tensor, p: float) -> None:
-        """Reset each read slice of A with probability ``p`` (aihwkit ``with_reset_prob``): its devices
-        go to the device reset ``clip(b_reset + reset_std·ξ)`` (``SampledDevice.reset_values``, §2.3),
-        shifted by A's resting value when A is zero-shifted by a reference (its symmetry point; else 0).
-        The other slices keep their state (the persistent weight when A has write noise)."""
+        """aihwkit ``with_reset_prob`` (``resetCols``): each device of the read slices ``k`` of A is reset
+        with probability ``p``, to the device reset ``clip(b_reset + reset_std·ξ)`` (``SampledDevice.
+        reset_values``, §2.3) shifted by A's resting value when A is zero-shifted by a reference (its
+        symmetry point; else 0). The other devices keep their state (the persistent weight when A has
+        write noise, which aihwkit's reset refuses). Draws: Philox, per element, at the transfer count."""
         t = int(self.transfers)
-        u = rng.uniform(int(self.seed_misc), t >> 32, Stream.MISC, k, t & 0xFFFFFFFF, 1)
-        hit = k[u < p]
-        if hit.numel():
-            A = self.A
-            idx = torch.arange(A.w.numel(), dtype=torch.int64).reshape(A.w.shape)
-            flat = self._slice(idx, hit).reshape(-1)  # the elements of the reset slices
-            dev = A.sampled.reset_values(flat, int(self.seed_misc), t >> 32, t & 0xFFFFFFFF)
-            target = self._slice(self.a_rest(), hit).reshape(-1).cpu() + dev
-            W = A.device_state().clone()
-            W.view(-1)[flat.to(W.device)] = target.to(W.device, W.dtype)
-            A.set_weights(W)
+        A = self.A
+        idx = torch.arange(A.w.numel(), dtype=torch.int64).reshape(A.w.shape)
+        flat = self._slice(idx, k).reshape(-1)  # the devices of the read slices
+        if p < 1.0:
+            u = rng.uniform(int(self.seed_misc), t >> 32, Stream.MISC, flat, t & 0xFFFFFFFF, 1)
+            flat = flat[u < p]
+        if flat.numel() == 0:
+            return
+        dev = A.sampled.reset_values(flat, int(self.seed_misc), t >> 32, t & 0xFFFFFFFF)
+        target = self.a_rest().reshape(-1).cpu()[flat] + dev
+        W = A.device_state().clone()
+        W.view(-1)[flat.to(W.device)] = target.to(W.device, W.dtype)
+        A.set_weights(W)
 
 
 @register_algorithm("tt")

@@ -215,8 +215,8 @@ def sample_device(cfg, out_size: int, in_size: int, seed: int, perfect_bias: boo
     """Sample the (out_size, in_size) devices of one array from ``seed`` (reproducible everywhere).
 
     cfg: a device config (dataclass, DictConfig or dict; knobs are resolved here if still present).
-    perfect_bias: aihwkit ``perfect_bias``: the last column gets ideal steps (dw_min, no slopes) and
-    bounds ×100 (analog bias column)."""
+    perfect_bias: aihwkit ``perfect_bias``: the last column (analog bias column) gets the base parameters
+    of an ideal device (scales dw_min, bounds ×100) from which the family then samples its own."""
     from analogtrain.devices.registry import device_from_config
 
     cfg = device_from_config(cfg)
@@ -245,6 +245,16 @@ def sample_device(cfg, out_size: int, in_size: int, seed: int, perfect_bias: boo
         mid = 0.5 * (bmin + bmax)
         bmin, bmax = torch.where(crossed, mid, bmin), torch.where(crossed, mid, bmax)
     ctx.bmin, ctx.bmax, ctx.scale_up, ctx.scale_down = bmin, bmax, scale_up, scale_down
+    bias_col = None
+    if perfect_bias and I > 0:
+        # aihwkit perfect_bias (§2.2): the analog bias column's base parameters are ideal (scales dw_min,
+        # bounds ×100) before the family samples its own from them (slopes, exponents, reference offset),
+        # in aihwkit's populate order: its devices then have the family's response on those bounds
+        bias_col = (ctx.idx % I) == I - 1
+        ctx.scale_up = torch.where(bias_col, ctx.full(cfg.dw_min), ctx.scale_up)
+        ctx.scale_down = torch.where(bias_col, ctx.full(cfg.dw_min), ctx.scale_down)
+        ctx.bmin = torch.where(bias_col, ctx.full(100.0 * cfg.w_min), ctx.bmin)
+        ctx.bmax = torch.where(bias_col, ctx.full(100.0 * cfg.w_max), ctx.bmax)
 
     # --- family (slopes / exponents / reference) ---
     cfg.sample_family(ctx)
@@ -252,6 +262,8 @@ def sample_device(cfg, out_size: int, in_size: int, seed: int, perfect_bias: boo
     # --- corrupt (stuck) devices ---
     if cfg.corrupt_devices_prob > 0:
         stuck = ctx.uniform(0) < cfg.corrupt_devices_prob
+        if bias_col is not None:  # (aihwkit: perfect bias overrides a stuck bias device)
+            stuck = stuck & ~bias_col
         lo = torch.clamp(torch.minimum(ctx.bmin, ctx.bmax), min=-cfg.corrupt_devices_range)
         hi = torch.clamp(torch.maximum(ctx.bmin, ctx.bmax), max=cfg.corrupt_devices_range)
         val = lo + (hi - lo) * ctx.uniform(1)
@@ -273,18 +285,6 @@ def sample_device(cfg, out_size: int, in_size: int, seed: int, perfect_bias: boo
     planes[P.P_REF] = ctx.ref
     params = torch.stack([t.to(torch.float32) for t in planes]).reshape(P.NP, O, I).contiguous()
 
-    if perfect_bias and I > 0:
-        # aihwkit perfect_bias: ideal constant steps and ×100 bounds for the analog bias column
-        params[P.P_SCALE_UP, :, -1] = cfg.dw_min
-        params[P.P_SCALE_DOWN, :, -1] = cfg.dw_min
-        params[P.P_SLOPE_UP, :, -1] = 0.0
-        params[P.P_SLOPE_DOWN, :, -1] = 0.0
-        params[P.P_GAMMA_UP, :, -1] = 0.0 if cfg.KIND == P.KIND_POW else 1.0
-        params[P.P_GAMMA_DOWN, :, -1] = 0.0 if cfg.KIND == P.KIND_POW else 1.0
-        params[P.P_BMIN, :, -1] = 100.0 * cfg.w_min
-        params[P.P_BMAX, :, -1] = 100.0 * cfg.w_max
-        params[P.P_REF, :, -1] = 0.0
-
     gparams = torch.zeros(P.NG, dtype=torch.float64)
     gparams[P.G_KIND] = float(cfg.KIND)
     gparams[P.G_DW_MIN_STD] = cfg.dw_min_std
@@ -299,7 +299,8 @@ def sample_device(cfg, out_size: int, in_size: int, seed: int, perfect_bias: boo
         decay = decay.to(torch.float32).reshape(O, I)
     diffusion = None
     if cfg.diffusion > 0:  # |diffusion·(1 + diffusion_dtod·ξ)| (§2.2)
-        diffusion = (cfg.diffusion * (1.0 + cfg.diffusion_dtod * ctx.xi(8))).abs().to(torch.float32).reshape(O, I)
+        diffusion = (cfg.diffusion * (1.0 + cfg.diffusion_dtod * ctx.xi(8))).abs()
+        diffusion = diffusion.to(torch.float32).reshape(O, I)
     # reset target: reset + reset_dtod·ξ (additive), + the symmetry point the family subtracted (§2.7, 2.9)
     reset = ctx.full(cfg.reset)
     if cfg.reset_dtod > 0:

@@ -6,7 +6,8 @@ tile (r, c) holds output block r × input block c. The outputs of the input bloc
 (each tile has its own NM/BM/noise), the output blocks are concatenated.
 
 With an analog bias the matrix has one more input, fed with 1 (the bias column is the last input of the
-last input block; ``analog_bias_perfect`` makes that column bypass the periphery).
+last input block, read through the periphery like any input; ``analog_bias_perfect`` gives its devices
+aihwkit's ``perfect_bias`` parameters: ideal scales and bounds ×100).
 """
 
 from __future__ import annotations
@@ -62,8 +63,7 @@ class AnalogMatrix(torch.nn.Module):
                 perfect = self.analog_bias and last_col and bool(tile_cfg.analog_bias_perfect)
                 # only the perfect-bias tile gets the keyword (plain factories need not accept it)
                 rule = rule_factory(o, i, tname, perfect_bias=True) if perfect else rule_factory(o, i, tname)
-                tiles.append(AnalogTile(rule, tile_cfg, io_seed=derive_seed(io_seed, tname, "io"),
-                                        perfect_last_input=perfect))
+                tiles.append(AnalogTile(rule, tile_cfg, io_seed=derive_seed(io_seed, tname, "io")))
                 k += 1
         self.tiles = torch.nn.ModuleList(tiles)
         self.n_tiles = k - tile_index_start

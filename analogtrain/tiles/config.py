@@ -77,7 +77,8 @@ class TileConfig:
     max_input_size: int = 512  # split layers into tiles of at most this many inputs (0: never)
     max_output_size: int = 512  # ... and outputs
     digital_bias: bool = True  # bias as a digital parameter (False: extra analog input column)
-    analog_bias_perfect: bool = False  # aihwkit perfect_bias for the analog bias column
+    analog_bias_perfect: bool = False  # aihwkit perfect_bias: the analog bias column's devices sampled ideal
+    #   (scales dw_min, bounds ×100, the family's response on them); read through the periphery as any column
     # aihwkit weight remapping (``MappingParameter.weight_scaling_omega``): 0 = off. When > 0,
     # ``AnalogTile.set_weights(W)`` stores a fixed digital output scale α = max|W| / omega (per output
     # row when ``weight_scaling_columnwise``) and programs W/α, so the largest weight sits at ±omega

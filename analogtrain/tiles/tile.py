@@ -56,19 +56,17 @@ class AnalogTile(torch.nn.Module):
     """A tile: ``rule`` (its weight state and learning rule) read through ``tile_cfg``'s periphery.
 
     ``io_seed``: Philox key of the IO noise (forward/backward offsets are buffers, +1 per read).
-    ``perfect_last_input``: the last input is aihwkit's ``perfect_bias`` column — it bypasses the
-    periphery (``y += W[:, -1]·x[:, -1]`` exactly) but is still updated by pulses.
+    Every input, an analog bias column included, is read through the periphery (aihwkit's
+    ``perfect_bias`` is a property of that column's devices, ``sample_device(perfect_bias=True)``).
     """
 
-    def __init__(self, rule: TileRule, tile_cfg: TileConfig | None = None, io_seed: int = 0,
-                 perfect_last_input: bool = False):
+    def __init__(self, rule: TileRule, tile_cfg: TileConfig | None = None, io_seed: int = 0):
         super().__init__()
         cfg = to_dataclass(TileConfig, tile_cfg) if tile_cfg is not None else TileConfig()
         validate_tile(cfg)
         self.tile_cfg = cfg
         self.rule = rule
         self.out_size, self.in_size = rule.out_size, rule.in_size
-        self.perfect_last_input = bool(perfect_last_input)
         self.analog_ctx = torch.nn.Parameter(torch.zeros(()), requires_grad=True)
         self.register_buffer("io_seed", torch.tensor(int(io_seed) & 0x7FFFFFFFFFFFFFFF, dtype=torch.int64))
         self.register_buffer("fwd_offset", torch.zeros((), dtype=torch.int64))
@@ -95,11 +93,7 @@ class AnalogTile(torch.nn.Module):
     def _read_forward(self, x: torch.Tensor) -> torch.Tensor:
         W = self.rule.effective_weight()
         io, seed, off = self.tile_cfg.forward, int(self.io_seed), int(self.fwd_offset)
-        if self.perfect_last_input:
-            y = forward_io(W[:, :-1], x[:, :-1], io, seed=seed, offset=off)
-            y = y + x[:, -1:].to(y.dtype) * W[:, -1].to(y.dtype)
-        else:
-            y = forward_io(W, x, io, seed=seed, offset=off)
+        y = forward_io(W, x, io, seed=seed, offset=off)
         if self.remapped:
             y = y * self.mapping_scales.to(device=y.device, dtype=y.dtype)
         self.fwd_offset.add_(1)  # in place: no Module.__setattr__ round trip
@@ -117,11 +111,7 @@ class AnalogTile(torch.nn.Module):
         if self.remapped:  # W_effᵀ d = W_analogᵀ (α ⊙ d)
             d = d * self.mapping_scales.to(device=d.device, dtype=d.dtype)
         io, seed, off = self.tile_cfg.backward, int(self.io_seed), int(self.bwd_offset)
-        if self.perfect_last_input:
-            g = backward_io(W[:, :-1], d, io, seed=seed, offset=off)
-            g = torch.cat([g, d.to(g.dtype) @ W[:, -1:].to(g.dtype)], dim=1)
-        else:
-            g = backward_io(W, d, io, seed=seed, offset=off)
+        g = backward_io(W, d, io, seed=seed, offset=off)
         self.bwd_offset.add_(1)
         return g if g.dtype == d.dtype else g.to(d.dtype)
 
@@ -198,7 +188,7 @@ class AnalogTile(torch.nn.Module):
         self.rule.set_weights(W / alpha[:, None])
 
     def extra_repr(self) -> str:
-        s = f"out={self.out_size}, in={self.in_size}, perfect_last_input={self.perfect_last_input}"
+        s = f"out={self.out_size}, in={self.in_size}"
         if self.remapped:
             s += (f", weight_scaling_omega={self.weight_scaling_omega}, "
                   f"columnwise={self.weight_scaling_columnwise}")
