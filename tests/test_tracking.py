@@ -28,6 +28,15 @@ def mlflow_run(tmp_path, mlflow_uri, experiment, *overrides, name="run"):
     return train(cfg, run_dir=tmp_path / name)
 
 
+def interrupted_run(tmp_path, mlflow_uri, experiment, *overrides):
+    """``mlflow_run`` that must end in KeyboardInterrupt; returns the experiment's one MLflow run."""
+    with pytest.raises(KeyboardInterrupt):
+        mlflow_run(tmp_path, mlflow_uri, experiment, *overrides)
+    c = client(mlflow_uri)
+    (r,) = c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
+    return r
+
+
 def test_run_logs_params_metrics_artifacts_and_finishes(tmp_path, mlflow_uri):
     s = mlflow_run(tmp_path, mlflow_uri, "t_end_to_end", "algo=digital", "trainer.lr=0.3")
     c = client(mlflow_uri)
@@ -77,10 +86,8 @@ def test_interrupted_run_ends_killed_and_resume_continues_the_same_run(tmp_path,
         return orig(self, epoch, *a, **kw)
 
     monkeypatch.setattr(Trainer, "_run_epoch", interrupt_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        mlflow_run(tmp_path, mlflow_uri, "t_killed")
+    r = interrupted_run(tmp_path, mlflow_uri, "t_killed")
     c = client(mlflow_uri)
-    (r,) = c.search_runs([c.get_experiment_by_name("t_killed").experiment_id])
     assert r.info.status == "KILLED"
     monkeypatch.setattr(Trainer, "_run_epoch", orig)
     s = mlflow_run(tmp_path, mlflow_uri, "t_killed")  # same run dir -> resume
@@ -101,8 +108,7 @@ def test_restart_without_a_checkpoint_starts_a_new_run_with_the_current_params(t
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "_run_epoch", interrupt_in_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        mlflow_run(tmp_path, mlflow_uri, "t_no_ckpt", "trainer.lr=0.3")
+    interrupted_run(tmp_path, mlflow_uri, "t_no_ckpt", "trainer.lr=0.3")
     monkeypatch.setattr(Trainer, "_run_epoch", orig)
     s = mlflow_run(tmp_path, mlflow_uri, "t_no_ckpt", "trainer.lr=0.1")
     c = client(mlflow_uri)
@@ -149,12 +155,9 @@ def test_a_second_interrupt_while_finishing_still_records_the_status(tmp_path, m
 
     monkeypatch.setattr(Trainer, "_run_epoch", interrupt)
     monkeypatch.setattr(run_mod, "log_artifacts", interrupted_artifacts)
-    with pytest.raises(KeyboardInterrupt):
-        mlflow_run(tmp_path, mlflow_uri, "t_twice")
-    c = client(mlflow_uri)
-    (r,) = c.search_runs([c.get_experiment_by_name("t_twice").experiment_id])
+    r = interrupted_run(tmp_path, mlflow_uri, "t_twice")
     assert r.info.status == "KILLED"
-    assert "summary.json" in {a.path for a in c.list_artifacts(r.info.run_id)}
+    assert "summary.json" in {a.path for a in client(mlflow_uri).list_artifacts(r.info.run_id)}
 
 
 def test_artifact_hooks_of_analog_algorithms(tmp_path, monkeypatch):
