@@ -35,8 +35,8 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_cuda_emulation", "build_name", "cached_library", "BuildError",
-           "CPU_SOURCES", "CUDA_SOURCES", "CUDA_EMULATION_SOURCES"]
+__all__ = ["csrc_dir", "build_cpu", "build_cuda", "build_cuda_emulation", "build_name", "cached_library",
+           "BuildError", "CPU_SOURCES", "CUDA_SOURCES", "CUDA_EMULATION_SOURCES"]
 
 CPU_SOURCES = ("cpu_ops.cpp",)
 CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
@@ -162,8 +162,9 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, **kw) -> str:
     os.environ.setdefault("MAX_JOBS", "2")  # 2 shared cores
     lib = cached_library(name)
     if lib is None:  # a compile of tens of seconds: say so, or the run looks hung before its first step
+        took = {"cpu": "about 30–60 s on 2 cores", "cuda_emu": "about 20 s"}.get(kind, "one to two minutes")
         _log.info("building the compiled %s kernel %s (once for these sources, flags and CPU; %s) ...", kind,
-                  name, {"cpu": "about 30–60 s on 2 cores", "cuda_emu": "about 20 s"}.get(kind, "one to two minutes"))
+                  name, took)
     t0 = time.perf_counter()
     try:
         cpp_extension.load(
@@ -199,11 +200,16 @@ def cached_library(name: str) -> Path | None:
     return lib if lib.is_file() else None
 
 
+def _require_cxx() -> None:
+    """BuildError unless a host C++ compiler (``$CXX``, c++ or g++) is on PATH."""
+    if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+        raise BuildError("no C++ compiler found (c++/g++ not on PATH; set CXX)")
+
+
 def build_cpu(verbose: bool = False) -> str:
     """Build (or load the cached) CPU kernel library; returns its name. Raises ``BuildError``."""
     with _lock:
-        if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
-            raise BuildError("no C++ compiler found (c++/g++ not on PATH; set CXX)")
+        _require_cxx()
         return _load("cpu", CPU_SOURCES, verbose)
 
 
@@ -242,6 +248,5 @@ def build_cuda_emulation(verbose: bool = False) -> str:
     tensors. A test instrument (tests/test_cuda_emulation.py: the kernels' logic against the CPU kernel
     without a GPU); training never loads it. Raises ``BuildError``."""
     with _lock:
-        if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
-            raise BuildError("no C++ compiler found (c++/g++ not on PATH; set CXX)")
+        _require_cxx()
         return _load("cuda_emu", CUDA_EMULATION_SOURCES, verbose)
