@@ -396,3 +396,16 @@ def test_cttv2_as_configured_trains_a_conv_net(compose, tmp_path, overrides):
         assert acc < 0.2
     else:
         assert acc > 0.45
+
+
+def test_cttv2_auto_scale_fast_lr_undivided_while_ema_is_zero():
+    """§3.4: while m_x or m_d is still 0 the auto-scaled lr is fast_lr·desired_BL·dw_A, not divided
+    (and not fast_lr alone); the batched plan (``ops.auto_scale_lrs``) and ``fast_lr`` agree."""
+    r = build_rule("cttv2", cstep(dw=0.01), 2, 2, algo_kw={"auto_scale": True, "fast_lr": 0.5,
+                                                           "transfer_every": 0})
+    assert float(r.m_x) == 0.0 and r.fast_lr(0.1) == pytest.approx(0.5 * 31 * 0.01)
+    x = torch.zeros(1, 2)  # max|x| = 0: the EMA of x stays 0, so the sample's lr is the numerator
+    d = torch.tensor([[0.1, 0.3]])
+    r.update(x, d, 0.1)
+    assert float(r.m_x) == 0.0 and float(r.m_d) == pytest.approx(0.3)
+    assert float(r.lr_a) == pytest.approx(0.5 * 31 * 0.01)

@@ -4,7 +4,8 @@ Per vector update (sample), CPU reference semantics:
 
 1. Pulsed update of A with lr_A; every coincidence's sign is multiplied by ``c_in[j]·c_out[i]``, so A
    stores the *chopped* gradient. With ``auto_scale`` the EMAs m_x, m_d of max|x|, max|d| are updated
-   first (τ = (1 − auto_momentum)/B per sample) and ``lr_A = fast_lr·desired_BL·dw_A/(m_x·m_d)``.
+   first (τ = (1 − auto_momentum)/B per sample) and ``lr_A = fast_lr·desired_BL·dw_A/(m_x·m_d)`` (not
+   divided while m_x or m_d is still 0).
 2. When the sample counter hits a multiple of ``every`` (vector units; ``units_in_mbatch`` False by
    default; ``transfer_every < 0``: every = round(n_states(A)/n_columns·|transfer_every|)): column
    j = next column (sequential)::
@@ -117,8 +118,10 @@ class ChoppedRule(TransferRule):
         m_x = float(self.m_x) if m_x is None else m_x
         m_d = float(self.m_d) if m_d is None else m_d
         base = float(a.fast_lr)
-        if a.auto_scale and m_x > 0 and m_d > 0:
-            base = self._auto_numerator() / (m_x * m_d)
+        if a.auto_scale:  # (while either EMA is still 0 — no sample with a non-zero max yet — no division)
+            base = self._auto_numerator()
+            if m_x > 0 and m_d > 0:
+                base = base / (m_x * m_d)
         return base * lr if a.scale_fast_lr else base
 
     def _auto_numerator(self) -> float:
@@ -266,8 +269,8 @@ class ChoppedRule(TransferRule):
             return starts, lrs, xfer
         tau = (1.0 - float(a.auto_momentum)) / x.shape[0]
         lrs, mx, md = ops.auto_scale_lrs(x.abs().amax(dim=1), d.abs().amax(dim=1), float(self.m_x),
-                                         float(self.m_d), tau, self._auto_numerator(), float(a.fast_lr), lr,
-                                         bool(a.scale_fast_lr))
+                                         float(self.m_d), tau, self._auto_numerator(), self._auto_numerator(),
+                                         lr, bool(a.scale_fast_lr))
         # the chunks cover the batch in order: one call per sample b = 0 .. B − 1, a read after the last
         # sample of each transferring chunk
         starts = np.arange(x.shape[0], dtype=np.int64)
