@@ -310,3 +310,39 @@ def test_weight_remapping_state_dict_round_trip_and_validation():
     assert torch.equal(a(x), b(x))
     with pytest.raises(ConfigError, match="tile.weight_scaling_omega"):
         AnalogTile(SGDRule(softbounds(), 2, 3, TileConfig(), 1, 2), TileConfig(weight_scaling_omega=-1.0))
+
+
+@pytest.mark.parametrize("pulse_type", ["none", "none_with_device"])
+def test_pulse_type_none_is_the_floating_point_update(pulse_type):
+    """aihwkit §1.3: pulse_type none updates W ← W − lr·DᵀX exactly (no pulses, no device response, no
+    bounds); none_with_device then clips to the device bounds. The pulse counters do not move."""
+    tile = TileConfig(update=UpdateConfig(pulse_type=pulse_type))
+    rule = SGDRule(softbounds(w_max=0.5, w_min=-0.5, w_max_dtod=0.2, w_min_dtod=0.2), 3, 4, tile,
+                   seed_device=1, seed_pulse=2)
+    W0 = torch.linspace(-0.45, 0.45, 12).reshape(3, 4)
+    rule.set_weights(W0)
+    W0 = rule.array.get_weights()  # (set_weights clips to this sample's bounds)
+    gen = torch.Generator().manual_seed(0)
+    x, d = torch.randn(5, 4, generator=gen), torch.randn(5, 3, generator=gen)
+    rule.update(x, d, 0.2)
+    want = W0 - 0.2 * d.t() @ x
+    lo, hi = rule.array.bounds
+    assert bool(((want < lo) | (want > hi)).any())  # the step crosses some bound ...
+    if pulse_type == "none":  # ... which the bare update ignores
+        torch.testing.assert_close(rule.array.w, want, rtol=0, atol=1e-6)
+    else:
+        torch.testing.assert_close(rule.array.w, torch.minimum(torch.maximum(want, lo), hi), rtol=0, atol=1e-6)
+    assert int(rule.array.offset) == 0 and float(rule.meter.pulses) == 0.0
+
+
+@pytest.mark.parametrize("key,algo_kw,tile_kw", [
+    ("tile.update.pulse_type", {}, {"update": {"pulse_type": "none"}}),
+    ("algo.transfer_update.pulse_type", {"transfer_update": {"pulse_type": "none_with_device"}}, {}),
+])
+def test_transfer_algorithms_refuse_the_floating_point_update(key, algo_kw, tile_kw):
+    """A transfer compound has no floating-point update (its A and C move by pulses): a ConfigError
+    naming the key, not a rule that silently never learns."""
+    from analogtrain.algorithms.theory import build_rule
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*algo=sgd only"):
+        build_rule("cttv2", {"name": "softbounds"}, 2, 3, algo_kw=algo_kw, tile_kw=tile_kw)

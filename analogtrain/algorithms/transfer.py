@@ -236,6 +236,13 @@ class TransferRule(TileRule):
         self.cfg = cfg
         seeds = seeds or {}
         self.transfer_spec = update_spec(cfg.transfer_update, self.tile_cfg.update_mode, prefix="algo")
+        # pulse_type none / none_with_device is analog SGD's floating-point update (aihwkit §1.3): a transfer
+        # compound's A gets the gradient and C the transfers as device pulses, which it would skip
+        for key, spec, pt in (("tile.update.pulse_type", self.spec, self.tile_cfg.update.pulse_type),
+                              ("algo.transfer_update.pulse_type", self.transfer_spec, cfg.transfer_update.pulse_type)):
+            if spec is None:
+                raise ConfigError(key, f"'{pt}' (a floating-point update without pulses) works with algo=sgd "
+                                  "only; the transfer algorithms need pulses: stochastic_compressed or mean_count")
         backend = self.tile_cfg.backend
         sd, sp = int(seeds.get("device", 0)), int(seeds.get("pulse", 0))
         self.A = DeviceArray(dev_a, out_size, in_size, derive_seed(sd, name, "A"), derive_seed(sp, name, "A"),
@@ -319,7 +326,7 @@ class TransferRule(TileRule):
         ``_update_batched`` (one op for all A updates, one batched read, then the digital part in order):
         bit-identical results, far fewer Python round trips."""
         m = x.shape[0]
-        if self.spec is None or m == 0:  # pulse_type none: an inference tile
+        if m == 0:
             return
         every = self.every(m)
         if every > 0 and BATCHED_TRANSFERS and self.batched_ok():

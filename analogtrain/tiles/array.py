@@ -27,7 +27,7 @@ from analogtrain.ops import rng
 from analogtrain.tiles.config import IOConfig, UpdateConfig
 from analogtrain.tiles.periphery import read_io
 
-__all__ = ["DeviceArray", "update_spec"]
+__all__ = ["DeviceArray", "float_update_type", "update_spec"]
 
 _MODES = {"pulsed": MODE_PULSED, "mean_count": MODE_MEAN_COUNT, "expected": MODE_EXPECTED,
           "aggregated": MODE_PULSED}  # aggregated = MODE_PULSED with UpdateSpec.aggregate
@@ -37,7 +37,9 @@ def update_spec(update: UpdateConfig, update_mode: str = "pulsed", prefix: str =
     """Translate ``tile.update`` + ``tile.update_mode`` into the op's ``UpdateSpec``.
 
     ``update_mode=pulsed`` follows ``update.pulse_type``: ``stochastic_compressed`` → pulsed,
-    ``mean_count`` → deterministic counts; ``none`` → ``None`` (no update: an inference tile).
+    ``mean_count`` → deterministic counts; ``none`` / ``none_with_device`` → ``None``: no pulsed update,
+    the rule applies aihwkit's floating-point update instead (``float_update_type``,
+    ``DeviceArray.float_update``).
     ``update_mode=mean_count|expected`` override the pulse type. ``update_mode=aggregated`` is pulsed with
     ``aggregate=True`` (same pulse-type logic; it needs stochastic pulse trains, so ``pulse_type:
     mean_count`` is a ConfigError naming ``{prefix}.update_mode``). Whether the device supports it
@@ -61,13 +63,23 @@ def update_spec(update: UpdateConfig, update_mode: str = "pulsed", prefix: str =
             mode = MODE_MEAN_COUNT
         elif pt != "stochastic_compressed":
             raise ConfigError(f"{prefix}.update.pulse_type", f"'{pt}' is not implemented; choose one of "
-                              "stochastic_compressed, mean_count, none")
+                              "stochastic_compressed, mean_count, none, none_with_device")
     ublm = bool(update.update_bl_management)
     return UpdateSpec(
         desired_bl=int(update.desired_bl), fixed_bl=bool(update.fixed_bl), ublm=ublm,
         um=bool(update.update_management) or ublm, um_grad_scale=float(update.um_grad_scale),
         res=float(update.res), sto_round=bool(update.sto_round), mode=mode, aggregate=aggregate,
     )
+
+
+def float_update_type(update: UpdateConfig, update_mode: str = "pulsed") -> str | None:
+    """``"none"`` or ``"none_with_device"`` when the tile's update is aihwkit's floating-point update
+    (``update.pulse_type`` none / none_with_device in the pulsed or aggregated mode: ``update_spec`` gives
+    None), else None. aihwkit (semantics §1.3): ``W ← W − lr·DᵀX``, no bounds (``none``, e.g. its
+    ``InferenceRPUConfig`` training) or clipped to the device bounds (``none_with_device``)."""
+    if update_mode in ("pulsed", "aggregated") and update.pulse_type in ("none", "none_with_device"):
+        return str(update.pulse_type)
+    return None
 
 
 class DeviceArray(torch.nn.Module):
@@ -189,6 +201,20 @@ class DeviceArray(torch.nn.Module):
         )
         self.offset.add_(1)  # in place: no Module.__setattr__ round trip
         return pulses
+
+    @torch.no_grad()
+    def float_update(self, x: torch.Tensor, d: torch.Tensor, lr: float, clip: bool) -> None:
+        """aihwkit's floating-point update (``pulse_type`` none / none_with_device, semantics §1.3):
+        W ← W − lr·dᵀx, x (B, I), d (B, O), one float32 GEMM over the batch, no pulses, no device response
+        or noise; ``clip`` (none_with_device): then clipped to the device bounds [b_min, b_max] as
+        ``set_weights`` clips. With write noise the persistent weight takes the same step (so that
+        ``post_update_step``'s redraw around it keeps the update). The counters do not move."""
+        x = x.detach().to(self.w.device, torch.float32)
+        d = d.detach().to(self.w.device, torch.float32)
+        for t in (self.w, self.w_p) if self.has_write_noise else (self.w,):
+            t.addmm_(d.t(), x, alpha=-float(lr))
+            if clip:
+                torch.minimum(torch.maximum(t, self.params[P.P_BMIN]), self.params[P.P_BMAX], out=t)
 
     @torch.no_grad()
     def read(self, x: torch.Tensor, io: IOConfig, transposed: bool = False) -> torch.Tensor:
