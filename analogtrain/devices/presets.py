@@ -42,7 +42,10 @@ class ReRamESConfig(ExpStepConfig):
 @dataclass
 class ReRamSBConfig(SoftBoundsReferenceConfig):
     """``reram_sb``: aihwkit ReRamSBPresetDevice — SoftBoundsReference, loose fit to Gong et al. 2018.
-    ``subtract_symmetry_point=True`` as aihwkit's training presets set it (symmetry point at 0).
+    ``subtract_symmetry_point=True`` as aihwkit's compound training presets (TikiTaka/TTv2/ChoppedTTv2/
+    AGAD ReRamSB) set it (visible symmetry point at 0, and ``skew`` puts it exactly there). aihwkit's
+    single-device ``ReRamSBPreset`` (analog SGD) keeps the device class's False: for that baseline set
+    ``device.subtract_symmetry_point=false`` (random visible symmetry points, std ≈ 0.018 here).
     1000 states; write noise 56·dw_min = 0.112; additive c2c noise."""
 
     name: str = "reram_sb"
