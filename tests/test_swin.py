@@ -105,6 +105,9 @@ def test_presets_have_the_documented_architectures(compose):
     (["model.num_heads=[5,6]"], (3, 32, 32), "model.num_heads[0]"),
     (["model.num_heads=[3]"], (3, 32, 32), "model.num_heads"),
     ([], (20,), "model.name"),
+    (["model.variant=vit_tiny_patch16_224"], (3, 32, 32), "model.variant"),  # a timm model without Swin's keys
+    (["model.variant=resnet18"], (3, 32, 32), "model.variant"),
+    (["model.variant=swinv2_tiny_window8_256"], (3, 32, 32), "model.variant"),  # builds; not the v1 class
 ])
 def test_geometry_errors_name_the_key(compose, over, shape, key):
     with pytest.raises(ConfigError) as ei:
@@ -144,6 +147,8 @@ def test_data_resize_and_pad_to(compose):
     xs, _ = next(plain.train_batches(0))
     xb, _ = next(big.train_batches(0))
     assert xb.shape[-1] == 16 and torch.allclose(xb.mean(dim=(2, 3)), xs.mean(dim=(2, 3)), atol=0.02)
+    with pytest.raises(ConfigError, match="data.pad_to: only applies to image data"):  # not silently ignored
+        build_data(compose(["data=synthetic", "model=linear", "data.pad_to=32"]).data, 0)
     with pytest.raises(ConfigError, match="data.resize"):
         from analogtrain.config.validate import validate_config
 

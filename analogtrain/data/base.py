@@ -223,6 +223,9 @@ def finalize(name: str, cfg, seed: int, train: Split, test: Split, *, class_name
         s.mean, s.std, s.pad_to, s.resize = mean, std, pad_to, resize
 
     shape = tuple(train.x.shape[1:])
+    if pad_to and len(shape) != 3:
+        raise ConfigError("data.pad_to", f"only applies to image data sets; data={name} has vector samples: "
+                          "allowed 0")
     if pad_to and len(shape) == 3:
         if pad_to < shape[-1]:
             raise ConfigError("data.pad_to", f"{pad_to} is smaller than the images ({shape[-1]} px): allowed 0 "

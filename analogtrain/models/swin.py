@@ -89,9 +89,12 @@ def build_swin(cfg, input_shape, num_outputs) -> torch.nn.Module:
     kwargs = swin_kwargs(cfg, input_shape, num_outputs)
     try:
         model = timm.create_model(cfg.variant, **kwargs)
-    except RuntimeError as e:  # unknown architecture name
+    except (RuntimeError, TypeError) as e:  # unknown name; a timm model without Swin's keywords (ViT, ResNet)
         raise ConfigError("model.variant", f"'{cfg.variant}': {e}; use a timm Swin architecture such as "
                           "swin_tiny_patch4_window7_224") from e
+    if type(model).__name__ != "SwinTransformer":  # (the pipeline split and the checkpoint mapping know v1)
+        raise ConfigError("model.variant", f"'{cfg.variant}' builds a timm {type(model).__name__}; model=swin "
+                          "takes timm's SwinTransformer (swin_* variants, e.g. swin_tiny_patch4_window7_224)")
     if cfg.get("pretrained_path"):
         from analogtrain.engine.transfer import load_pretrained
 
