@@ -239,3 +239,8 @@ def test_pipeline_run_logs_loss_against_samples_and_clock_cycles(tmp_path, mlflo
     assert cycles == sorted(cycles) and len(set(cycles)) == len(cycles)  # clock strictly advances
     assert all(b > a for a, b in zip(samples, samples[1:]))
     assert cycles[-1] <= s["pipeline/cycles"] and cycles[-1] > samples[-1]  # >= 1 cycle per sample
+    # the pipeline counters themselves stay on the global-step axis, their end-of-epoch (drained) value too
+    hist = c.get_metric_history(run_id, "pipeline/cycles")
+    steps = [m.step for m in hist]
+    assert steps == sorted(steps) and steps[-1] == s["global_step"] and steps[0] > 1
+    assert hist[-1].value == s["pipeline/cycles"]

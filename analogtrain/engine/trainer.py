@@ -274,7 +274,13 @@ class Trainer:
         st.epoch = epoch + 1
         st.finished = last
         st.partial_epoch = steps < self.data.steps_per_epoch()  # (max_steps broke the loop early)
-        self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+        # the pipeline counters are on the global-step axis (logged there every log_every_n_steps): their
+        # end-of-epoch values (after the drain) go there too, the rest at the epoch number
+        on_steps = {k: v for k, v in metrics.items() if k.startswith("pipeline/")}
+        self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch" and k not in on_steps},
+                                 step=epoch + 1)
+        if on_steps:
+            self.tracker.log_metrics(on_steps, step=st.global_step)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                           if k.split("/")[0] in ("train", "val", "test") and isinstance(v, float))
         log.info("epoch %d/%d  %s  (%.1f steps/s)", epoch + 1, tc.epochs, shown, metrics["perf/steps_per_s"])
