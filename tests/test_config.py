@@ -164,3 +164,15 @@ def test_library_recipe_composes_in_a_fresh_process():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["cttv2", "True"]
+
+
+def test_config_errors_survive_pickling():
+    """Multirun launchers (joblib, submitit) pickle a failed job's exception back to the launcher."""
+    import pickle
+
+    from analogtrain.data.base import DataFileError, DataNotFoundError
+
+    for e in (ConfigError("trainer.epochs", "0 is out of range"), DataFileError("data.root", "bad file"),
+              DataNotFoundError("data.root", "missing")):
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and back.key == e.key and str(back) == str(e)

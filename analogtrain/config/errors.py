@@ -12,4 +12,11 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str):
         self.key = key
+        self.message = message
         super().__init__(f"{key}: {message}" if key else message)
+
+    def __reduce__(self):
+        # (key, message), not the joined text: a multirun job's error crosses a process boundary (joblib,
+        # submitit pickle it back to the launcher), and the default (cls, args) would call __init__ with
+        # one argument
+        return (type(self), (self.key, self.message))
