@@ -198,7 +198,7 @@ def test_multirun_creates_parent_with_children(tmp_path, mlflow_uri, monkeypatch
     monkeypatch.chdir(tmp_path)
     status = cli.main(["-m", "algo=digital", "model=mlp", "seed=0,1", "trainer.epochs=1", "data.limit_train=64", "model.hidden_sizes=[8]",
                        "trainer.progress=off", f"logger.tracking_uri={mlflow_uri}", "logger.experiment=t_sweep",
-                       f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+                       f"hydra.sweep.dir={tmp_path / 'sweep'}", "+logger.tags.study=abc"])
     assert status == 0
     c = client(mlflow_uri)
     runs = c.search_runs([c.get_experiment_by_name("t_sweep").experiment_id])
@@ -206,6 +206,7 @@ def test_multirun_creates_parent_with_children(tmp_path, mlflow_uri, monkeypatch
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     assert parent.data.params["sweep.seed"] == "0,1"
+    assert parent.data.params["sweep.logger.tags.study"] == "abc"  # (Hydra's + is not part of the key)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in children)
