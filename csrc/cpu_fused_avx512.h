@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "cpu_expm1.h"
@@ -788,43 +789,6 @@ struct AggEvents {
   int n = 0;
 };
 
-// 16 columns from j0 through the row's active samples, their moments carried sample after sample
-// (carry mode: with the events of `ev` between samples; ev.n == 0 otherwise).
-// (One-slot calls without events run their groups K at a time in aggregate_chunks; a row's last group
-// left over from those comes here.)
-template <bool MULT, bool NOISE, bool ONE /* one-slot trains: agg_lanes_sample_masks */, bool CARRY /* events */>
-int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
-                        float* wvis_noise /* w when the visible weight gets write noise, else null */,
-                        const float* zrow /* the row's final normals (aggregate_normals), NOISE only */,
-                        const AggEvents& ev = AggEvents{}) {
-  AggLanes L;
-  agg_lanes_load(L, R, C.I, j0);
-  if (j0 + 16 < C.I) prefetch_group(R, R.row + j0 + 16);  // the next group, while this one runs its samples
-  int qe = 0;  // next event
-  const auto event = [&](int q) {
-    AggEventLanes E(L);
-    agg_lanes_event<NOISE>(E, R, j0, C.row_i, *ev.plan, q, g, u, wvis_noise);
-    E.put(L);
-  };
-  for (int t = 0; t < C.nsamples; ++t) {
-    const int b = C.samples[t];
-    if (CARRY)
-      for (; qe < ev.n && ev.plan->pos[ev.idx[qe]] <= b; ++qe) event(ev.idx[qe]);
-    const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
-    if (ONE) {
-      agg_lanes_sample_masks<MULT, NOISE>(L, C, static_cast<int64_t>(b) * C.G + (j0 >> 4), C.sd[qd], g);
-    } else {
-      const int64_t qx = static_cast<int64_t>(b) * C.I + j0;
-      const __m512i xw = _mm512_maskz_loadu_epi32(L.lm, C.xbits + qx);
-      const __m512 sxv = _mm512_maskz_loadu_ps(L.lm, C.sx + qx);
-      agg_lanes_sample<MULT, NOISE>(L, xw, sxv, C.dbits[qd], C.sd[qd], g);
-    }
-  }
-  if (CARRY)
-    for (; qe < ev.n; ++qe) event(ev.idx[qe]);
-  return agg_lanes_finish<NOISE>(L, R, j0, g, u, wvis_noise, zrow);
-}
-
 // aggregate_chunk for K neighbouring groups [j0, j0 + 16K) at once: a one-slot call without carry
 // events, from the x masks (C.xon16 set). Each group's sample step is a dependent chain (the mean, then
 // the variance) whose latency, not the work per sample, bounds one group; independent chains in one loop
@@ -851,6 +815,84 @@ int64_t aggregate_chunks(const FusedRow& R, const AggCall& C, int j0, const Devi
 #pragma GCC unroll 8
   for (int k = 0; k < K; ++k) tot += agg_lanes_finish<NOISE>(L[k], R, j0 + 16 * k, g, u, wvis_noise, zrow);
   return tot;
+}
+
+// K neighbouring groups of 16 columns [j0, j0 + 16K) through the row's active samples, each group's
+// moments carried sample after sample (carry mode, CARRY: with its events between samples). Trains: ONE,
+// one-slot masks (agg_lanes_sample_masks), else the words. K = 1 is one group (aggregate_chunk); K > 1 is
+// the carry pass of c-TTv2/AGAD: one group's sample step is a dependent chain (the mean: step, sum,
+// clip; the variance after it), and the K independent chains of one loop overlap. Each group keeps its
+// own events (evs[k], in order; rows mode: the same row list for every group) and runs them between the
+// same two samples, through the same out-of-line function, whatever K: the same operations per group,
+// so the same numbers. Returns the pulses of the K groups.
+template <bool MULT, bool NOISE, bool ONE, bool CARRY, int K>
+int64_t aggregate_groups(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
+                         float* wvis_noise /* w when the visible weight gets write noise, else null */,
+                         const float* zrow /* the row's final normals (aggregate_normals), NOISE only */,
+                         const AggEvents* evs /* K of them (CARRY) */) {
+  AggLanes L[K];
+  [[maybe_unused]] int qe[K], nxt[K];  // per group: the next event and its sample position (INT_MAX: none left)
+  const auto next_pos = [&](int k) {
+    return qe[k] < evs[k].n ? evs[k].plan->pos[evs[k].idx[qe[k]]] : std::numeric_limits<int>::max();
+  };
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) {
+    agg_lanes_load(L[k], R, C.I, j0 + 16 * k);
+    if (CARRY) {
+      qe[k] = 0;
+      nxt[k] = next_pos(k);
+    }
+  }
+  if (j0 + 16 * K < C.I) prefetch_group(R, R.row + j0 + 16 * K);  // the next group, while these run
+  // group k's events up to sample position b
+  [[maybe_unused]] const auto events_to = [&](int k, int b) {
+    for (; qe[k] < evs[k].n && evs[k].plan->pos[evs[k].idx[qe[k]]] <= b; ++qe[k]) {
+      AggEventLanes E(L[k]);
+      agg_lanes_event<NOISE>(E, R, j0 + 16 * k, C.row_i, *evs[k].plan, evs[k].idx[qe[k]], g, u, wvis_noise);
+      E.put(L[k]);
+    }
+    nxt[k] = next_pos(k);
+  };
+  for (int t = 0; t < C.nsamples; ++t) {
+    const int b = C.samples[t];
+    if (CARRY) {
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k)
+        if (b >= nxt[k]) events_to(k, b);
+    }
+    const int64_t qd = static_cast<int64_t>(b) * C.O + C.row_i;
+    const float sdv = C.sd[qd];
+    if (ONE) {
+      const int64_t qg = static_cast<int64_t>(b) * C.G + (j0 >> 4);
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k) agg_lanes_sample_masks<MULT, NOISE>(L[k], C, qg + k, sdv, g);
+    } else {
+      const uint32_t dword = C.dbits[qd];
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k) {
+        const int64_t qx = static_cast<int64_t>(b) * C.I + j0 + 16 * k;
+        const __m512i xw = _mm512_maskz_loadu_epi32(L[k].lm, C.xbits + qx);
+        const __m512 sxv = _mm512_maskz_loadu_ps(L[k].lm, C.sx + qx);
+        agg_lanes_sample<MULT, NOISE>(L[k], xw, sxv, dword, sdv, g);
+      }
+    }
+  }
+  int64_t tot = 0;
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k) {
+    if (CARRY) events_to(k, std::numeric_limits<int>::max());
+    tot += agg_lanes_finish<NOISE>(L[k], R, j0 + 16 * k, g, u, wvis_noise, zrow);
+  }
+  return tot;
+}
+
+// One group of 16 columns from j0 (aggregate_groups with K = 1; carry mode: with the events of `ev`).
+// (One-slot calls without events run their groups K at a time in aggregate_chunks, carry calls in
+// aggregate_groups; a row's last group left over from those comes here.)
+template <bool MULT, bool NOISE, bool ONE, bool CARRY>
+int64_t aggregate_chunk(const FusedRow& R, const AggCall& C, int j0, const DeviceGlobals& g, const UpdateArgs& u,
+                        float* wvis_noise, const float* zrow, const AggEvents& ev = AggEvents{}) {
+  return aggregate_groups<MULT, NOISE, ONE, CARRY, 1>(R, C, j0, g, u, wvis_noise, zrow, &ev);
 }
 
 // Pass 2 on the jobs of (row, sample b). d sign sdi (±1, times chopper). Returns the pulses applied.

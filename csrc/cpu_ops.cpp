@@ -1122,6 +1122,8 @@ int64_t run_flat_fused_rt(const Trains& T, float* w, float* w_p, const float* pa
 // back-to-back set 2 groups 2.07-2.12, 3 groups 2.18-2.41, 4 groups 2.18-2.43: from 3 the groups' 11
 // registers each no longer fit in 32).
 constexpr int AGG_GROUPS = 2;
+// The same for the carry pass (aggregate_groups; c-TTv2/AGAD aggregated update): 2.
+constexpr int AGG_CARRY_GROUPS = 2;
 
 // Phase 2 for one row in the aggregated mode on the AVX-512 path: 16 columns at a time, moments in
 // registers through the samples (cpu_fused_avx512.h aggregate_chunk).
@@ -1155,11 +1157,26 @@ void run_row_agg(const Trains& T, int i, float* w, float* w_p, const float* para
     aggregate_normals(u.seed, u.offset, R.row, T.I, zrow.data());
   }
   int64_t tot = 0;
-  int j_first = 0;  // one-slot calls without carry: AGG_GROUPS groups at a time first
+  int j_first = 0;  // AGG_GROUPS groups at a time first (the last odd group below)
   if (T.maxbl == 1 && !T.carry) {
     constexpr int K = AGG_GROUPS;
     for (; j_first + 16 * (K - 1) < T.I; j_first += 16 * K)
       tot += aggregate_chunks<MULT, NOISE, K>(R, C, j_first, g, u, wn ? w : nullptr, zrow.data());
+  } else if (T.carry) {
+    constexpr int K = AGG_CARRY_GROUPS;
+    AggEvents evs[K];
+    for (; j_first + 16 * (K - 1) < T.I; j_first += 16 * K) {
+      for (int k = 0; k < K; ++k) {
+        evs[k] = ev_row;
+        if (T.carry->columns) {
+          const std::vector<int>& gq = T.gev[static_cast<size_t>(j_first / 16 + k)];
+          evs[k] = AggEvents{T.carry, gq.data(), static_cast<int>(gq.size())};
+        }
+      }
+      float* wvn = wn ? w : nullptr;
+      tot += T.maxbl == 1 ? aggregate_groups<MULT, NOISE, true, true, K>(R, C, j_first, g, u, wvn, zrow.data(), evs)
+                          : aggregate_groups<MULT, NOISE, false, true, K>(R, C, j_first, g, u, wvn, zrow.data(), evs);
+    }
   }
   for (int j0 = j_first; j0 < T.I; j0 += 16) {
     AggEvents ev = ev_row;
