@@ -176,3 +176,14 @@ def test_config_errors_survive_pickling():
               DataNotFoundError("data.root", "missing")):
         back = pickle.loads(pickle.dumps(e))
         assert type(back) is type(e) and back.key == e.key and str(back) == str(e)
+
+
+def test_plain_path_in_mlflow_tracking_uri_env_is_a_config_error(monkeypatch):
+    """The environment's store (logger.tracking_uri null) is checked like the config value: a plain path
+    would reach MLflow's file store and fail there with a traceback after the model was built."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "/tmp/somewhere/y.db")
+    with pytest.raises(ConfigError) as ei:
+        validate_config(compose_cfg([]))
+    assert ei.value.key == "MLFLOW_TRACKING_URI" and "sqlite:////tmp/somewhere/y.db" in str(ei.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/somewhere/y.db")
+    validate_config(compose_cfg([]))

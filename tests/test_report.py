@@ -329,6 +329,8 @@ def test_cli_missing_database(tmp_path, capsys):
     assert main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert "report.tracking_uri: no MLflow database at" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()  # the report never creates an empty store
+    assert main(["--tracking-uri", str(tmp_path / "plain.db")]) == 2  # a path, not a URI: one line, no traceback
+    assert "report.tracking_uri: '" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("launcher", "target"), [("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher"),

@@ -124,11 +124,20 @@ def validate_logger(lg, prefix: str = "logger") -> None:
     if lg.name == "mlflow":
         if not lg.experiment:
             raise ConfigError(f"{prefix}.experiment", "must be a non-empty experiment name")
-        uri = lg.tracking_uri
-        file_store = uri and (uri.startswith("file:") or "://" not in uri)
-        if file_store and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
-            raise ConfigError(f"{prefix}.tracking_uri", f"'{uri}': MLflow 3 refuses the file store; use "
-                              "sqlite:///<path>.db, an http(s):// server, or null for outputs/mlflow.db")
+        if lg.tracking_uri:
+            check_tracking_uri(lg.tracking_uri, f"{prefix}.tracking_uri")
+        elif os.environ.get("MLFLOW_TRACKING_URI"):  # (null: the environment's store is the one used)
+            check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+
+
+def check_tracking_uri(uri: str, key: str) -> None:
+    """ConfigError naming ``key`` for a tracking URI that MLflow 3 would only reach with a traceback: a plain
+    path or ``file:`` (the file store, refused unless ``MLFLOW_ALLOW_FILE_STORE``)."""
+    file_store = uri.startswith("file:") or "://" not in uri
+    if file_store and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        hint = f"sqlite:///{uri}" if uri.endswith(".db") and "://" not in uri else "sqlite:///<path>.db"
+        raise ConfigError(key, f"'{uri}': MLflow 3 refuses the file store; use {hint}, an http(s):// "
+                          "server, or null for outputs/mlflow.db")
 
 
 def device_validator():

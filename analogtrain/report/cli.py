@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
+        from analogtrain.config.validate import check_tracking_uri
+
+        check_tracking_uri(uri, "report.tracking_uri" if args.tracking_uri else "MLFLOW_TRACKING_URI")
         if uri.startswith("sqlite:///"):
             db = Path(uri[len("sqlite:///"):])
             if not db.is_file():
