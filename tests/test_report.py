@@ -87,7 +87,7 @@ def store(tmp_path_factory):
         c.set_terminated(r.info.run_id, "FINISHED")
     c.set_terminated(p2, "FINISHED")
 
-    stray = c.create_run(other, run_name="unrelated", tags={"mlflow.parentRunId": pid})
+    stray = c.create_run(other, run_name="unrelated")
     c.log_metric(stray.info.run_id, "test/acc", 0.0)
     c.set_terminated(stray.info.run_id, "FINISHED")
     return {"uri": uri, "root": root, "parent": pid, "parent2": p2, "runs": runs, "exp": exp,
@@ -194,7 +194,7 @@ def test_load_sweep_by_parent_groups_by_the_swept_keys(store):
     assert sweep.keys[0] == "algo"
     assert set(sweep.keys) == {"algo", "device.asymmetry", "device.skew", "seed"}  # not trainer.lr, sweep
     df = sweep.runs
-    assert len(df) == 24 and set(df["parent_run_id"]) == {store["parent"]}  # the stray run is elsewhere
+    assert len(df) == 24 and set(df["parent_run_id"]) == {store["parent"]}  # not the unrelated run
     assert df["device.asymmetry"].dtype.kind == "f" and set(df["algo"]) == set(ALGOS)
     row = df[df["run_id"] == store["runs"][("tt", 0.5, 0.0, 1)]].iloc[0]
     assert row["test/acc"] == pytest.approx(final_acc("tt", 0.5, 0.0, 1))
@@ -343,3 +343,95 @@ def test_sweep_preset_runs_on_the_local_and_slurm_launchers(launcher, target):
     assert cfg.hydra.launcher._target_.endswith(target)
     assert swept_keys([], dict(cfg.hydra.sweeper.params)) == ["device.asymmetry", "device.skew", "seed"]
     assert set(cfg.hydra.callbacks) >= {"mlflow_sweep", "sweep_tags"}  # the runner's parent run + our tags
+
+
+# ------------------------------------------------------------------------ several sweeps, relaunches
+
+
+def _mini_store(tmp_path, sweeps):
+    """A fresh store; ``sweeps``: list of (parent params {key: value}, children [(experiment, params, status,
+    run_dir, test/acc)]), the parents in experiment ``mini`` in order."""
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mini.db'}"
+    c = MlflowClient(tracking_uri=uri)
+    exps = {}
+
+    def exp(name):
+        if name not in exps:
+            exps[name] = c.create_experiment(name, artifact_location=(tmp_path / f"art_{name}").as_uri())
+        return exps[name]
+
+    parents = []
+    for pparams, children in sweeps:
+        p = c.create_run(exp("mini"), tags={"analogtrain.role": "sweep-parent"}).info.run_id
+        c.log_batch(p, params=[Param(f"sweep.{k}", v) for k, v in pparams.items()])
+        for ename, params, status, run_dir, acc in children:
+            time.sleep(0.002)  # distinct start times
+            r = c.create_run(exp(ename), tags={"mlflow.parentRunId": p, "analogtrain.run_dir": run_dir,
+                                               "choice.algo": "sgd", "choice.device": params.pop("device")})
+            rid = r.info.run_id
+            c.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
+                        metrics=[Metric("test/acc", acc, int(time.time() * 1000), 1)])
+            c.set_terminated(rid, status)
+        c.set_terminated(p, "FINISHED")
+        parents.append(p)
+    return uri, parents
+
+
+def test_report_of_one_experiment_keeps_sweeps_with_different_fixed_values_apart(tmp_path):
+    """Two sweeps into one experiment, device=softbounds then device=powstep on the command line: the
+    device is an axis of the report (not two 'seeds' of one cell); a sweep launched twice is noted."""
+    from analogtrain.report.source import load_sweep
+    from analogtrain.report.table import aggregate
+
+    def kids(dev, acc, tag):
+        return [("mini", {"device": dev, "seed": s, "device.asymmetry": 0.5}, "FINISHED", f"/r/{tag}{s}", acc)
+                for s in (0, 1)]
+    uri, _ = _mini_store(tmp_path, [({"device": "softbounds", "seed": "0,1"}, kids("softbounds", 0.9, "a")),
+                                    ({"device": "powstep", "seed": "0,1"}, kids("powstep", 0.5, "b"))])
+    sweep = load_sweep(uri, experiment="mini")
+    assert "device" in sweep.keys and not sweep.notes
+    cells = aggregate(sweep.runs, sweep.keys, "test/acc")
+    assert sorted(zip(cells["device"], cells["mean"], cells["n"])) == [("powstep", 0.5, 2), ("softbounds", 0.9, 2)]
+    # the first sweep again (new run dirs): its (cell, seed) pairs repeat — said, not hidden
+    (tmp_path / "again").mkdir()
+    uri2, _ = _mini_store(tmp_path / "again", [({"device": "softbounds", "seed": "0,1"}, kids("softbounds", 0.9, "a")),
+                                               ({"device": "softbounds", "seed": "0,1"}, kids("softbounds", 0.9, "c"))])
+    again = load_sweep(uri2, experiment="mini")
+    assert any("2 finished run(s) repeat" in n for n in again.notes)
+
+
+def test_report_finds_children_in_other_experiments_and_drops_replaced_runs(tmp_path):
+    """Jobs that log to their own experiment (experiment=a,b swept) are still the parent's children; a job
+    started again in its run dir after a kill (new MLflow run) counts once, with its newest run."""
+    from analogtrain.report.source import load_sweep
+    from analogtrain.report.table import aggregate
+
+    uri, (p,) = _mini_store(tmp_path, [({"seed": "0,1"}, [
+        ("exp_a", {"device": "softbounds", "seed": 0}, "KILLED", "/r/0", 0.1),  # killed in epoch 1 ...
+        ("exp_b", {"device": "softbounds", "seed": 1}, "FINISHED", "/r/1", 0.8),
+        ("exp_a", {"device": "softbounds", "seed": 0}, "FINISHED", "/r/0", 0.7),  # ... and relaunched
+    ])])
+    sweep = load_sweep(uri, parent=p)
+    assert len(sweep.runs) == 2 and set(sweep.runs["status"]) == {"FINISHED"}
+    assert any("1 run(s) left out" in n for n in sweep.notes)
+    cells = aggregate(sweep.runs, sweep.keys, "test/acc")
+    assert list(cells["n"]) == [2] and list(cells["n_failed"]) == [0] and cells["mean"][0] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["--x", "device.nothing"], "report.x"),
+    (["--keys", "device.nothing"], "report.keys"),
+    (["--digits", "-1"], "report.digits"),
+])
+def test_cli_bad_report_options_are_one_line_errors(store, tmp_path, capsys, args, key):
+    from analogtrain.report.cli import main
+
+    assert main(["--tracking-uri", store["uri"], "--parent", store["parent"], "--no-log", "--out", str(tmp_path),
+                 *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"analogtrain-report: error: {key}:")

@@ -63,12 +63,20 @@ def main(argv: list[str] | None = None) -> int:
             if not db.is_file():
                 raise ConfigError("report.tracking_uri", f"no MLflow database at {db}; pass --tracking-uri "
                                   "sqlite:///<path>/mlflow.db (the sweep's logger.tracking_uri)")
+        if args.digits < 0:
+            raise ConfigError("report.digits", f"{args.digits} is out of range: allowed 0 <= digits")
         keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
         sweep = load_sweep(uri, parent=args.parent, experiment=args.experiment, metric=args.metric,
                            stat=args.stat, keys=keys, seed_key=args.seed_key)
         if sweep.runs[args.metric].isna().all():
             raise ConfigError("report.metric", f"no run of this sweep logged '{args.metric}'; "
                               "e.g. test/acc, val/acc, test/loss, train/loss_epoch")
+        for flag, k in (("x", args.x), ("y", args.y)):
+            if k and k not in sweep.keys:
+                raise ConfigError(f"report.{flag}", f"'{k}' is not a key of this sweep; its keys: "
+                                  f"{', '.join(sweep.keys)}")
+        for note in sweep.notes:
+            print(f"analogtrain-report: note: {note}", file=sys.stderr)
         name = (sweep.parents[0].info.run_name if len(sweep.parents) == 1 else args.experiment) or "sweep"
         out = Path(args.out) if args.out else Path("outputs") / "reports" / name
         report = write_report(sweep, out, seed_key=args.seed_key, x=args.x, y=args.y, hue=args.hue,

@@ -8,10 +8,17 @@ Which runs (:func:`load_sweep`):
   experiment has no parent runs;
 * neither: the most recent sweep parent in the store ("latest sweep").
 
+A parent's children are searched in every experiment (a job may log to its own). Of the runs that share
+a run directory (tag ``analogtrain.run_dir``: a job started again after it stopped before its first
+checkpoint gets a new MLflow run) only the newest is used, and the report says how many it left out.
+
 Which keys were swept (the columns the report groups by): the keys with more than one value in the
 sweep definition, read from the parent's ``sweep.<key>`` params (logged by
 :class:`analogtrain.tracking.callback.MLflowSweepCallback`) and the children's ``sweep.<key>`` tags
-(:mod:`analogtrain.report.tags`); if neither exists, the params whose values differ between runs.
+(:mod:`analogtrain.report.tags`), plus, for several parents, the keys their command lines set to
+different values (``keys_between_parents``: sweeps launched one per device into one experiment); if
+none of these exists, the params whose values differ between runs. A (configuration, seed) pair that
+finished twice is reported in ``SweepRuns.notes``.
 
 A run's value of key ``k``: tag ``sweep.k``, else param ``k`` (the flattened resolved config), else tag
 ``choice.k`` (a Hydra group such as ``algo``), else param ``k.name``. The algorithm column ``algo`` is
@@ -47,6 +54,8 @@ class SweepRuns:
         keys: the grouping keys in sweep order; always contains ``algo``; may contain the seed key.
         metric: the metric name (e.g. ``test/acc``); stat: ``last`` | ``max`` | ``min`` over its history.
         parents: the parent runs (MLflow ``Run`` objects); experiment_ids: where the runs were searched.
+        notes: one line each: runs left out as replaced by a relaunch of their job, repeated
+            (cell, seed) pairs (the same configuration run twice is counted twice).
     """
 
     runs: Any  # pandas.DataFrame
@@ -56,6 +65,7 @@ class SweepRuns:
     tracking_uri: str
     parents: list = field(default_factory=list)
     experiment_ids: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the reader should know (replaced runs, repeats)
 
 
 def _search_all(client, experiment_ids: list[str], filter_string: str = "", order_by=None) -> list:
@@ -178,16 +188,24 @@ def load_sweep(tracking_uri: str, parent: str | None = None, experiment: str | N
                               "(`analogtrain -m sweep=asym_skew`) or pass --experiment")
         parents, exp_ids = [latest], [latest.info.experiment_id]
 
+    notes: list[str] = []
+    given = list(keys) if keys is not None else None
     if parents:
+        # a job may log to another experiment than its parent (logger.experiment or experiment=... swept)
+        all_ids = [e.experiment_id for e in client.search_experiments()] or exp_ids
         children = []
         for p in parents:
-            children += _search_all(client, exp_ids, f"tags.`{PARENT_TAG}` = '{p.info.run_id}'")
+            children += _search_all(client, all_ids, f"tags.`{PARENT_TAG}` = '{p.info.run_id}'")
     else:  # an experiment of plain runs (no multirun parent)
         children = [r for r in _search_all(client, exp_ids)
                     if r.data.tags.get("analogtrain.role") not in ("sweep-parent", "report")]
     if not children:
         where = f"parent run {parents[0].info.run_id}" if len(parents) == 1 else f"experiment(s) {exp_ids}"
         raise ConfigError("report.parent", f"{where} has no child runs in {tracking_uri}")
+    children, replaced = newest_per_run_dir(children)
+    if replaced:
+        notes.append(f"{replaced} run(s) left out: an older MLflow run of a job whose run directory was "
+                     "started again (a relaunch after a stop before its first checkpoint)")
 
     if keys is None:
         detected: list[str] = []
@@ -196,6 +214,10 @@ def load_sweep(tracking_uri: str, parent: str | None = None, experiment: str | N
         for r in children:
             detected += [k[len(TAG_PREFIX):] for k in r.data.tags
                          if k.startswith(TAG_PREFIX) and k[len(TAG_PREFIX):] not in detected]
+        # sweeps launched into one experiment with different fixed values (device=a, then device=b):
+        # a key fixed within each sweep but not across them is an axis too, or the report would
+        # average different configurations as if they were seeds
+        detected += [k for k in keys_between_parents(parents, children) if k not in detected]
         if not detected:
             detected = _varying_param_keys(children)
         keys = detected
@@ -214,11 +236,56 @@ def load_sweep(tracking_uri: str, parent: str | None = None, experiment: str | N
     for k in list(keys):
         values = [run_value(r, k) for r in children]
         if all(v is None for v in values):  # e.g. a swept key the runs do not record: nothing to group by
+            if given is not None and k in given:
+                raise ConfigError("report.keys", f"'{k}': no run of this sweep records it (a config key such as "
+                                  "device.asymmetry, or a Hydra group such as algo)")
             keys.remove(k)
             continue
         table[k] = _coerce(values)
     table[metric] = [metric_value(client, r, metric, stat) for r in children]
     df = pd.DataFrame(table)
     df = df.sort_values([k for k in keys] + ["run_id"], kind="stable", na_position="last").reset_index(drop=True)
+    if seed_key in keys:
+        fin = df[df["status"] == "FINISHED"]
+        rep = int(fin.duplicated(subset=keys, keep="first").sum())
+        if rep:
+            notes.append(f"{rep} finished run(s) repeat a (configuration, {seed_key}) pair of another run (the "
+                         "same sweep launched twice?): each counts in its cell's statistics; pass --parent to "
+                         "report one sweep")
     return SweepRuns(runs=df, keys=keys, metric=metric, stat=stat, tracking_uri=tracking_uri,
-                     parents=parents, experiment_ids=exp_ids)
+                     parents=parents, experiment_ids=exp_ids, notes=notes)
+
+
+def newest_per_run_dir(runs: list) -> tuple[list, int]:
+    """The runs with, among runs that share an ``analogtrain.run_dir`` tag (a job started again in its
+    run directory after it stopped before its first checkpoint gets a new MLflow run), only the most
+    recently started one. Returns (runs, how many were left out)."""
+    newest: dict[str, Any] = {}
+    for r in runs:
+        d = r.data.tags.get("analogtrain.run_dir")
+        if d is not None and (d not in newest or r.info.start_time > newest[d].info.start_time):
+            newest[d] = r
+    keep = [r for r in runs if r.data.tags.get("analogtrain.run_dir") is None
+            or newest[r.data.tags["analogtrain.run_dir"]] is r]
+    return keep, len(runs) - len(keep)
+
+
+def keys_between_parents(parents: list, children: list) -> list[str]:
+    """Keys set on the command line of some sweep parent (param ``sweep.<key>``) whose value differs
+    between the parents, or which only some parents set, and whose recorded value differs between the
+    child runs (so a key spelled out in one sweep with its default value is no axis)."""
+    if len(parents) < 2:
+        return []
+    per_parent = []
+    for p in parents:
+        per_parent.append({k[len(TAG_PREFIX):]: v for k, v in p.data.params.items()
+                           if k.startswith(TAG_PREFIX) and not k[len(TAG_PREFIX):].startswith(_NOT_AXES_PREFIXES)})
+    out = []
+    for k in dict.fromkeys(k for d in per_parent for k in d):
+        vals = [d.get(k) for d in per_parent]
+        if len(set(vals)) < 2:
+            continue
+        recorded = {run_value(r, k) for r in children} - {None}
+        if len(recorded) > 1:
+            out.append(k)
+    return out
