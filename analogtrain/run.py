@@ -363,6 +363,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
                 params = flatten(OmegaConf.to_container(cfg, resolve=True))
                 params.update({f"seeds.{k}": v for k, v in seeds.items()})
                 tracker.log_params(params)
+            else:  # MLflow params cannot change: the length a resume trains to is a tag
+                tracker.set_tags({"resume.trainer.epochs": int(cfg.trainer.epochs),
+                                  "resume.trainer.max_steps": int(cfg.trainer.max_steps)})
             if init_report is not None:
                 _finish_init(cfg, init_report, algo, model, seeds, tracker, run_dir)
             tracker.set_tags({"analogtrain.is_analog": str(bool(getattr(algo, "is_analog", False))).lower(),
@@ -383,8 +386,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
-            log.warning("interrupted: the MLflow run ends KILLED; start the same run directory again to "
-                        "resume (hydra.run.dir=%s)", run_dir)
+            if ctx.get("sweep_dir"):  # a job's run dir holds another config than a plain start there
+                log.warning("interrupted: the MLflow run ends KILLED; launch the same sweep command again with "
+                            "hydra.sweep.dir=%s to resume (every job resumes or skips)", ctx["sweep_dir"])
+            else:
+                log.warning("interrupted: the MLflow run ends KILLED; start the same run directory again to "
+                            "resume (hydra.run.dir=%s)", run_dir)
             raise
         except BaseException as e:
             tracker.set_tags({"analogtrain.error": f"{type(e).__name__}: {e}"})

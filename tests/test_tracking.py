@@ -245,3 +245,14 @@ def test_pipeline_run_logs_loss_against_samples_and_clock_cycles(tmp_path, mlflo
     steps = [m.step for m in hist]
     assert steps == sorted(steps) and steps[-1] == s["global_step"] and steps[0] > 1
     assert hist[-1].value == s["pipeline/cycles"]
+
+
+def test_extended_run_keeps_its_first_params_and_tags_the_new_length(tmp_path, mlflow_uri):
+    """MLflow params are immutable: a resume to more epochs keeps trainer.epochs=1 as the param and says
+    the length it trained to in the tag resume.trainer.epochs."""
+    first = mlflow_run(tmp_path, mlflow_uri, "t_extend", "trainer.epochs=1")
+    second = mlflow_run(tmp_path, mlflow_uri, "t_extend", "trainer.epochs=2")
+    assert second["mlflow_run_id"] == first["mlflow_run_id"] and second["epoch"] == 2
+    r = client(mlflow_uri).get_run(first["mlflow_run_id"])
+    assert r.data.params["trainer.epochs"] == "1" and r.data.tags["resume.trainer.epochs"] == "2"
+    assert "resume.trainer.epochs" not in client(mlflow_uri).get_run(first["mlflow_run_id"]).data.params

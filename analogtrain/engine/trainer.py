@@ -177,7 +177,10 @@ class Trainer:
         max_steps = int(tc.max_steps) or None
         spe = self.data.steps_per_epoch()
         total = min(tc.epochs * spe, max_steps) if max_steps else tc.epochs * spe
-        if st.epoch > 0:
+        if st.finished:
+            log.info("nothing to train: the checkpoint %s already holds the finished run (epoch %d, step %d)",
+                     checkpoint_path(self.run_dir), st.epoch, st.global_step)
+        elif st.epoch > 0:
             log.info("resuming at epoch %d/%d (step %d) from %s", st.epoch + 1, tc.epochs, st.global_step,
                      checkpoint_path(self.run_dir))
         progress = self._progress()
