@@ -199,7 +199,8 @@ class InitConfig:
     """
 
     checkpoint: Optional[str] = None
-    # Programming noise of the loaded weights, Gaussian std in weight units, drawn once per device:
+    # Programming noise of the loaded weights, Gaussian std in the units the devices hold (weight units;
+    # device units W/alpha under tile.weight_scaling_omega, a weight error of sigma*alpha), once per device:
     # null = the device's own write noise on set (write_noise_std*dw_min when apply_write_noise_on_set,
     # else exact); 0 = exact programming (weights equal the checkpoint clipped to the device bounds).
     programming_noise: Optional[float] = None

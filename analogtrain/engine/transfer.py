@@ -22,7 +22,8 @@ Programming noise (``init.programming_noise``), per device array of every analog
   noise and ``apply_write_noise_on_set`` reads ``w = w_p + write_noise_std·dw_min·ξ`` around its
   persistent weight ``w_p`` (= the programmed value, clipped to the bounds); other devices are exact.
 * ``σ >= 0``: the programmed conductance itself misses the target: ``w = clip(W_target + σ·ξ, b_min,
-  b_max)`` (and ``w_p = w`` on write-noise devices); ``σ = 0`` programs exactly.
+  b_max)`` (and ``w_p = w`` on write-noise devices); ``σ = 0`` programs exactly. σ is in the arrays'
+  units: weight units, or device units W/α under ``tile.weight_scaling_omega`` (a weight error of σ·α).
 
 ξ ~ N(0, 1) is drawn from Philox (``analogtrain.ops.rng``) with the key ``derive_seed(seeds["pulse"],
 "program", <tile name>, <array name>)`` on stream ``PROGRAM_STREAM``, element index as counter, so the
