@@ -132,6 +132,11 @@ def test_keep_digital_is_a_field_of_every_model_schema(compose):
     model = build_algorithm(cfg, derive_seeds(0)).prepare(build_model(cfg.model, (1, 8, 8), 10))
     assert [n for n, _ in analog_layers(model)] == ["layers.fc1"]
     assert isinstance(model.layers.out, torch.nn.Linear)
+    # a glob that keeps no layer digital is a typo: refused, naming the key and the layers
+    cfg = compose(["model=mlp", "model.hidden_sizes=[8]", "model.keep_digital=[layers.outt]", "algo=sgd"])
+    with pytest.raises(ConfigError, match="'layers.outt' matches no Linear/Conv2d layer.*layers.fc1") as ei:
+        build_algorithm(cfg, derive_seeds(0)).prepare(build_model(cfg.model, (1, 8, 8), 10))
+    assert ei.value.key == "model.keep_digital"
 
 
 def test_data_resize_and_pad_to(compose):

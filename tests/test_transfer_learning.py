@@ -312,6 +312,13 @@ def test_bad_sources_are_config_errors_naming_init_checkpoint(compose, tmp_path,
     with pytest.raises(ConfigError, match="does not match the model exactly") as ei:
         load_pretrained(model, tmp_path / "three.pt", strict=True)
     assert ei.value.key == "init.strict"
+    # init.exclude: a module prefix excludes its keys (as model.keep_digital matches modules); a glob that
+    # matches no key is a typo, not a silent no-op
+    rep = load_pretrained(model, tmp_path / "three.pt", exclude=["head"])
+    assert rep.excluded and all(k.startswith("head.") for k in rep.excluded) and not rep.reinitialized
+    with pytest.raises(ConfigError, match="'heads' matches no key") as ei:
+        load_pretrained(model, tmp_path / "three.pt", exclude=["heads"])
+    assert ei.value.key == "init.exclude"
 
 
 @pytest.mark.parametrize(("over", "key", "msg"), [

@@ -271,6 +271,14 @@ def map_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module) -> tu
 
 
 # -------------------------------------------------------------------------------------------- load
+def _excluded(key: str, patterns) -> bool:
+    """Whether the state-dict ``key`` or one of its module prefixes matches a glob of ``patterns``
+    (``head`` and ``head.*`` both exclude ``head.fc.weight``, as ``model.keep_digital`` matches modules)."""
+    parts = key.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(p, pat) for pat in patterns for p in prefixes)
+
+
 @torch.no_grad()
 def load_pretrained(model: torch.nn.Module, path: str | Path, *, exclude=(), strict: bool = False,
                     key: str = "init.checkpoint", source: str | None = None) -> InitReport:
@@ -286,9 +294,14 @@ def load_pretrained(model: torch.nn.Module, path: str | Path, *, exclude=(), str
     own = model.state_dict()
     report = InitReport(source=str(source if source is not None else path), path=str(path), adapted=adapted)
     patterns = list(exclude or ())
+    for pat in patterns:  # a typo must not load what it meant to exclude without a word
+        if not any(_excluded(k, [pat]) for k in state):
+            raise ConfigError("init.exclude", f"'{pat}' matches no key of {path} (keys e.g. "
+                              f"{', '.join(list(state)[:4])}); a glob over keys or their module prefixes, "
+                              "e.g. head or head.*")
     to_load = {}
     for k, v in state.items():
-        if any(fnmatch.fnmatchcase(k, p) for p in patterns):
+        if _excluded(k, patterns):
             report.excluded.append(k)
         elif k not in own:
             report.unexpected.append(k)

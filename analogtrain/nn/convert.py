@@ -9,6 +9,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from analogtrain.config.errors import ConfigError
 from analogtrain.nn.layers import AnalogConv2d, AnalogLayer, AnalogLinear
 from analogtrain.nn.matrix import RuleFactory
 from analogtrain.tiles.config import TileConfig, to_dataclass, validate_tile
@@ -40,6 +41,11 @@ def convert_to_analog(model: torch.nn.Module, tile_cfg, rule_factory: RuleFactor
     cfg = to_dataclass(TileConfig, tile_cfg) if tile_cfg is not None else TileConfig()
     validate_tile(cfg)
     patterns = list(keep_digital or ())
+    layers = [n for n, m in model.named_modules() if n and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    for pat in patterns:  # a typo must not leave the layer analog without a word
+        if not any(is_kept_digital(n, [pat]) for n in layers):
+            raise ConfigError("model.keep_digital", f"'{pat}' matches no Linear/Conv2d layer (nor a module "
+                              f"holding one); layers: {', '.join(layers[:8])}{' ...' if len(layers) > 8 else ''}")
     # collect first: replacing while iterating named_modules would visit the new modules
     targets = []
     for name, module in model.named_modules():
