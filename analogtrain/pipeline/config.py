@@ -9,7 +9,9 @@ Schedules (exact semantics in :mod:`analogtrain.pipeline.schedule`):
 * ``none``  — ordinary training: the whole mini-batch goes forward, backward, then every layer updates.
 * ``sync``  — GPipe: the mini-batch is split into ``micro_batches`` micro-batches; every stage runs all
   forwards, then all backwards (all with the same weight version), then one analog update per stage on
-  the concatenated (x, d) of the micro-batches ("flush"). Numerically equal to ``none``.
+  the concatenated (x, d) of the micro-batches ("flush"). Numerically equal to ``none`` with perfect IO
+  reads; with a noisy periphery each micro-batch's read draws its own IO noise (the read counter and
+  the row index restart per read call), so the runs agree in distribution, not number for number.
 * ``async`` — PipeDream-style 1F1B without weight stashing (Wu et al. 2024, "Pipeline gradient-based
   model training on analog in-memory accelerators", paper-claims §1.6): no flush; a stage updates right
   after each micro-batch's backward, so the forward of micro-batch t at stage s saw weights
