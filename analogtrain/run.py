@@ -387,8 +387,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, hydra_ctx: dict | 
         except KeyboardInterrupt:
             status = "KILLED"
             if ctx.get("sweep_dir"):  # a job's run dir holds another config than a plain start there
-                log.warning("interrupted: the MLflow run ends KILLED; launch the same sweep command again with "
-                            "hydra.sweep.dir=%s to resume (every job resumes or skips)", ctx["sweep_dir"])
+                log.warning("interrupted: the MLflow run ends KILLED; launch the same sweep command again "
+                            "with hydra.sweep.dir=%s to resume (every job resumes or skips)",
+                            ctx["sweep_dir"])
             else:
                 log.warning("interrupted: the MLflow run ends KILLED; start the same run directory again to "
                             "resume (hydra.run.dir=%s)", run_dir)

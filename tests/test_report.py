@@ -329,7 +329,8 @@ def test_cli_missing_database(tmp_path, capsys):
     assert main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert "report.tracking_uri: no MLflow database at" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()  # the report never creates an empty store
-    assert main(["--tracking-uri", str(tmp_path / "plain.db")]) == 2  # a path, not a URI: one line, no traceback
+    # a path, not a URI: one line, no traceback
+    assert main(["--tracking-uri", str(tmp_path / "plain.db")]) == 2
     assert "report.tracking_uri: '" in capsys.readouterr().err
 
 
@@ -396,11 +397,12 @@ def test_report_of_one_experiment_keeps_sweeps_with_different_fixed_values_apart
     sweep = load_sweep(uri, experiment="mini")
     assert "device" in sweep.keys and not sweep.notes
     cells = aggregate(sweep.runs, sweep.keys, "test/acc")
-    assert sorted(zip(cells["device"], cells["mean"], cells["n"])) == [("powstep", 0.5, 2), ("softbounds", 0.9, 2)]
+    got = sorted(zip(cells["device"], cells["mean"], cells["n"]))
+    assert got == [("powstep", 0.5, 2), ("softbounds", 0.9, 2)]
     # the first sweep again (new run dirs): its (cell, seed) pairs repeat — said, not hidden
     (tmp_path / "again").mkdir()
-    uri2, _ = _mini_store(tmp_path / "again", [({"device": "softbounds", "seed": "0,1"}, kids("softbounds", 0.9, "a")),
-                                               ({"device": "softbounds", "seed": "0,1"}, kids("softbounds", 0.9, "c"))])
+    twice = [({"device": "softbounds", "seed": "0,1"}, kids("softbounds", 0.9, tag)) for tag in ("a", "c")]
+    uri2, _ = _mini_store(tmp_path / "again", twice)
     again = load_sweep(uri2, experiment="mini")
     assert any("2 finished run(s) repeat" in n for n in again.notes)
 
@@ -420,7 +422,8 @@ def test_report_finds_children_in_other_experiments_and_drops_replaced_runs(tmp_
     assert len(sweep.runs) == 2 and set(sweep.runs["status"]) == {"FINISHED"}
     assert any("1 run(s) left out" in n for n in sweep.notes)
     cells = aggregate(sweep.runs, sweep.keys, "test/acc")
-    assert list(cells["n"]) == [2] and list(cells["n_failed"]) == [0] and cells["mean"][0] == pytest.approx(0.75)
+    assert list(cells["n"]) == [2] and list(cells["n_failed"]) == [0]
+    assert cells["mean"][0] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize(("args", "key"), [
@@ -431,7 +434,7 @@ def test_report_finds_children_in_other_experiments_and_drops_replaced_runs(tmp_
 def test_cli_bad_report_options_are_one_line_errors(store, tmp_path, capsys, args, key):
     from analogtrain.report.cli import main
 
-    assert main(["--tracking-uri", store["uri"], "--parent", store["parent"], "--no-log", "--out", str(tmp_path),
-                 *args]) == 2
+    assert main(["--tracking-uri", store["uri"], "--parent", store["parent"], "--no-log", "--out",
+                 str(tmp_path), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"analogtrain-report: error: {key}:")

@@ -48,9 +48,9 @@ def test_parallel_sweep_with_a_bad_job_names_it_and_runs_the_others(tmp_path):
     (pickled), so the sweep still runs the good job and ends with the one-line message, exit 2 — not a
     BrokenProcessPool traceback that loses both."""
     sweep_dir = tmp_path / "sweep"
-    p = subprocess.run([ANALOGTRAIN, "-m", "hydra/launcher=parallel", "trainer.epochs=0,1", *TINY[1:], "logger=none",
-                        f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=cli_env(), capture_output=True,
-                       text=True, timeout=500)
+    cmd = [ANALOGTRAIN, "-m", "hydra/launcher=parallel", "trainer.epochs=0,1", *TINY[1:], "logger=none",
+           f"hydra.sweep.dir={sweep_dir}"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=500)
     assert p.returncode == 2, p.stderr[-4000:]
     assert "analogtrain: error: trainer.epochs: 0 is out of range" in p.stderr and "Traceback" not in p.stderr
     assert (sweep_dir / "1" / "artifacts" / "summary.json").is_file()  # the good job ran

@@ -105,7 +105,7 @@ def test_presets_have_the_documented_architectures(compose):
     (["model.num_heads=[5,6]"], (3, 32, 32), "model.num_heads[0]"),
     (["model.num_heads=[3]"], (3, 32, 32), "model.num_heads"),
     ([], (20,), "model.name"),
-    (["model.variant=vit_tiny_patch16_224"], (3, 32, 32), "model.variant"),  # a timm model without Swin's keys
+    (["model.variant=vit_tiny_patch16_224"], (3, 32, 32), "model.variant"),  # no Swin keywords
     (["model.variant=resnet18"], (3, 32, 32), "model.variant"),
     (["model.variant=swinv2_tiny_window8_256"], (3, 32, 32), "model.variant"),  # builds; not the v1 class
 ])

@@ -331,7 +331,8 @@ def test_pulse_type_none_is_the_floating_point_update(pulse_type):
     if pulse_type == "none":  # ... which the bare update ignores
         torch.testing.assert_close(rule.array.w, want, rtol=0, atol=1e-6)
     else:
-        torch.testing.assert_close(rule.array.w, torch.minimum(torch.maximum(want, lo), hi), rtol=0, atol=1e-6)
+        clipped = torch.minimum(torch.maximum(want, lo), hi)
+        torch.testing.assert_close(rule.array.w, clipped, rtol=0, atol=1e-6)
     assert int(rule.array.offset) == 0 and float(rule.meter.pulses) == 0.0
 
 

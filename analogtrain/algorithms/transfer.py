@@ -238,11 +238,13 @@ class TransferRule(TileRule):
         self.transfer_spec = update_spec(cfg.transfer_update, self.tile_cfg.update_mode, prefix="algo")
         # pulse_type none / none_with_device is analog SGD's floating-point update (aihwkit §1.3): a transfer
         # compound's A gets the gradient and C the transfers as device pulses, which it would skip
-        for key, spec, pt in (("tile.update.pulse_type", self.spec, self.tile_cfg.update.pulse_type),
-                              ("algo.transfer_update.pulse_type", self.transfer_spec, cfg.transfer_update.pulse_type)):
+        for key, spec, pt in (
+                ("tile.update.pulse_type", self.spec, self.tile_cfg.update.pulse_type),
+                ("algo.transfer_update.pulse_type", self.transfer_spec, cfg.transfer_update.pulse_type)):
             if spec is None:
                 raise ConfigError(key, f"'{pt}' (a floating-point update without pulses) works with algo=sgd "
-                                  "only; the transfer algorithms need pulses: stochastic_compressed or mean_count")
+                                  "only; the transfer algorithms need pulses: stochastic_compressed or "
+                                  "mean_count")
         backend = self.tile_cfg.backend
         sd, sp = int(seeds.get("device", 0)), int(seeds.get("pulse", 0))
         self.A = DeviceArray(dev_a, out_size, in_size, derive_seed(sd, name, "A"), derive_seed(sp, name, "A"),

@@ -93,8 +93,9 @@ def build_swin(cfg, input_shape, num_outputs) -> torch.nn.Module:
         raise ConfigError("model.variant", f"'{cfg.variant}': {e}; use a timm Swin architecture such as "
                           "swin_tiny_patch4_window7_224") from e
     if type(model).__name__ != "SwinTransformer":  # (the pipeline split and the checkpoint mapping know v1)
-        raise ConfigError("model.variant", f"'{cfg.variant}' builds a timm {type(model).__name__}; model=swin "
-                          "takes timm's SwinTransformer (swin_* variants, e.g. swin_tiny_patch4_window7_224)")
+        raise ConfigError("model.variant", f"'{cfg.variant}' builds a timm {type(model).__name__}; "
+                          "model=swin takes timm's SwinTransformer (swin_* variants, e.g. "
+                          "swin_tiny_patch4_window7_224)")
     if cfg.get("pretrained_path"):
         from analogtrain.engine.transfer import load_pretrained
 

@@ -44,8 +44,9 @@ def convert_to_analog(model: torch.nn.Module, tile_cfg, rule_factory: RuleFactor
     layers = [n for n, m in model.named_modules() if n and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     for pat in patterns:  # a typo must not leave the layer analog without a word
         if not any(is_kept_digital(n, [pat]) for n in layers):
+            more = " ..." if len(layers) > 8 else ""
             raise ConfigError("model.keep_digital", f"'{pat}' matches no Linear/Conv2d layer (nor a module "
-                              f"holding one); layers: {', '.join(layers[:8])}{' ...' if len(layers) > 8 else ''}")
+                              f"holding one); layers: {', '.join(layers[:8])}{more}")
     # collect first: replacing while iterating named_modules would visit the new modules
     targets = []
     for name, module in model.named_modules():

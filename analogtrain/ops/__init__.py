@@ -360,8 +360,9 @@ def auto_scale_lrs_ref(xm, dm, mx: float, md: float, tau: float, num: float, bas
     """The auto-scaled fast lr of each sample of a chopped-transfer batch (aihwkit ``auto_scale``, §3.4):
     per sample b the EMAs of max|x| and max|d| move first (m ← new when m <= 0, else (1 − τ)·m + τ·new
     when new > 0), then lr_b = num/(m_x·m_d) with num = (fast_lr·BL)·dw_A (``base`` while either
-    EMA is 0: ``ChoppedRule`` passes num itself, aihwkit's "no division"), ×lr when ``scaled``. xm, dm: the (B,) per-sample maxima. float64 throughout, the same
-    operations in the same order as ``ChoppedRule._ema`` / ``fast_lr``. Returns (lrs, m_x, m_d)."""
+    EMA is 0: ``ChoppedRule`` passes num itself, aihwkit's "no division"), ×lr when ``scaled``. xm, dm:
+    the (B,) per-sample maxima. float64 throughout, the same operations in the same order as
+    ``ChoppedRule._ema`` / ``fast_lr``. Returns (lrs, m_x, m_d)."""
     keep = 1.0 - tau
     lrs = []
     append = lrs.append

@@ -237,8 +237,8 @@ def load_sweep(tracking_uri: str, parent: str | None = None, experiment: str | N
         values = [run_value(r, k) for r in children]
         if all(v is None for v in values):  # e.g. a swept key the runs do not record: nothing to group by
             if given is not None and k in given:
-                raise ConfigError("report.keys", f"'{k}': no run of this sweep records it (a config key such as "
-                                  "device.asymmetry, or a Hydra group such as algo)")
+                raise ConfigError("report.keys", f"'{k}': no run of this sweep records it (a config key "
+                                  "such as device.asymmetry, or a Hydra group such as algo)")
             keys.remove(k)
             continue
         table[k] = _coerce(values)
@@ -249,9 +249,9 @@ def load_sweep(tracking_uri: str, parent: str | None = None, experiment: str | N
         fin = df[df["status"] == "FINISHED"]
         rep = int(fin.duplicated(subset=keys, keep="first").sum())
         if rep:
-            notes.append(f"{rep} finished run(s) repeat a (configuration, {seed_key}) pair of another run (the "
-                         "same sweep launched twice?): each counts in its cell's statistics; pass --parent to "
-                         "report one sweep")
+            notes.append(f"{rep} finished run(s) repeat a (configuration, {seed_key}) pair of another run "
+                         "(the same sweep launched twice?): each counts in its cell's statistics; pass "
+                         "--parent to report one sweep")
     return SweepRuns(runs=df, keys=keys, metric=metric, stat=stat, tracking_uri=tracking_uri,
                      parents=parents, experiment_ids=exp_ids, notes=notes)
 
@@ -278,8 +278,8 @@ def keys_between_parents(parents: list, children: list) -> list[str]:
         return []
     per_parent = []
     for p in parents:
-        per_parent.append({k[len(TAG_PREFIX):]: v for k, v in p.data.params.items()
-                           if k.startswith(TAG_PREFIX) and not k[len(TAG_PREFIX):].startswith(_NOT_AXES_PREFIXES)})
+        sw = {k[len(TAG_PREFIX):]: v for k, v in p.data.params.items() if k.startswith(TAG_PREFIX)}
+        per_parent.append({k: v for k, v in sw.items() if not k.startswith(_NOT_AXES_PREFIXES)})
     out = []
     for k in dict.fromkeys(k for d in per_parent for k in d):
         vals = [d.get(k) for d in per_parent]

@@ -77,12 +77,14 @@ class MLflowSweepCallback(Callback):
             _OPEN_PARENTS.append((uri, run_id))
             # the sweeper's grid, then the command line (which wins over the grid for the same key); the
             # key without Hydra's +/++/~ prefix (not a valid MLflow name, and not part of the key)
-            for k, v in {**{str(k).lstrip("+~"): str(v) for k, v in params.items()},
-                         **{o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}}.items():
+            grid = {str(k).lstrip("+~"): str(v) for k, v in params.items()}
+            command = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+            for k, v in {**grid, **command}.items():
                 try:
                     client.log_param(run_id, f"sweep.{k}"[:250], str(v)[:6000])
                 except Exception as e:  # noqa: BLE001 - a param MLflow refuses must not unlink the sweep
-                    log.warning("sweep parent: param sweep.%s not logged: %s", k, str(e).splitlines()[0][:200])
+                    log.warning("sweep parent: param sweep.%s not logged: %s", k,
+                                str(e).splitlines()[0][:200])
         if (uri, run_id) not in _OPEN_PARENTS:
             _OPEN_PARENTS.append((uri, run_id))
         log.info("MLflow parent run %s (experiment '%s', %s)", run_id, config.logger.experiment, uri)
