@@ -96,14 +96,18 @@ def test_tt_reset_puts_the_read_column_at_the_device_reset():
     assert col.mean().item() == pytest.approx(0.05, abs=0.004) and col.std().item() == pytest.approx(0.02, rel=0.1)
     assert torch.equal(r.A.w[:, 1:], A[:, 1:])
     assert float(r.C.w[:, 0].abs().min()) > 0  # the column was transferred before the reset
-    # probability < 1: each device of the read column independently (aihwkit resetCols), not the column
-    r2 = build_rule("tt", cstep(dw=0.01, reset=0.05, reset_std=0.02), O, 3,
+    # probability < 1: a column-wise draw (aihwkit: "with_reset_prob is COL-wise prob (elem device prob
+    # is 1)"): after each transfer its column is reset whole or not at all, about half of the columns here
+    r2 = build_rule("tt", cstep(dw=0.01, reset=0.05, reset_std=0.02), 50, 40,
                     algo_kw={"transfer_every": 1, "units_in_mbatch": False, "transfer_forward": PERFECT,
                              "with_reset_prob": 0.5})
-    r2.A.set_weights(A)
-    hold(r2, 1, 0.1)
-    frac = float((r2.A.w[:, 0] != 0.3).double().mean())
-    assert frac == pytest.approx(0.5, abs=0.1)
+    r2.A.set_weights(torch.full((50, 40), 0.3))
+    hold(r2, 40, 1e-6)  # one transfer per column (a tiny lr: A stays at 0.3 unless reset)
+    changed = (r2.A.w != 0.3).double().mean(dim=0)  # per column: the fraction of its devices reset
+    assert set(changed.tolist()) <= {0.0, 1.0}  # whole columns
+    assert 8 <= int(changed.sum()) <= 32  # Binomial(40, 1/2)
+    with pytest.raises(ConfigError, match="algo.with_reset_prob.*transfer_columns"):
+        build_rule("tt", cstep(), 2, 2, algo_kw={"with_reset_prob": 0.5, "transfer_columns": False})
 
 
 def test_tt_fast_lr_rules():
@@ -409,3 +413,29 @@ def test_cttv2_auto_scale_fast_lr_undivided_while_ema_is_zero():
     r.update(x, d, 0.1)
     assert float(r.m_x) == 0.0 and float(r.m_d) == pytest.approx(0.3)
     assert float(r.lr_a) == pytest.approx(0.5 * 31 * 0.01)
+
+
+def test_transfer_period_rounding_as_aihwkit():
+    """every: ceil(te·m) of the decimal te (0.07·100 is 7.000000000000001 in binary floats: 7, not 8);
+    in vector updates aihwkit's roundf (halves away from zero: 2.5 -> 3), and a te that rounds to 0 is
+    refused (it would silently disable the transfers)."""
+    def rule(algo, **kw):
+        return build_rule(algo, cstep(), 2, 16, algo_kw=kw)
+    assert rule("tt", transfer_every=0.07).every(100) == 7
+    assert rule("cttv2", transfer_every=0.14, units_in_mbatch=True).every(50) == 7
+    assert rule("tt", transfer_every=2.5, units_in_mbatch=False).every(64) == 3
+    assert rule("ttv2", transfer_every=3.5, units_in_mbatch=False).every(64) == 4
+    # c-TTv2 "auto": round(n_states/n_columns·|te|) = round(200/16) = round(12.5) -> 13
+    r = build_rule("cttv2", cstep(dw=0.01, w_max=1.0, w_min=-1.0), 2, 16, algo_kw={"transfer_every": -1.0})
+    assert r.every(64) == 13
+    with pytest.raises(ConfigError, match="algo.transfer_every.*rounds to 0"):
+        rule("tt", transfer_every=0.4, units_in_mbatch=False)
+
+
+def test_n_reads_per_transfer_reads_each_column_at_most_once():
+    """aihwkit MIN(n_reads_per_transfer, in_size): 5 reads of a 3-column tile write each column once."""
+    r = build_rule("tt", cstep(), 2, 3, algo_kw={"transfer_every": 1, "units_in_mbatch": False,
+                                                "transfer_forward": PERFECT, "n_reads_per_transfer": 5,
+                                                "transfer_lr": 1.0, "scale_transfer_lr": False})
+    k = r.next_slices(5)
+    assert k.tolist() == [0, 1, 2] and int(r.slice_idx) == 0

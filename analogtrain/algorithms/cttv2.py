@@ -42,7 +42,7 @@ import torch
 
 from analogtrain.algorithms.base import register_algorithm
 from analogtrain.algorithms.schema import ChoppedTTv2Config
-from analogtrain.algorithms.transfer import TransferAlgorithm, TransferRule, _range
+from analogtrain.algorithms.transfer import TransferAlgorithm, TransferRule, _range, round_half_up
 from analogtrain.config.errors import ConfigError
 from analogtrain import ops
 from analogtrain.ops import rng
@@ -107,7 +107,7 @@ class ChoppedRule(TransferRule):
         te = float(self.cfg.transfer_every)
         if te < 0:  # "auto": |te| reads per state of A over a whole sweep
             n_states = (self.A.w_max - self.A.w_min) / self.A.dw
-            return max(int(round(n_states / self.n_slices * abs(te))), 1)
+            return max(round_half_up(n_states / self.n_slices * abs(te)), 1)
         return super().every(batch)
 
     def fast_lr(self, lr: float, m_x: float | None = None, m_d: float | None = None) -> float:

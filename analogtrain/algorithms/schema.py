@@ -52,7 +52,8 @@ class TTConfig:
     # W = gamma·A + C (gamma = 0: "fully hidden", the tile weight is C). Range >= 0. aihwkit ``gamma``.
     gamma: float = 0.0
     # Transfer period. Vector updates (samples); x current mini-batch size if units_in_mbatch
-    # (every = ceil(transfer_every·m)), else every = round(transfer_every). 0 disables transfers. >= 0.
+    # (every = ceil(transfer_every·m)), else every = round(transfer_every), halves up as aihwkit's roundf
+    # (a value rounding to 0 is refused). 0 disables transfers. >= 0.
     transfer_every: float = 1.0
     # Count transfer_every in mini-batches (True, aihwkit Python default) or in samples (False).
     units_in_mbatch: bool = True
@@ -60,7 +61,8 @@ class TTConfig:
     n_reads_per_transfer: int = 1
     # True: read columns of A (forward pass, one-hot input e_j); False: rows (backward pass).
     transfer_columns: bool = True
-    # Probability per read column to reset it in A after the transfer (to 0), in [0, 1].
+    # Probability per read column to reset the read columns of A after the transfer (each device to the
+    # device reset value, devices/base.py reset keys), in [0, 1]; columns only (transfer_columns=true).
     with_reset_prob: float = 0.0
     # Start each transfer at a random column instead of the next sequential one.
     random_selection: bool = False

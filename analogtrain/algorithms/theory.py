@@ -49,7 +49,7 @@ def build_rule(algo: str, device: dict, out_size: int, in_size: int, *, algo_kw:
     (e.g. ``{"update_mode": "expected"}``). Seeds of device sampling and pulses derive from ``seed``."""
     import analogtrain.algorithms  # noqa: F401  (registers every algorithm)
     from analogtrain.algorithms.base import ALGORITHMS
-    from analogtrain.algorithms.transfer import merge_device, to_config
+    from analogtrain.algorithms.transfer import merge_device, to_config, validate_transfer_common
     from analogtrain.devices import device_from_config
 
     tile = to_dataclass(TileConfig, dict(tile_kw or {}))
@@ -62,6 +62,7 @@ def build_rule(algo: str, device: dict, out_size: int, in_size: int, *, algo_kw:
                        seed_pulse=derive_seed(seeds["pulse"], name))
     cls = ALGORITHMS[algo]
     a = to_config(cls.config_cls, {"name": algo, **(algo_kw or {})})
+    validate_transfer_common(a)  # (as the runner's validation: the same errors in scripts and tests)
     cls.check(a)
     dev_a = device_from_config(merge_device(device, a.fast_device), prefix="algo.fast_device")
     dev_c = device_from_config(merge_device(device, a.device_c), prefix="algo.device_c")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields, is_dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,13 @@ def validate_transfer_common(a) -> None:
     _range("algo.gamma", a.gamma, lo=0.0)
     _range("algo.n_reads_per_transfer", a.n_reads_per_transfer, lo=1)
     _range("algo.with_reset_prob", a.with_reset_prob, lo=0.0, hi=1.0)
+    if a.with_reset_prob > 0 and not a.transfer_columns:  # (aihwkit skips the reset of rows silently)
+        raise ConfigError("algo.with_reset_prob", f"{a.with_reset_prob}: the reset acts on read columns "
+                          "(aihwkit resetCols); set algo.transfer_columns=true or with_reset_prob=0")
+    te = float(a.transfer_every)
+    if not a.units_in_mbatch and 0 < te < 0.5:  # (round_half_up(te) = 0 would disable the transfers)
+        raise ConfigError("algo.transfer_every", f"{te} vector updates rounds to 0 (no transfers): allowed 0 "
+                          "(off) or >= 0.5, or count in mini-batches with units_in_mbatch=true")
     _range("algo.transfer_lr", a.transfer_lr, lo=0.0, lo_open=True)
     _range("algo.reference_std", a.reference_std, lo=0.0)
     validate_io(a.transfer_forward, "algo.transfer_forward")
@@ -155,6 +163,12 @@ def validate_transfer_common(a) -> None:
         v = getattr(a, key)
         if v is not None and not isinstance(v, dict):
             raise ConfigError(f"algo.{key}", "must be a mapping of device keys (or null)")
+
+
+def round_half_up(v: float) -> int:
+    """aihwkit's ``(int) roundf(v)`` for v >= 0: halves away from zero (Python's ``round`` takes them to
+    the even neighbour: 2.5 -> 2)."""
+    return int(math.floor(v + 0.5))
 
 
 def lr_fast_tt(fast_lr: float, scale: bool, lr: float) -> float:
@@ -316,8 +330,9 @@ class TransferRule(TileRule):
         if te == 0:
             return 0
         if self.cfg.units_in_mbatch:
-            return max(int(math.ceil(te * batch)), 1)
-        return max(int(round(te)), 1)
+            # ceil(te·m) of the decimal te the config wrote (0.07·100 is 7.000000000000001 in floats)
+            return max(math.ceil(Fraction(repr(te)) * batch), 1)
+        return max(round_half_up(te), 1)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
@@ -485,8 +500,10 @@ class TransferRule(TileRule):
         raise NotImplementedError
 
     def next_slices(self, n: int, random_start: bool = False) -> torch.Tensor:
-        """Indices of the next ``n`` slices (sequential from ``slice_idx``, or from a random start);
-        advances ``slice_idx`` past them."""
+        """Indices of the next ``n`` slices (sequential from ``slice_idx``, or from a random start), at most
+        all ``n_slices`` once (aihwkit ``MIN(n_reads_per_transfer, in_size)``); advances ``slice_idx``
+        past them."""
+        n = min(int(n), self.n_slices)
         start = int(self.slice_idx)
         if random_start:
             u = ops.uniform_scalar(int(self.seed_misc), int(self.transfers) >> 32, Stream.MISC, 0,

@@ -36,20 +36,24 @@ class TTRule(TransferRule):
             self._reset(k, p)
 
     def _reset(self, k: torch.Tensor, p: float) -> None:
-        """aihwkit ``with_reset_prob`` (``resetCols``): each device of the read slices ``k`` of A is reset
-        with probability ``p``, to the device reset ``clip(b_reset + reset_std·ξ)`` (``SampledDevice.
-        reset_values``, §2.3) shifted by A's resting value when A is zero-shifted by a reference (its
-        symmetry point; else 0). The other devices keep their state (the persistent weight when A has
-        write noise, which aihwkit's reset refuses). Draws: Philox, per element, at the transfer count."""
+        """aihwkit ``with_reset_prob`` (``TransferRPUDevice::readAndUpdate``: "with_reset_prob is COL-wise
+        prob (elem device prob is 1)"): one draw per read column; if any is below ``p``, every device of
+        the read columns ``k`` of A is reset (``resetCols`` with device probability 1), each to the device
+        reset ``clip(b_reset + reset_std·ξ)`` (``SampledDevice.reset_values``, §2.3) shifted by A's
+        resting value when A is zero-shifted by a reference (its symmetry point; else 0). Columns only
+        (``validate_transfer_common``). With several columns per transfer aihwkit draws and resets between
+        the columns' reads (a later read can see the reset); here every read comes first. The other
+        devices keep their state (the persistent weight when A has write noise, which aihwkit's reset
+        refuses). Draws: Philox at the transfer count, a = the column's position in ``k``."""
         t = int(self.transfers)
         A = self.A
-        idx = torch.arange(A.w.numel(), dtype=torch.int64).reshape(A.w.shape)
-        flat = self._slice(idx, k).reshape(-1)  # the devices of the read slices
         if p < 1.0:
-            u = rng.uniform(int(self.seed_misc), t >> 32, Stream.MISC, flat, t & 0xFFFFFFFF, 1)
-            flat = flat[u < p]
-        if flat.numel() == 0:
-            return
+            u = rng.uniform(int(self.seed_misc), t >> 32, Stream.MISC, torch.arange(len(k), dtype=torch.int64),
+                            t & 0xFFFFFFFF, 1)
+            if not bool((u < p).any()):
+                return
+        idx = torch.arange(A.w.numel(), dtype=torch.int64).reshape(A.w.shape)
+        flat = self._slice(idx, k).reshape(-1)  # the devices of the read columns
         dev = A.sampled.reset_values(flat, int(self.seed_misc), t >> 32, t & 0xFFFFFFFF)
         target = self.a_rest().reshape(-1).cpu()[flat] + dev
         W = A.device_state().clone()
