@@ -102,12 +102,15 @@ def test_skew_on_reference_families_is_the_reference_offset(name):
     assert sp.std().item() == pytest.approx(0.05, rel=0.05)
 
 
-def test_skew_std_on_softbounds_spreads_the_symmetry_point():
-    c = device_from_config({"name": "softbounds", "skew": 0.05, "skew_std": 0.04, "dtod": 0.0})
-    s = sample_device(c, 80, 80, 2)
+@pytest.mark.parametrize("skew", [0.05, 0.3, -0.3])
+def test_skew_std_on_softbounds_spreads_the_symmetry_point(skew):
+    """Also with a large skew, whose one-sided up_down changes how r moves the symmetry point (a factor
+    1/(1 + bias) on the shrunk side: the old /2 mapping gave twice the std at skew 0.3)."""
+    c = device_from_config({"name": "softbounds", "skew": skew, "skew_std": 0.02, "dtod": 0.0})
+    s = sample_device(c, 100, 100, 2)
     sp = s.symmetry_point().double()
-    assert sp.mean().item() == pytest.approx(0.05, abs=0.004)
-    assert sp.std().item() == pytest.approx(0.04, rel=0.1)  # first-order mapping
+    assert sp.mean().item() == pytest.approx(skew, abs=0.004)
+    assert sp.std().item() == pytest.approx(0.02, rel=0.08)  # first-order mapping
 
 
 def test_knob_resolution_is_idempotent_and_recorded():

@@ -44,9 +44,10 @@ the resolved dataclass describes the device completely; the applied values are k
     state-dependent response (asymmetry > 0 for constant_step).
 ``skew_std`` (weight units, >= 0)
     device-to-device spread of the symmetry point. Reference families: ``reference_std = skew_std``
-    (exact). Other families: ``up_down_dtod = skew_std·h'(skew)/2`` with
-    ``h(w) = ln step_down_shape(w) − ln step_up_shape(w)`` — the first-order spread of the symmetry point
-    caused by ``up_down_dtod`` alone (bounds and gain spreads add to it; use ``dtod=0`` to isolate).
+    (exact). Other families: ``up_down_dtod = skew_std·h'(skew)/k`` with
+    ``h(w) = ln step_down_shape(w) − ln step_up_shape(w)`` and ``k = 1/(1 + up_bias) + 1/(1 + down_bias)``
+    (2 without a skew's one-sided bias) — the first-order spread of the symmetry point caused by
+    ``up_down_dtod`` alone (bounds and gain spreads add to it; use ``dtod=0`` to isolate).
 """
 
 from __future__ import annotations
@@ -307,7 +308,11 @@ def resolve_knobs(cfg: PulsedDeviceConfig, prefix: str = "device") -> PulsedDevi
                         f"{prefix}.skew_std",
                         f"family {c.FAMILY} has no state-dependent symmetry point (set asymmetry > 0)",
                     )
-                c = dataclasses.replace(c, up_down_dtod=applied["skew_std"] * hp / 2.0)
+                # w* solves ln(s_up/s_down) = h(w*), s_up = 1 + up_bias + r, s_down = 1 + down_bias − r
+                # (sampling.py): δw* = δr·(1/(1 + up_bias) + 1/(1 + down_bias))/h'(w*), which is 2δr/h'
+                # only without the one-sided bias that a skew sets
+                k = 1.0 / (1.0 + min(c.up_down, 0.0)) + 1.0 / (1.0 - max(c.up_down, 0.0))
+                c = dataclasses.replace(c, up_down_dtod=applied["skew_std"] * hp / k)
     if "n_states" in applied:
         f = c.granularity_factor()
         if not f > 0:
