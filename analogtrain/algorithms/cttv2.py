@@ -268,9 +268,9 @@ class ChoppedRule(TransferRule):
             self.lr_a.fill_(lrs[0])
             return starts, lrs, xfer
         tau = (1.0 - float(a.auto_momentum)) / x.shape[0]
+        num = self._auto_numerator()  # (also the lr while an EMA is 0: no division, as fast_lr)
         lrs, mx, md = ops.auto_scale_lrs(x.abs().amax(dim=1), d.abs().amax(dim=1), float(self.m_x),
-                                         float(self.m_d), tau, self._auto_numerator(), self._auto_numerator(),
-                                         lr, bool(a.scale_fast_lr))
+                                         float(self.m_d), tau, num, num, lr, bool(a.scale_fast_lr))
         # the chunks cover the batch in order: one call per sample b = 0 .. B − 1, a read after the last
         # sample of each transferring chunk
         starts = np.arange(x.shape[0], dtype=np.int64)

@@ -32,7 +32,6 @@ draw is the same on CPU and GPU and independent of every other draw of the run.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import re
@@ -271,14 +270,6 @@ def map_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module) -> tu
 
 
 # -------------------------------------------------------------------------------------------- load
-def _excluded(key: str, patterns) -> bool:
-    """Whether the state-dict ``key`` or one of its module prefixes matches a glob of ``patterns``
-    (``head`` and ``head.*`` both exclude ``head.fc.weight``, as ``model.keep_digital`` matches modules)."""
-    parts = key.split(".")
-    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(fnmatch.fnmatchcase(p, pat) for pat in patterns for p in prefixes)
-
-
 @torch.no_grad()
 def load_pretrained(model: torch.nn.Module, path: str | Path, *, exclude=(), strict: bool = False,
                     key: str = "init.checkpoint", source: str | None = None) -> InitReport:
@@ -293,15 +284,19 @@ def load_pretrained(model: torch.nn.Module, path: str | Path, *, exclude=(), str
     state, adapted = map_state_dict(read_state_dict(path, key), model)
     own = model.state_dict()
     report = InitReport(source=str(source if source is not None else path), path=str(path), adapted=adapted)
+    # a key is excluded when it or one of its module prefixes matches a glob (``head`` and ``head.*`` both
+    # exclude head.fc.weight): the dotted-name match of model.keep_digital
+    from analogtrain.nn.convert import is_kept_digital as excluded
+
     patterns = list(exclude or ())
     for pat in patterns:  # a typo must not load what it meant to exclude without a word
-        if not any(_excluded(k, [pat]) for k in state):
+        if not any(excluded(k, [pat]) for k in state):
             raise ConfigError("init.exclude", f"'{pat}' matches no key of {path} (keys e.g. "
                               f"{', '.join(list(state)[:4])}); a glob over keys or their module prefixes, "
                               "e.g. head or head.*")
     to_load = {}
     for k, v in state.items():
-        if _excluded(k, patterns):
+        if excluded(k, patterns):
             report.excluded.append(k)
         elif k not in own:
             report.unexpected.append(k)

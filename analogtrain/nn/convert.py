@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def is_kept_digital(name: str, patterns: Iterable[str]) -> bool:
     """True if the dotted module ``name`` or one of its parents matches a glob in ``patterns``
-    (``"head"`` keeps ``head`` and ``head.fc``; ``"patch_embed.*"``, ``"*.attn.proj"`` work as globs)."""
+    (``"head"`` keeps ``head`` and ``head.fc``; ``"patch_embed.*"``, ``"*.attn.proj"`` work as globs).
+    Also ``init.exclude``'s match of state-dict keys (``engine/transfer.py``)."""
     parts = name.split(".")
     prefixes = [".".join(parts[: k + 1]) for k in range(len(parts))]
     return any(fnmatch.fnmatchcase(p, pat) for pat in patterns for p in prefixes)

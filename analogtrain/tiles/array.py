@@ -27,7 +27,7 @@ from analogtrain.ops import rng
 from analogtrain.tiles.config import IOConfig, UpdateConfig
 from analogtrain.tiles.periphery import read_io
 
-__all__ = ["DeviceArray", "float_update_type", "update_spec"]
+__all__ = ["DeviceArray", "update_spec"]
 
 _MODES = {"pulsed": MODE_PULSED, "mean_count": MODE_MEAN_COUNT, "expected": MODE_EXPECTED,
           "aggregated": MODE_PULSED}  # aggregated = MODE_PULSED with UpdateSpec.aggregate
@@ -38,8 +38,8 @@ def update_spec(update: UpdateConfig, update_mode: str = "pulsed", prefix: str =
 
     ``update_mode=pulsed`` follows ``update.pulse_type``: ``stochastic_compressed`` → pulsed,
     ``mean_count`` → deterministic counts; ``none`` / ``none_with_device`` → ``None``: no pulsed update,
-    the rule applies aihwkit's floating-point update instead (``float_update_type``,
-    ``DeviceArray.float_update``).
+    the rule applies aihwkit's floating-point update instead (``DeviceArray.float_update``: no bounds for
+    ``none``, e.g. aihwkit's ``InferenceRPUConfig`` training; the device bounds for ``none_with_device``).
     ``update_mode=mean_count|expected`` override the pulse type. ``update_mode=aggregated`` is pulsed with
     ``aggregate=True`` (same pulse-type logic; it needs stochastic pulse trains, so ``pulse_type:
     mean_count`` is a ConfigError naming ``{prefix}.update_mode``). Whether the device supports it
@@ -70,16 +70,6 @@ def update_spec(update: UpdateConfig, update_mode: str = "pulsed", prefix: str =
         um=bool(update.update_management) or ublm, um_grad_scale=float(update.um_grad_scale),
         res=float(update.res), sto_round=bool(update.sto_round), mode=mode, aggregate=aggregate,
     )
-
-
-def float_update_type(update: UpdateConfig, update_mode: str = "pulsed") -> str | None:
-    """``"none"`` or ``"none_with_device"`` when the tile's update is aihwkit's floating-point update
-    (``update.pulse_type`` none / none_with_device in the pulsed or aggregated mode: ``update_spec`` gives
-    None), else None. aihwkit (semantics §1.3): ``W ← W − lr·DᵀX``, no bounds (``none``, e.g. its
-    ``InferenceRPUConfig`` training) or clipped to the device bounds (``none_with_device``)."""
-    if update_mode in ("pulsed", "aggregated") and update.pulse_type in ("none", "none_with_device"):
-        return str(update.pulse_type)
-    return None
 
 
 class DeviceArray(torch.nn.Module):

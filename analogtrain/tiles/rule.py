@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from analogtrain.tiles.array import DeviceArray, float_update_type, update_spec
+from analogtrain.tiles.array import DeviceArray, update_spec
 from analogtrain.tiles.config import TileConfig, to_dataclass
 
 __all__ = ["TileRule", "SGDRule", "PulseMeter"]
@@ -110,9 +110,8 @@ class SGDRule(TileRule):
         none / none_with_device aihwkit's floating-point update (``DeviceArray.float_update``)."""
         if lr == 0 or x.shape[0] == 0:
             return
-        if self.spec is None:
-            kind = float_update_type(self.tile_cfg.update, self.tile_cfg.update_mode)
-            self.array.float_update(x, d, lr, clip=kind == "none_with_device")
+        if self.spec is None:  # (update_spec: pulse_type none / none_with_device)
+            self.array.float_update(x, d, lr, clip=self.tile_cfg.update.pulse_type == "none_with_device")
             return
         pulses = self.array.update(x, d, lr, self.spec)
         self.meter.add(pulses, x.shape[0])

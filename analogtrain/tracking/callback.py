@@ -62,6 +62,7 @@ class MLflowSweepCallback(Callback):
         if rec and rec.get("tracking_uri") == uri:
             client.update_run(rec["run_id"], status="RUNNING")
             run_id = rec["run_id"]
+            _OPEN_PARENTS.append((uri, run_id))
         else:
             overrides = list(config.hydra.overrides.task)
             params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
@@ -85,8 +86,6 @@ class MLflowSweepCallback(Callback):
                 except Exception as e:  # noqa: BLE001 - a param MLflow refuses must not unlink the sweep
                     log.warning("sweep parent: param sweep.%s not logged: %s", k,
                                 str(e).splitlines()[0][:200])
-        if (uri, run_id) not in _OPEN_PARENTS:
-            _OPEN_PARENTS.append((uri, run_id))
         log.info("MLflow parent run %s (experiment '%s', %s)", run_id, config.logger.experiment, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
